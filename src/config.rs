@@ -1,0 +1,589 @@
+//! The relay's configuration: one TOML file, every key optional, every default safe.
+//!
+//! Unknown keys and bad values are errors that name the file, the line and what
+//! would be valid; `tlsrelay config check FILE` prints them without starting.
+
+use std::fmt;
+use std::net::{IpAddr, SocketAddr};
+use std::path::{Path, PathBuf};
+use std::str::FromStr;
+use std::time::Duration;
+
+use ipnet::IpNet;
+use serde::{Deserialize, Deserializer};
+
+/// The whole configuration, as read from the TOML file (or the built-in defaults).
+#[derive(Debug, Clone, Deserialize, Default)]
+#[serde(deny_unknown_fields, default)]
+pub struct Config {
+    /// The inbound SMTP server that the organization's MTAs relay through.
+    pub server: ServerConfig,
+    /// Where accepted messages are kept until they are delivered or bounced.
+    pub spool: SpoolConfig,
+    /// Logging.
+    pub log: LogConfig,
+    /// Outbound delivery to the recipient domains' MX hosts.
+    pub delivery: DeliveryConfig,
+    /// DNS resolution and DNSSEC validation.
+    pub dns: DnsConfig,
+}
+
+/// The `[server]` section: listener, who may relay, TLS and limits.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct ServerConfig {
+    /// Addresses to listen on.
+    pub listen: Vec<SocketAddr>,
+    /// The name in the greeting, EHLO reply and Received header.
+    pub hostname: String,
+    /// Client networks allowed to relay without authentication.
+    pub relay_networks: Vec<Network>,
+    /// PEM certificate chain for inbound STARTTLS; STARTTLS is offered only when set.
+    pub tls_cert_file: Option<PathBuf>,
+    /// PEM private key for inbound STARTTLS.
+    pub tls_key_file: Option<PathBuf>,
+    /// Users file (`name:$argon2id$...` per line) enabling AUTH PLAIN/LOGIN after STARTTLS.
+    pub auth_users_file: Option<PathBuf>,
+    /// Largest message accepted, in bytes (advertised with SIZE).
+    pub max_message_size: u64,
+    /// Most recipients accepted in one transaction.
+    pub max_recipients: usize,
+    /// Longest command line accepted, in bytes including CRLF.
+    pub max_line_length: usize,
+    /// How long to wait for the next command.
+    pub command_timeout: HumanDuration,
+    /// How long to wait for the next piece of a message during DATA or BDAT.
+    pub data_timeout: HumanDuration,
+    /// Most simultaneous sessions.
+    pub max_sessions: usize,
+    /// Most simultaneous sessions from one client address.
+    pub max_sessions_per_client: usize,
+    /// Errors a client may make before the session is closed.
+    pub max_errors: u32,
+    /// How long sessions in flight may take to finish after SIGTERM.
+    pub shutdown_grace: HumanDuration,
+}
+
+impl Default for ServerConfig {
+    fn default() -> Self {
+        ServerConfig {
+            listen: vec![SocketAddr::from(([127, 0, 0, 1], 10025))],
+            hostname: default_hostname(),
+            relay_networks: vec![
+                Network("127.0.0.0/8".parse().unwrap()),
+                Network("::1/128".parse().unwrap()),
+            ],
+            tls_cert_file: None,
+            tls_key_file: None,
+            auth_users_file: None,
+            max_message_size: 50 * 1024 * 1024,
+            max_recipients: 1000,
+            max_line_length: 4096,
+            command_timeout: HumanDuration(Duration::from_secs(300)),
+            data_timeout: HumanDuration(Duration::from_secs(180)),
+            max_sessions: 500,
+            max_sessions_per_client: 100,
+            max_errors: 20,
+            shutdown_grace: HumanDuration(Duration::from_secs(30)),
+        }
+    }
+}
+
+/// The `[spool]` section.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct SpoolConfig {
+    /// Spool directory; created if missing. Relative paths are relative to the working directory.
+    pub dir: PathBuf,
+}
+
+impl Default for SpoolConfig {
+    fn default() -> Self {
+        SpoolConfig {
+            dir: PathBuf::from("spool"),
+        }
+    }
+}
+
+/// The `[log]` section.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct LogConfig {
+    /// Log filter (`error`, `warn`, `info`, `debug`, `trace`, or a tracing filter);
+    /// the `RUST_LOG` environment variable overrides it.
+    pub level: String,
+}
+
+impl Default for LogConfig {
+    fn default() -> Self {
+        LogConfig {
+            level: "info".into(),
+        }
+    }
+}
+
+/// The `[delivery]` section: how tlsrelay reaches receiving MX hosts.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct DeliveryConfig {
+    /// Turn outbound delivery on or off (off: messages stay queued).
+    pub enabled: bool,
+    /// TCP port of the MX hosts (25 in production; other values for labs and tests).
+    pub port: u16,
+    /// Name sent in EHLO; defaults to `server.hostname`.
+    pub helo_name: Option<String>,
+    /// The authentication floor when no DANE, MTA-STS or local policy applies:
+    /// `verify` (WebPKI-valid certificate for the MX name) or `encrypt` (TLS, certificate not checked).
+    pub floor: Floor,
+    /// PEM files with extra trusted root certificates, added to Mozilla's roots.
+    pub extra_roots: Vec<PathBuf>,
+    /// Most MX hosts tried in one delivery attempt.
+    pub max_hosts_per_attempt: usize,
+    /// TCP connect timeout.
+    pub connect_timeout: HumanDuration,
+    /// Timeout for each SMTP reply (greeting, EHLO, STARTTLS, MAIL, RCPT).
+    pub command_timeout: HumanDuration,
+    /// Timeout for the reply after the message data.
+    pub data_timeout: HumanDuration,
+    /// Delays between delivery attempts; the last one repeats.
+    pub retry_schedule: Vec<HumanDuration>,
+    /// How long a message may stay queued before it is bounced.
+    pub queue_lifetime: HumanDuration,
+    /// Send a delay notice once a message has waited this long (`0s` turns notices off).
+    pub delay_notice_after: HumanDuration,
+    /// Most simultaneous outbound connections.
+    pub max_connections: usize,
+    /// Most simultaneous outbound connections per recipient domain.
+    pub max_connections_per_domain: usize,
+    /// How long an idle connection stays open for the next message to the same destination.
+    pub connection_reuse_time: HumanDuration,
+    /// How often the queue is scanned for messages that are due.
+    pub queue_scan_interval: HumanDuration,
+}
+
+impl Default for DeliveryConfig {
+    fn default() -> Self {
+        let secs = |s| HumanDuration(Duration::from_secs(s));
+        DeliveryConfig {
+            enabled: true,
+            port: 25,
+            helo_name: None,
+            floor: Floor::Verify,
+            extra_roots: vec![],
+            max_hosts_per_attempt: 5,
+            connect_timeout: secs(30),
+            command_timeout: secs(300),
+            data_timeout: secs(600),
+            retry_schedule: vec![secs(300), secs(900), secs(1800), secs(3600), secs(4 * 3600)],
+            queue_lifetime: secs(5 * 86400),
+            delay_notice_after: secs(4 * 3600),
+            max_connections: 100,
+            max_connections_per_domain: 10,
+            connection_reuse_time: secs(5),
+            queue_scan_interval: secs(10),
+        }
+    }
+}
+
+/// The authentication floor for MX hosts that no stronger rule covers.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum Floor {
+    /// The certificate must be WebPKI-valid for the MX host name.
+    Verify,
+    /// TLS is required but the certificate is not checked.
+    Encrypt,
+}
+
+/// The `[dns]` section.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct DnsConfig {
+    /// Nameservers (`ip` or `ip:port`); empty means the system's `/etc/resolv.conf`.
+    pub nameservers: Vec<NameServer>,
+    /// File with the DNSSEC trust anchor as DNSKEY records; empty means the IANA root key.
+    pub trust_anchor_file: Option<PathBuf>,
+    /// Timeout of one query.
+    pub timeout: HumanDuration,
+    /// Tries per query.
+    pub attempts: usize,
+}
+
+impl Default for DnsConfig {
+    fn default() -> Self {
+        DnsConfig {
+            nameservers: vec![],
+            trust_anchor_file: None,
+            timeout: HumanDuration(Duration::from_secs(5)),
+            attempts: 2,
+        }
+    }
+}
+
+/// A nameserver address; port 53 when none is given.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct NameServer(pub SocketAddr);
+
+impl<'de> Deserialize<'de> for NameServer {
+    fn deserialize<D: Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
+        let s = String::deserialize(d)?;
+        if let Ok(sa) = s.parse::<SocketAddr>() {
+            return Ok(NameServer(sa));
+        }
+        s.parse::<IpAddr>()
+            .map(|ip| NameServer(SocketAddr::new(ip, 53)))
+            .map_err(|_| {
+                serde::de::Error::custom(format!(
+                    "`{s}` is not a nameserver address; write an IP address, e.g. \"192.0.2.53\" or \"[2001:db8::53]:53\""
+                ))
+            })
+    }
+}
+
+/// A client network in CIDR notation (a bare address means that one host).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Network(pub IpNet);
+
+impl Network {
+    /// Whether `ip` lies in this network (IPv4-mapped IPv6 addresses count as IPv4).
+    pub fn contains(&self, ip: IpAddr) -> bool {
+        let ip = match ip {
+            IpAddr::V6(v6) => v6.to_ipv4_mapped().map(IpAddr::V4).unwrap_or(ip),
+            v4 => v4,
+        };
+        self.0.contains(&ip)
+    }
+}
+
+impl<'de> Deserialize<'de> for Network {
+    fn deserialize<D: Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
+        let s = String::deserialize(d)?;
+        if let Ok(net) = s.parse::<IpNet>() {
+            return Ok(Network(net.trunc()));
+        }
+        s.parse::<IpAddr>()
+            .map(|ip| Network(IpNet::from(ip)))
+            .map_err(|_| {
+                serde::de::Error::custom(format!(
+                    "`{s}` is not a network; write CIDR notation, e.g. \"192.0.2.0/24\" or \"2001:db8::/32\""
+                ))
+            })
+    }
+}
+
+/// A duration written for people: `30s`, `5m`, `4h`, `5d`, or `1h30m`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord)]
+pub struct HumanDuration(pub Duration);
+
+impl HumanDuration {
+    /// The wrapped duration.
+    pub fn get(self) -> Duration {
+        self.0
+    }
+}
+
+impl FromStr for HumanDuration {
+    type Err = String;
+    fn from_str(s: &str) -> Result<Self, String> {
+        let bad = || {
+            format!("`{s}` is not a duration; write a number with a unit s, m, h or d, e.g. \"30s\", \"5m\", \"1h30m\"")
+        };
+        let mut total = 0u64;
+        let mut digits = String::new();
+        let mut any = false;
+        for ch in s.trim().chars() {
+            if ch.is_ascii_digit() {
+                digits.push(ch);
+                continue;
+            }
+            let unit = match ch {
+                's' => 1,
+                'm' => 60,
+                'h' => 3600,
+                'd' => 86400,
+                _ => return Err(bad()),
+            };
+            let n: u64 = digits.parse().map_err(|_| bad())?;
+            total = n
+                .checked_mul(unit)
+                .and_then(|v| total.checked_add(v))
+                .ok_or_else(bad)?;
+            digits.clear();
+            any = true;
+        }
+        if !digits.is_empty() || !any {
+            return Err(bad());
+        }
+        Ok(HumanDuration(Duration::from_secs(total)))
+    }
+}
+
+impl fmt::Display for HumanDuration {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        let s = self.0.as_secs();
+        match s {
+            0 => write!(f, "0s"),
+            s if s % 86400 == 0 => write!(f, "{}d", s / 86400),
+            s if s % 3600 == 0 => write!(f, "{}h", s / 3600),
+            s if s % 60 == 0 => write!(f, "{}m", s / 60),
+            s => write!(f, "{s}s"),
+        }
+    }
+}
+
+impl<'de> Deserialize<'de> for HumanDuration {
+    fn deserialize<D: Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
+        let s = String::deserialize(d)?;
+        s.parse().map_err(serde::de::Error::custom)
+    }
+}
+
+/// A configuration that could not be used, with the file, the line and the fix.
+#[derive(Debug)]
+pub struct ConfigError {
+    /// The file that was read (None for built-in defaults).
+    pub file: Option<PathBuf>,
+    /// The 1-based line of the offending key, where known.
+    pub line: Option<usize>,
+    /// What is wrong and what would be valid.
+    pub message: String,
+}
+
+impl fmt::Display for ConfigError {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match (&self.file, self.line) {
+            (Some(p), Some(l)) => write!(f, "{}:{}: {}", p.display(), l, self.message),
+            (Some(p), None) => write!(f, "{}: {}", p.display(), self.message),
+            (None, _) => write!(f, "configuration: {}", self.message),
+        }
+    }
+}
+
+impl std::error::Error for ConfigError {}
+
+impl Config {
+    /// Reads and checks a configuration file.
+    pub fn load(path: &Path) -> Result<Config, ConfigError> {
+        let text = std::fs::read_to_string(path).map_err(|e| ConfigError {
+            file: Some(path.to_owned()),
+            line: None,
+            message: format!("cannot read the configuration file: {e}"),
+        })?;
+        Config::parse(&text, Some(path))
+    }
+
+    /// Parses and checks configuration text; `path` is only used in error messages.
+    pub fn parse(text: &str, path: Option<&Path>) -> Result<Config, ConfigError> {
+        let config: Config = toml::from_str(text).map_err(|e| {
+            let line = e.span().map(|span| line_of(text, span.start));
+            ConfigError {
+                file: path.map(Path::to_owned),
+                line,
+                message: e.message().trim().to_string(),
+            }
+        })?;
+        config.check().map_err(|(key, message)| ConfigError {
+            file: path.map(Path::to_owned),
+            line: find_key_line(text, key),
+            message,
+        })?;
+        Ok(config)
+    }
+
+    /// Checks rules that span several keys; returns the key to blame and the message.
+    fn check(&self) -> Result<(), (&'static str, String)> {
+        let s = &self.server;
+        if s.listen.is_empty() {
+            return Err((
+                "listen",
+                "server.listen is empty; give at least one address, e.g. [\"127.0.0.1:10025\"]"
+                    .into(),
+            ));
+        }
+        if s.tls_cert_file.is_some() != s.tls_key_file.is_some() {
+            return Err((
+                "tls_cert_file",
+                "server.tls_cert_file and server.tls_key_file go together; set both or neither"
+                    .into(),
+            ));
+        }
+        if s.auth_users_file.is_some() && s.tls_cert_file.is_none() {
+            return Err((
+                "auth_users_file",
+                "server.auth_users_file needs STARTTLS (AUTH is only offered after STARTTLS); set server.tls_cert_file and server.tls_key_file".into(),
+            ));
+        }
+        if s.max_line_length < 512 {
+            return Err((
+                "max_line_length",
+                format!("server.max_line_length = {} is below the 512 octets RFC 5321 requires; use 512 or more", s.max_line_length),
+            ));
+        }
+        for (key, v) in [
+            ("max_recipients", s.max_recipients),
+            ("max_sessions", s.max_sessions),
+            ("max_sessions_per_client", s.max_sessions_per_client),
+        ] {
+            if v == 0 {
+                return Err((key, format!("server.{key} must be at least 1")));
+            }
+        }
+        if s.max_message_size == 0 {
+            return Err((
+                "max_message_size",
+                "server.max_message_size must be at least 1".into(),
+            ));
+        }
+        if s.hostname.is_empty() || s.hostname.contains(char::is_whitespace) {
+            return Err((
+                "hostname",
+                "server.hostname must be a host name without spaces, e.g. \"relay.example.com\""
+                    .into(),
+            ));
+        }
+        let d = &self.delivery;
+        if d.retry_schedule.is_empty() || d.retry_schedule.iter().any(|r| r.0.is_zero()) {
+            return Err((
+                "retry_schedule",
+                "delivery.retry_schedule needs at least one delay above zero, e.g. [\"5m\", \"15m\", \"1h\"]".into(),
+            ));
+        }
+        if d.max_hosts_per_attempt == 0
+            || d.max_connections == 0
+            || d.max_connections_per_domain == 0
+        {
+            return Err((
+                "max_connections",
+                "delivery.max_hosts_per_attempt, max_connections and max_connections_per_domain must be at least 1".into(),
+            ));
+        }
+        if d.queue_lifetime.0.is_zero() {
+            return Err((
+                "queue_lifetime",
+                "delivery.queue_lifetime must be above zero, e.g. \"5d\"".into(),
+            ));
+        }
+        if self.dns.attempts == 0 {
+            return Err(("attempts", "dns.attempts must be at least 1".into()));
+        }
+        Ok(())
+    }
+
+    /// The name tlsrelay uses in EHLO when it delivers.
+    pub fn helo_name(&self) -> &str {
+        self.delivery
+            .helo_name
+            .as_deref()
+            .unwrap_or(&self.server.hostname)
+    }
+}
+
+/// The 1-based line holding byte `offset` of `text`.
+fn line_of(text: &str, offset: usize) -> usize {
+    text.as_bytes()[..offset.min(text.len())]
+        .iter()
+        .filter(|&&b| b == b'\n')
+        .count()
+        + 1
+}
+
+/// The first line on which `key` is assigned, for errors found after parsing.
+fn find_key_line(text: &str, key: &str) -> Option<usize> {
+    text.lines()
+        .position(|l| {
+            let l = l.trim_start();
+            l.strip_prefix(key)
+                .is_some_and(|rest| rest.trim_start().starts_with('='))
+        })
+        .map(|i| i + 1)
+}
+
+/// The machine's host name, or `localhost` when it cannot be read.
+fn default_hostname() -> String {
+    let mut buf = [0u8; 256];
+    // SAFETY: the buffer is valid for its length; gethostname writes at most that many bytes.
+    let rc = unsafe { libc::gethostname(buf.as_mut_ptr().cast(), buf.len()) };
+    if rc == 0 {
+        let end = buf.iter().position(|&b| b == 0).unwrap_or(buf.len());
+        if let Ok(name) = std::str::from_utf8(&buf[..end]) {
+            if !name.is_empty() {
+                return name.to_string();
+            }
+        }
+    }
+    "localhost".into()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn durations() {
+        let cases = [
+            ("30s", Some(30)),
+            ("5m", Some(300)),
+            ("1h30m", Some(5400)),
+            ("5d", Some(432000)),
+            ("0s", Some(0)),
+            ("5", None),
+            ("m", None),
+            ("5x", None),
+            ("", None),
+            ("-1s", None),
+        ];
+        for (text, want) in cases {
+            let got = text.parse::<HumanDuration>().ok().map(|d| d.0.as_secs());
+            assert_eq!(got, want, "{text}");
+        }
+        assert_eq!(HumanDuration(Duration::from_secs(5400)).to_string(), "90m");
+    }
+
+    #[test]
+    fn empty_file_is_defaults() {
+        let c = Config::parse("", None).unwrap();
+        assert_eq!(c.server.listen, vec!["127.0.0.1:10025".parse().unwrap()]);
+        assert!(c.server.relay_networks[0].contains("127.1.2.3".parse().unwrap()));
+        assert!(!c.server.relay_networks[0].contains("192.0.2.1".parse().unwrap()));
+        assert!(c.server.relay_networks[0].contains("::ffff:127.0.0.1".parse().unwrap()));
+    }
+
+    #[test]
+    fn errors_name_line_and_fix() {
+        let cases: &[(&str, usize, &str)] = &[
+            (
+                "[server]\nlisten = [\"127.0.0.1:25\"]\nbogus = 1\n",
+                3,
+                "unknown field `bogus`",
+            ),
+            (
+                "[server]\ncommand_timeout = \"5 minutes\"\n",
+                2,
+                "not a duration",
+            ),
+            (
+                "[server]\nrelay_networks = [\"10.0.0.0/33\"]\n",
+                2,
+                "CIDR notation",
+            ),
+            ("[spool]\ndir = 5\n", 2, "invalid type"),
+            (
+                "[delivery]\nfloor = \"none\"\n",
+                2,
+                "unknown variant `none`",
+            ),
+            ("[server]\n\nmax_line_length = 100\n", 3, "512"),
+            ("[server]\ntls_cert_file = \"a.pem\"\n", 2, "tls_key_file"),
+            ("[nosuch]\n", 1, "unknown field `nosuch`"),
+        ];
+        for (text, line, needle) in cases {
+            let err = Config::parse(text, Some(Path::new("t.toml"))).unwrap_err();
+            assert_eq!(err.line, Some(*line), "{text:?}: {err}");
+            assert!(err.to_string().contains(needle), "{text:?}: {err}");
+            assert!(
+                err.to_string().starts_with(&format!("t.toml:{line}: ")),
+                "{err}"
+            );
+        }
+    }
+}

@@ -1,0 +1,139 @@
+//! SMTP AUTH (PLAIN and LOGIN) against a users file of argon2 password hashes.
+//!
+//! The file has one `name:$argon2id$...` entry per line; `#` starts a comment.
+//! AUTH is offered only after STARTTLS, so passwords never cross the wire in clear.
+
+use std::collections::HashMap;
+use std::path::Path;
+
+use argon2::password_hash::{PasswordHash, PasswordVerifier};
+use argon2::Argon2;
+use base64::Engine;
+
+/// Users allowed to authenticate, by name, with their argon2 PHC hash strings.
+#[derive(Debug, Clone, Default)]
+pub struct Users {
+    hashes: HashMap<String, String>,
+}
+
+impl Users {
+    /// Reads a users file; errors name the file and the line.
+    pub fn load(path: &Path) -> Result<Users, String> {
+        let text = std::fs::read_to_string(path)
+            .map_err(|e| format!("{}: cannot read the users file: {e}", path.display()))?;
+        Users::parse(&text).map_err(|(line, msg)| format!("{}:{line}: {msg}", path.display()))
+    }
+
+    /// Parses users-file text; errors carry the 1-based line.
+    pub fn parse(text: &str) -> Result<Users, (usize, String)> {
+        let mut hashes = HashMap::new();
+        for (i, raw) in text.lines().enumerate() {
+            let line = raw.trim();
+            if line.is_empty() || line.starts_with('#') {
+                continue;
+            }
+            let Some((name, hash)) = line.split_once(':') else {
+                return Err((i + 1, "expected `name:$argon2id$...`".into()));
+            };
+            if PasswordHash::new(hash).is_err() || !hash.starts_with("$argon2") {
+                return Err((
+                    i + 1,
+                    format!(
+                        "the hash for `{name}` is not an argon2 PHC string (`$argon2id$v=19$...`)"
+                    ),
+                ));
+            }
+            if hashes.insert(name.to_string(), hash.to_string()).is_some() {
+                return Err((i + 1, format!("user `{name}` is listed twice")));
+            }
+        }
+        Ok(Users { hashes })
+    }
+
+    /// Whether `password` is right for `user`. Unknown users cost the same work as known ones.
+    pub fn verify(&self, user: &str, password: &str) -> bool {
+        // A fixed hash keeps the timing of unknown users like that of known ones.
+        const DUMMY: &str = "$argon2id$v=19$m=19456,t=2,p=1$c29tZXNhbHRzb21lc2FsdA$3nT8bEJtNgFdm1Cq9hkCAkMOdIBYr9eMRQ2AS5lBQ8o";
+        let stored = self.hashes.get(user).map(String::as_str).unwrap_or(DUMMY);
+        let ok = PasswordHash::new(stored)
+            .map(|h| {
+                Argon2::default()
+                    .verify_password(password.as_bytes(), &h)
+                    .is_ok()
+            })
+            .unwrap_or(false);
+        ok && self.hashes.contains_key(user)
+    }
+}
+
+/// Decodes an AUTH PLAIN response (`authzid NUL authcid NUL password`, base64).
+/// Returns the user and password; an authzid different from the user is refused.
+pub fn decode_plain(b64: &str) -> Option<(String, String)> {
+    let raw = base64::engine::general_purpose::STANDARD
+        .decode(b64.trim())
+        .ok()?;
+    let mut parts = raw.split(|&b| b == 0);
+    let authz = parts.next()?;
+    let user = String::from_utf8(parts.next()?.to_vec()).ok()?;
+    let pass = String::from_utf8(parts.next()?.to_vec()).ok()?;
+    if parts.next().is_some() || user.is_empty() {
+        return None;
+    }
+    if !authz.is_empty() && authz != user.as_bytes() {
+        return None;
+    }
+    Some((user, pass))
+}
+
+/// Decodes one base64 line of AUTH LOGIN.
+pub fn decode_line(b64: &str) -> Option<String> {
+    let raw = base64::engine::general_purpose::STANDARD
+        .decode(b64.trim())
+        .ok()?;
+    String::from_utf8(raw).ok()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use argon2::password_hash::{PasswordHasher, SaltString};
+
+    fn hash(pw: &str) -> String {
+        let salt = SaltString::encode_b64(b"0123456789abcdef").unwrap();
+        Argon2::default()
+            .hash_password(pw.as_bytes(), &salt)
+            .unwrap()
+            .to_string()
+    }
+
+    #[test]
+    fn users_file() {
+        let text = format!("# comment\n\nalice:{}\n", hash("s3cret"));
+        let users = Users::parse(&text).unwrap();
+        assert!(users.verify("alice", "s3cret"));
+        assert!(!users.verify("alice", "wrong"));
+        assert!(!users.verify("bob", "s3cret"));
+        assert_eq!(Users::parse("alice\n").unwrap_err().0, 1);
+        assert_eq!(Users::parse("\nalice:plaintext\n").unwrap_err().0, 2);
+        let dup = format!("a:{0}\na:{0}\n", hash("x"));
+        assert!(Users::parse(&dup).unwrap_err().1.contains("twice"));
+    }
+
+    #[test]
+    fn plain_decoding() {
+        let b64 = |s: &[u8]| base64::engine::general_purpose::STANDARD.encode(s);
+        let cases: &[(&[u8], Option<(&str, &str)>)] = &[
+            (b"\0alice\0pw", Some(("alice", "pw"))),
+            (b"alice\0alice\0pw", Some(("alice", "pw"))),
+            (b"bob\0alice\0pw", None),
+            (b"\0\0pw", None),
+            (b"alice\0pw", None),
+        ];
+        for (raw, want) in cases {
+            let got = decode_plain(&b64(raw));
+            let want = want.map(|(u, p)| (u.to_string(), p.to_string()));
+            assert_eq!(got, want, "{raw:?}");
+        }
+        assert_eq!(decode_plain("!!!"), None);
+    }
+}

@@ -1,0 +1,215 @@
+//! The inbound ESMTP server: the organization's MTAs hand mail to tlsrelay here.
+//!
+//! `Inbound::bind` opens the listeners; `Inbound::run` accepts sessions until the
+//! shutdown signal, then lets sessions in flight finish (within the grace time).
+
+mod auth;
+mod conn;
+mod session;
+
+pub use auth::Users;
+
+use std::collections::HashMap;
+use std::net::{IpAddr, SocketAddr};
+use std::sync::{Arc, Mutex};
+
+use tokio::io::AsyncWriteExt;
+use tokio::net::{TcpListener, TcpStream};
+use tokio::sync::{mpsc, watch, Semaphore};
+use tokio::task::JoinSet;
+use tokio_rustls::TlsAcceptor;
+
+use crate::config::Config;
+use crate::spool::{Envelope, Spool};
+
+/// State shared by every session of one server.
+pub(crate) struct Shared {
+    pub config: Arc<Config>,
+    pub spool: Spool,
+    pub tls: Option<TlsAcceptor>,
+    pub users: Option<Users>,
+    /// Told about each message as soon as it is durable, so delivery can start.
+    pub queued: Option<mpsc::UnboundedSender<Envelope>>,
+    sessions: Arc<Semaphore>,
+    per_client: Mutex<HashMap<IpAddr, usize>>,
+}
+
+/// A bound, not yet running, inbound server.
+pub struct Inbound {
+    listeners: Vec<TcpListener>,
+    shared: Arc<Shared>,
+}
+
+/// Why the inbound server could not start.
+#[derive(Debug)]
+pub struct StartError(pub String);
+
+impl std::fmt::Display for StartError {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(&self.0)
+    }
+}
+
+impl std::error::Error for StartError {}
+
+impl Inbound {
+    /// Loads TLS material and the users file, and binds every listen address.
+    pub async fn bind(
+        config: Arc<Config>,
+        spool: Spool,
+        queued: Option<mpsc::UnboundedSender<Envelope>>,
+    ) -> Result<Inbound, StartError> {
+        let tls = match (&config.server.tls_cert_file, &config.server.tls_key_file) {
+            (Some(cert), Some(key)) => Some(TlsAcceptor::from(Arc::new(
+                crate::tls::server_config(cert, key).map_err(StartError)?,
+            ))),
+            _ => None,
+        };
+        let users = match &config.server.auth_users_file {
+            Some(path) => Some(Users::load(path).map_err(StartError)?),
+            None => None,
+        };
+        let mut listeners = Vec::new();
+        for addr in &config.server.listen {
+            let l = TcpListener::bind(addr)
+                .await
+                .map_err(|e| StartError(format!("cannot listen on {addr}: {e}")))?;
+            listeners.push(l);
+        }
+        let sessions = Arc::new(Semaphore::new(config.server.max_sessions));
+        Ok(Inbound {
+            listeners,
+            shared: Arc::new(Shared {
+                config,
+                spool,
+                tls,
+                users,
+                queued,
+                sessions,
+                per_client: Mutex::new(HashMap::new()),
+            }),
+        })
+    }
+
+    /// The addresses actually bound (useful when a port of 0 was asked for).
+    pub fn local_addrs(&self) -> Vec<SocketAddr> {
+        self.listeners
+            .iter()
+            .filter_map(|l| l.local_addr().ok())
+            .collect()
+    }
+
+    /// Serves until `shutdown` turns true; then stops accepting and waits for
+    /// sessions in flight, at most `server.shutdown_grace`.
+    pub async fn run(self, mut shutdown: watch::Receiver<bool>) {
+        let (accepted_tx, mut accepted_rx) = mpsc::channel::<(TcpStream, SocketAddr)>(64);
+        let mut acceptors = JoinSet::new();
+        for l in self.listeners {
+            let tx = accepted_tx.clone();
+            acceptors.spawn(async move {
+                loop {
+                    match l.accept().await {
+                        Ok(pair) => {
+                            if tx.send(pair).await.is_err() {
+                                return;
+                            }
+                        }
+                        Err(e) => {
+                            tracing::warn!(error = %e, "accept failed");
+                            tokio::time::sleep(std::time::Duration::from_millis(100)).await;
+                        }
+                    }
+                }
+            });
+        }
+        drop(accepted_tx);
+        let mut sessions = JoinSet::new();
+        loop {
+            tokio::select! {
+                _ = shutdown.changed() => break,
+                Some((stream, peer)) = accepted_rx.recv() => {
+                    let shared = self.shared.clone();
+                    let rx = shutdown.clone();
+                    sessions.spawn(async move { admit(shared, stream, peer, rx).await });
+                }
+                Some(_) = sessions.join_next(), if !sessions.is_empty() => {}
+            }
+        }
+        acceptors.abort_all();
+        let grace = self.shared.config.server.shutdown_grace.get();
+        tracing::info!(
+            sessions = sessions.len(),
+            "no longer accepting connections; waiting for sessions in flight"
+        );
+        let drained = tokio::time::timeout(grace, async {
+            while sessions.join_next().await.is_some() {}
+        })
+        .await;
+        if drained.is_err() {
+            tracing::warn!(
+                aborted = sessions.len(),
+                "shutdown grace time over; aborting sessions (none of them was told 250 for an unstored message)"
+            );
+            sessions.abort_all();
+        }
+    }
+}
+
+/// Applies the session limits, then runs the session.
+async fn admit(
+    shared: Arc<Shared>,
+    mut stream: TcpStream,
+    peer: SocketAddr,
+    shutdown: watch::Receiver<bool>,
+) {
+    let _ = stream.set_nodelay(true);
+    let Ok(_permit) = shared.sessions.clone().try_acquire_owned() else {
+        tracing::warn!(client = %peer, "session refused: server.max_sessions reached");
+        let _ = stream
+            .write_all(b"421 4.3.2 Too many connections; try again later\r\n")
+            .await;
+        return;
+    };
+    let ip = peer.ip();
+    let admitted = {
+        let mut map = shared.per_client.lock().unwrap();
+        let n = map.entry(ip).or_insert(0);
+        let ok = *n < shared.config.server.max_sessions_per_client;
+        if ok {
+            *n += 1;
+        }
+        ok
+    };
+    if !admitted {
+        tracing::warn!(client = %peer, "session refused: server.max_sessions_per_client reached");
+        let _ = stream
+            .write_all(b"421 4.7.0 Too many connections from your address; try again later\r\n")
+            .await;
+        return;
+    }
+    let _guard = ClientSlot {
+        shared: shared.clone(),
+        ip,
+    };
+    session::Session::new(shared.clone(), stream, peer, shutdown)
+        .run()
+        .await;
+}
+
+/// Frees a per-client session slot when the session ends.
+struct ClientSlot {
+    shared: Arc<Shared>,
+    ip: IpAddr,
+}
+
+impl Drop for ClientSlot {
+    fn drop(&mut self) {
+        let mut map = self.shared.per_client.lock().unwrap();
+        if let Some(n) = map.get_mut(&self.ip) {
+            *n -= 1;
+            if *n == 0 {
+                map.remove(&self.ip);
+            }
+        }
+    }
+}

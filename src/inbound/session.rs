@@ -1,0 +1,936 @@
+//! One inbound ESMTP session: the command state machine.
+//!
+//! Replies are collected and written when the session is about to read again,
+//! which is what PIPELINING (RFC 2920) asks of a server. Everything a client
+//! sends before STARTTLS completes is forgotten once it does (RFC 3207 §4.2),
+//! including pipelined bytes that followed the STARTTLS command.
+
+use std::borrow::Cow;
+use std::net::SocketAddr;
+use std::sync::Arc;
+use std::time::Duration;
+
+use smtp_proto::{
+    Error as ProtoError, MailFrom, RcptTo, Request, MAIL_BODY_8BITMIME, MAIL_BODY_BINARYMIME,
+    MAIL_REQUIRETLS, MAIL_RET_FULL, MAIL_RET_HDRS, MAIL_SMTPUTF8, RCPT_NOTIFY_DELAY,
+    RCPT_NOTIFY_FAILURE, RCPT_NOTIFY_NEVER, RCPT_NOTIFY_SUCCESS,
+};
+use tokio::io::{AsyncReadExt, AsyncWriteExt};
+use tokio::net::TcpStream;
+use tokio::sync::watch;
+
+use super::auth::{decode_line, decode_plain};
+use super::conn::Conn;
+use super::Shared;
+use crate::spool::{self, BodyType, ClientInfo, DsnRet, Envelope, RcptState, Recipient};
+
+/// Hops after which a message is taken to be looping (RFC 5321 §6.3).
+const MAX_RECEIVED_HEADERS: usize = 100;
+
+/// Why a session loop stopped reading.
+enum Stop {
+    /// The client closed the connection or an I/O error occurred.
+    Closed,
+    /// The session should end after the replies written so far.
+    Quit,
+}
+
+/// What the session read while waiting for input.
+enum Input {
+    /// A complete command line (without CRLF).
+    Line(Vec<u8>),
+    /// A line longer than the limit (its bytes were skipped).
+    TooLong,
+}
+
+/// A transaction in progress (after MAIL).
+struct Transaction {
+    sender: String,
+    body: BodyType,
+    smtputf8: bool,
+    requiretls: bool,
+    ret: Option<DsnRet>,
+    envid: Option<String>,
+    recipients: Vec<Recipient>,
+    /// Bytes received so far by BDAT.
+    bdat: Vec<u8>,
+    /// Set when a BDAT chunk broke a limit: the rest of the chunks are refused.
+    bdat_failed: bool,
+}
+
+/// One client session.
+pub(super) struct Session {
+    shared: Arc<Shared>,
+    peer: SocketAddr,
+    conn: Conn,
+    rbuf: Vec<u8>,
+    wbuf: Vec<u8>,
+    helo: Option<String>,
+    esmtp: bool,
+    auth_user: Option<String>,
+    tx: Option<Transaction>,
+    errors: u32,
+    shutdown: watch::Receiver<bool>,
+}
+
+impl Session {
+    pub(super) fn new(
+        shared: Arc<Shared>,
+        stream: TcpStream,
+        peer: SocketAddr,
+        shutdown: watch::Receiver<bool>,
+    ) -> Session {
+        Session {
+            shared,
+            peer,
+            conn: Conn::Plain(stream),
+            rbuf: Vec::with_capacity(4096),
+            wbuf: Vec::with_capacity(1024),
+            helo: None,
+            esmtp: false,
+            auth_user: None,
+            tx: None,
+            errors: 0,
+            shutdown,
+        }
+    }
+
+    fn cfg(&self) -> &crate::config::ServerConfig {
+        &self.shared.config.server
+    }
+
+    /// Queues a reply; `esc` is the enhanced status code, empty where none belongs
+    /// (greeting, HELO, 354).
+    fn reply(&mut self, code: u16, esc: &str, text: &str) {
+        let line = if esc.is_empty() {
+            format!("{code} {text}\r\n")
+        } else {
+            format!("{code} {esc} {text}\r\n")
+        };
+        self.wbuf.extend_from_slice(line.as_bytes());
+    }
+
+    /// A reply for a client mistake; counts towards `server.max_errors`.
+    fn error(&mut self, code: u16, esc: &str, text: &str) {
+        self.errors += 1;
+        self.reply(code, esc, text);
+    }
+
+    async fn flush(&mut self) -> Result<(), Stop> {
+        if self.wbuf.is_empty() {
+            return Ok(());
+        }
+        let buf = std::mem::take(&mut self.wbuf);
+        let res = tokio::time::timeout(self.cfg().command_timeout.get(), async {
+            self.conn.write_all(&buf).await?;
+            self.conn.flush().await
+        })
+        .await;
+        match res {
+            Ok(Ok(())) => Ok(()),
+            _ => Err(Stop::Closed),
+        }
+    }
+
+    /// Reads more bytes into `rbuf`, flushing pending replies first.
+    /// With `idle`, a shutdown signal ends the wait with 421.
+    async fn fill(&mut self, timeout: Duration, idle: bool) -> Result<(), Stop> {
+        self.flush().await?;
+        let mut chunk = [0u8; 16 * 1024];
+        let mut shutdown = self.shutdown.clone();
+        let read = async { tokio::time::timeout(timeout, self.conn.read(&mut chunk)).await };
+        let outcome = tokio::select! {
+            r = read => Some(r),
+            _ = shutdown.wait_for(|v| *v), if idle => None,
+        };
+        match outcome {
+            None => {
+                self.reply(421, "4.3.2", "Service shutting down; try again later");
+                let _ = self.flush().await;
+                Err(Stop::Quit)
+            }
+            Some(Err(_)) => {
+                let what = if idle { "command" } else { "message data" };
+                tracing::info!(client = %self.peer, "timeout waiting for {what}");
+                self.reply(
+                    421,
+                    "4.4.2",
+                    &format!("Timeout waiting for {what}; closing connection"),
+                );
+                let _ = self.flush().await;
+                Err(Stop::Quit)
+            }
+            Some(Ok(Ok(0))) | Some(Ok(Err(_))) => Err(Stop::Closed),
+            Some(Ok(Ok(n))) => {
+                self.rbuf.extend_from_slice(&chunk[..n]);
+                Ok(())
+            }
+        }
+    }
+
+    /// Reads one command line, enforcing `server.max_line_length`.
+    async fn read_line(&mut self) -> Result<Input, Stop> {
+        let max = self.cfg().max_line_length;
+        let timeout = self.cfg().command_timeout.get();
+        let mut skipping = false;
+        loop {
+            if let Some(pos) = memchr(&self.rbuf, b'\n') {
+                let line: Vec<u8> = self.rbuf.drain(..=pos).collect();
+                if skipping || line.len() > max {
+                    return Ok(Input::TooLong);
+                }
+                let end =
+                    line.len() - 1 - usize::from(line.len() >= 2 && line[line.len() - 2] == b'\r');
+                return Ok(Input::Line(line[..end].to_vec()));
+            }
+            if self.rbuf.len() > max {
+                skipping = true;
+                self.rbuf.clear();
+            }
+            self.fill(timeout, self.tx.is_none() && !skipping).await?;
+        }
+    }
+
+    /// Runs the session to its end.
+    pub(super) async fn run(mut self) {
+        tracing::debug!(client = %self.peer, "session start");
+        let host = self.cfg().hostname.clone();
+        self.reply(220, "", &format!("{host} ESMTP tlsrelay"));
+        loop {
+            let input = match self.read_line().await {
+                Ok(i) => i,
+                Err(_) => break,
+            };
+            let keep_going = match input {
+                Input::TooLong => {
+                    let max = self.cfg().max_line_length;
+                    self.error(
+                        500,
+                        "5.5.2",
+                        &format!("Line too long; the limit is {max} octets"),
+                    );
+                    true
+                }
+                Input::Line(line) => match self.command(line).await {
+                    Ok(()) => true,
+                    Err(Stop::Quit) => {
+                        let _ = self.flush().await;
+                        false
+                    }
+                    Err(Stop::Closed) => false,
+                },
+            };
+            if !keep_going {
+                break;
+            }
+            if self.errors > self.cfg().max_errors {
+                tracing::info!(client = %self.peer, errors = self.errors, "too many errors; closing");
+                self.reply(421, "4.7.0", "Too many errors; closing connection");
+                let _ = self.flush().await;
+                break;
+            }
+        }
+        let _ = self.conn.shutdown().await;
+        tracing::debug!(client = %self.peer, "session end");
+    }
+
+    async fn command(&mut self, mut line: Vec<u8>) -> Result<(), Stop> {
+        line.extend_from_slice(b"\r\n");
+        let parsed = Request::parse(&mut line.iter()).map(Request::into_owned);
+        match parsed {
+            Ok(Request::Ehlo { host }) => self.ehlo(host, true),
+            Ok(Request::Helo { host }) => self.ehlo(host, false),
+            Ok(Request::Lhlo { .. }) => self.error(500, "5.5.1", "LHLO is for LMTP; use EHLO"),
+            Ok(Request::Mail { from }) => self.mail(from),
+            Ok(Request::Rcpt { to }) => self.rcpt(to),
+            Ok(Request::Data) => return self.data().await,
+            Ok(Request::Bdat { chunk_size, is_last }) => return self.bdat(chunk_size, is_last).await,
+            Ok(Request::Rset) => {
+                self.tx = None;
+                self.reply(250, "2.0.0", "Ok");
+            }
+            Ok(Request::Noop { .. }) => self.reply(250, "2.0.0", "Ok"),
+            Ok(Request::Vrfy { .. }) => self.reply(
+                252,
+                "2.5.2",
+                "Cannot VRFY user, but will accept the message and attempt delivery",
+            ),
+            Ok(Request::Expn { .. }) => self.reply(502, "5.5.1", "EXPN is not supported"),
+            Ok(Request::Help { .. }) => self.reply(
+                214,
+                "2.0.0",
+                "tlsrelay relays mail only over authenticated TLS; commands: EHLO HELO MAIL RCPT DATA BDAT RSET NOOP VRFY QUIT STARTTLS AUTH HELP",
+            ),
+            Ok(Request::Quit) => {
+                self.reply(221, "2.0.0", "Bye");
+                return Err(Stop::Quit);
+            }
+            Ok(Request::StartTls) => return self.starttls().await,
+            Ok(Request::Auth { mechanism, initial_response }) => {
+                return self.auth(mechanism, initial_response).await
+            }
+            Ok(Request::Etrn { .. }) | Ok(Request::Atrn { .. }) | Ok(Request::Burl { .. }) => {
+                self.error(502, "5.5.1", "Command not implemented")
+            }
+            Err(e) => self.syntax_error(e),
+        }
+        Ok(())
+    }
+
+    fn syntax_error(&mut self, e: ProtoError) {
+        match e {
+            ProtoError::UnknownCommand => self.error(500, "5.5.2", "Command unrecognized"),
+            ProtoError::InvalidSenderAddress => {
+                self.error(501, "5.1.7", "Bad sender address syntax")
+            }
+            ProtoError::InvalidRecipientAddress => {
+                self.error(501, "5.1.3", "Bad recipient address syntax")
+            }
+            ProtoError::SyntaxError { syntax } => {
+                self.error(501, "5.5.4", &format!("Syntax: {syntax}"))
+            }
+            ProtoError::InvalidParameter { param } => self.error(
+                501,
+                "5.5.4",
+                &format!("Invalid value for parameter {param}"),
+            ),
+            ProtoError::UnsupportedParameter { param } => {
+                self.error(555, "5.5.4", &format!("Unsupported parameter {param}"))
+            }
+            _ => self.error(500, "5.5.2", "Syntax error"),
+        }
+    }
+
+    fn ehlo(&mut self, host: String, esmtp: bool) {
+        self.tx = None;
+        self.helo = Some(host.clone());
+        self.esmtp = esmtp;
+        let name = self.cfg().hostname.clone();
+        if !esmtp {
+            self.reply(250, "", &name);
+            return;
+        }
+        let tls = matches!(self.conn, Conn::Tls(_));
+        let mut lines = vec![
+            format!("{name} greets {host}"),
+            "PIPELINING".to_string(),
+            format!("SIZE {}", self.cfg().max_message_size),
+            "8BITMIME".into(),
+            "SMTPUTF8".into(),
+            "ENHANCEDSTATUSCODES".into(),
+            "CHUNKING".into(),
+            "DSN".into(),
+        ];
+        if self.shared.tls.is_some() && !tls {
+            lines.push("STARTTLS".into());
+        }
+        if tls && self.shared.users.is_some() && self.auth_user.is_none() {
+            lines.push("AUTH PLAIN LOGIN".into());
+        }
+        if tls {
+            lines.push("REQUIRETLS".into());
+        }
+        let last = lines.len() - 1;
+        for (i, l) in lines.iter().enumerate() {
+            let sep = if i == last { ' ' } else { '-' };
+            self.wbuf
+                .extend_from_slice(format!("250{sep}{l}\r\n").as_bytes());
+        }
+    }
+
+    fn may_relay(&self) -> bool {
+        self.auth_user.is_some()
+            || self
+                .cfg()
+                .relay_networks
+                .iter()
+                .any(|n| n.contains(self.peer.ip()))
+    }
+
+    fn mail(&mut self, from: MailFrom<String>) {
+        if self.helo.is_none() {
+            return self.error(503, "5.5.1", "Send EHLO first");
+        }
+        if self.tx.is_some() {
+            return self.error(503, "5.5.1", "Nested MAIL command; send RSET first");
+        }
+        let tls = matches!(self.conn, Conn::Tls(_));
+        let smtputf8 = from.flags & MAIL_SMTPUTF8 != 0;
+        if from.flags & MAIL_BODY_BINARYMIME != 0 {
+            return self.error(555, "5.5.4", "BODY=BINARYMIME is not supported");
+        }
+        if from.flags & MAIL_REQUIRETLS != 0 && !tls {
+            return self.error(
+                555,
+                "5.7.10",
+                "REQUIRETLS is only offered after STARTTLS (RFC 8689)",
+            );
+        }
+        if !self.esmtp && (from.flags != 0 || from.size != 0 || from.env_id.is_some()) {
+            return self.error(555, "5.5.4", "MAIL parameters need EHLO, not HELO");
+        }
+        if !from.address.is_ascii() && !smtputf8 {
+            return self.error(
+                553,
+                "5.6.7",
+                "Non-ASCII sender address needs the SMTPUTF8 parameter",
+            );
+        }
+        let max = self.cfg().max_message_size;
+        if from.size as u64 > max {
+            return self.error(
+                552,
+                "5.3.4",
+                &format!(
+                    "Message size {} exceeds the limit of {max} octets",
+                    from.size
+                ),
+            );
+        }
+        let ret = if from.flags & MAIL_RET_FULL != 0 {
+            Some(DsnRet::Full)
+        } else if from.flags & MAIL_RET_HDRS != 0 {
+            Some(DsnRet::Hdrs)
+        } else {
+            None
+        };
+        self.tx = Some(Transaction {
+            sender: from.address,
+            body: if from.flags & MAIL_BODY_8BITMIME != 0 {
+                BodyType::EightBitMime
+            } else {
+                BodyType::SevenBit
+            },
+            smtputf8,
+            requiretls: from.flags & MAIL_REQUIRETLS != 0,
+            ret,
+            envid: from.env_id,
+            recipients: vec![],
+            bdat: vec![],
+            bdat_failed: false,
+        });
+        self.reply(250, "2.1.0", "Sender ok");
+    }
+
+    fn rcpt(&mut self, to: RcptTo<String>) {
+        let max = self.cfg().max_recipients;
+        let may_relay = self.may_relay();
+        let peer = self.peer.ip();
+        let Some(tx) = self.tx.as_mut() else {
+            return self.error(503, "5.5.1", "Send MAIL first");
+        };
+        if !may_relay {
+            tracing::info!(client = %self.peer, rcpt = %to.address, "relay refused");
+            return self.error(
+                554,
+                "5.7.1",
+                &format!(
+                    "Relay access denied: {peer} is not in server.relay_networks and has not authenticated"
+                ),
+            );
+        }
+        let smtputf8 = tx.smtputf8;
+        if !to.address.is_ascii() && !smtputf8 {
+            return self.error(
+                553,
+                "5.6.7",
+                "Non-ASCII recipient address needs SMTPUTF8 on MAIL",
+            );
+        }
+        match to.address.rsplit_once('@') {
+            Some((local, domain)) if !local.is_empty() && !domain.is_empty() => {}
+            _ => {
+                return self.error(
+                    501,
+                    "5.1.3",
+                    "Recipient must be a full address (user@domain); tlsrelay only relays",
+                )
+            }
+        }
+        let Some(tx) = self.tx.as_mut() else { return };
+        if tx.recipients.len() >= max {
+            // 452 lets the client send the rest in another transaction (RFC 5321 §4.5.3.1.10).
+            return self.reply(
+                452,
+                "4.5.3",
+                &format!("Too many recipients; at most {max} per message"),
+            );
+        }
+        let mut notify = vec![];
+        for (flag, name) in [
+            (RCPT_NOTIFY_SUCCESS, "success"),
+            (RCPT_NOTIFY_FAILURE, "failure"),
+            (RCPT_NOTIFY_DELAY, "delay"),
+            (RCPT_NOTIFY_NEVER, "never"),
+        ] {
+            if to.flags & flag != 0 {
+                notify.push(name.to_string());
+            }
+        }
+        tx.recipients.push(Recipient {
+            address: to.address,
+            notify,
+            orcpt: to.orcpt,
+            state: RcptState::Queued,
+            last_reason: None,
+            status: None,
+        });
+        self.reply(250, "2.1.5", "Recipient ok");
+    }
+
+    async fn data(&mut self) -> Result<(), Stop> {
+        match &self.tx {
+            None => {
+                self.error(503, "5.5.1", "Send MAIL first");
+                return Ok(());
+            }
+            Some(tx) if tx.recipients.is_empty() => {
+                self.error(503, "5.5.1", "No valid recipients");
+                return Ok(());
+            }
+            Some(tx) if !tx.bdat.is_empty() || tx.bdat_failed => {
+                self.error(503, "5.5.1", "DATA cannot follow BDAT in one transaction");
+                return Ok(());
+            }
+            _ => {}
+        }
+        self.reply(354, "", "End data with <CR><LF>.<CR><LF>");
+        let max = self.cfg().max_message_size as usize;
+        let timeout = self.cfg().data_timeout.get();
+        let mut receiver = smtp_proto::request::receiver::DataReceiver::new();
+        let mut body = Vec::new();
+        let mut oversize = false;
+        loop {
+            let mut iter = self.rbuf.iter();
+            let done = receiver.ingest(&mut iter, &mut body);
+            let consumed = self.rbuf.len() - iter.as_slice().len();
+            self.rbuf.drain(..consumed);
+            if body.len() > max {
+                oversize = true;
+                body.clear();
+            }
+            if done {
+                break;
+            }
+            self.fill(timeout, false).await?;
+        }
+        if oversize {
+            self.tx = None;
+            self.error(
+                552,
+                "5.3.4",
+                &format!("Message exceeds the size limit of {max} octets"),
+            );
+            return Ok(());
+        }
+        self.finish(body).await
+    }
+
+    async fn bdat(&mut self, size: usize, last: bool) -> Result<(), Stop> {
+        let timeout = self.cfg().data_timeout.get();
+        let max = self.cfg().max_message_size as usize;
+        // The chunk is read whatever the state, so the command stream stays in step.
+        let keep = self
+            .tx
+            .as_ref()
+            .is_some_and(|t| !t.recipients.is_empty() && !t.bdat_failed)
+            && self
+                .tx
+                .as_ref()
+                .map_or(0, |t| t.bdat.len())
+                .saturating_add(size)
+                <= max;
+        let mut left = size;
+        let mut chunk = Vec::new();
+        loop {
+            let take = left.min(self.rbuf.len());
+            if keep {
+                chunk.extend_from_slice(&self.rbuf[..take]);
+            }
+            self.rbuf.drain(..take);
+            left -= take;
+            if left == 0 {
+                break;
+            }
+            self.fill(timeout, false).await?;
+        }
+        match &mut self.tx {
+            None => self.error(503, "5.5.1", "Send MAIL first"),
+            Some(tx) if tx.recipients.is_empty() => self.error(503, "5.5.1", "No valid recipients"),
+            Some(tx) if tx.bdat_failed => {
+                if last {
+                    self.tx = None;
+                }
+                self.error(503, "5.5.1", "An earlier BDAT chunk was refused; send RSET")
+            }
+            Some(tx) if !keep => {
+                tx.bdat_failed = true;
+                tx.bdat = Vec::new();
+                if last {
+                    self.tx = None;
+                }
+                self.error(
+                    552,
+                    "5.3.4",
+                    &format!("Message exceeds the size limit of {max} octets"),
+                )
+            }
+            Some(tx) => {
+                tx.bdat.extend_from_slice(&chunk);
+                if last {
+                    let body = std::mem::take(&mut tx.bdat);
+                    return self.finish(body).await;
+                }
+                self.reply(250, "2.0.0", &format!("{size} octets received"));
+            }
+        }
+        Ok(())
+    }
+
+    /// Stores a complete message; answers 250 only once it is durable.
+    async fn finish(&mut self, body: Vec<u8>) -> Result<(), Stop> {
+        let Some(tx) = self.tx.take() else {
+            return Ok(());
+        };
+        if count_received(&body) >= MAX_RECEIVED_HEADERS {
+            self.reply(
+                554,
+                "5.4.6",
+                "Too many Received headers; the message is looping",
+            );
+            return Ok(());
+        }
+        let id = spool::new_queue_id();
+        let tls = self.conn.tls_description();
+        let mut message = received_header(
+            self.helo.as_deref().unwrap_or(""),
+            &self.peer,
+            &self.cfg().hostname,
+            &id,
+            protocol(self.esmtp, tls.is_some(), self.auth_user.is_some()),
+            tls.as_ref(),
+            &tx.recipients,
+        )
+        .into_bytes();
+        message.extend_from_slice(&body);
+        let now = spool::now_unix();
+        let env = Envelope {
+            id: id.clone(),
+            received_at: now,
+            client: ClientInfo {
+                addr: self.peer.to_string(),
+                helo: self.helo.clone().unwrap_or_default(),
+                tls: tls.as_ref().map(|(v, c)| format!("{v} {c}")),
+                auth_user: self.auth_user.clone(),
+            },
+            sender: tx.sender,
+            size: message.len() as u64,
+            body: tx.body,
+            smtputf8: tx.smtputf8,
+            requiretls: tx.requiretls,
+            ret: tx.ret,
+            envid: tx.envid,
+            recipients: tx.recipients,
+            attempts: 0,
+            next_attempt: now,
+            delay_notice_sent: false,
+        };
+        let spool = self.shared.spool.clone();
+        let env2 = env.clone();
+        let stored = tokio::task::spawn_blocking(move || spool.store(&env2, &message)).await;
+        match stored {
+            Ok(Ok(())) => {
+                tracing::info!(
+                    id = %id,
+                    client = %self.peer,
+                    from = %format!("<{}>", env.sender),
+                    nrcpt = env.recipients.len(),
+                    size = env.size,
+                    tls = %env.client.tls.as_deref().unwrap_or("no"),
+                    requiretls = env.requiretls,
+                    "accepted"
+                );
+                if let Some(q) = &self.shared.queued {
+                    let _ = q.send(env);
+                }
+                self.reply(250, "2.0.0", &format!("Ok: queued as {id}"));
+            }
+            Ok(Err(e)) => {
+                tracing::error!(client = %self.peer, error = %e, "cannot store message in the spool");
+                self.reply(
+                    451,
+                    "4.3.0",
+                    "Cannot store the message right now; try again later",
+                );
+            }
+            Err(e) => {
+                tracing::error!(client = %self.peer, error = %e, "spool task failed");
+                self.reply(
+                    451,
+                    "4.3.0",
+                    "Cannot store the message right now; try again later",
+                );
+            }
+        }
+        Ok(())
+    }
+
+    async fn starttls(&mut self) -> Result<(), Stop> {
+        let Some(acceptor) = self.shared.tls.clone() else {
+            self.error(502, "5.5.1", "STARTTLS is not available");
+            return Ok(());
+        };
+        if matches!(self.conn, Conn::Tls(_)) {
+            self.error(503, "5.5.1", "TLS is already active");
+            return Ok(());
+        }
+        self.reply(220, "2.0.0", "Ready to start TLS");
+        self.flush().await?;
+        // Bytes pipelined after STARTTLS were sent in clear: never act on them.
+        self.rbuf.clear();
+        let Conn::Plain(tcp) = std::mem::replace(&mut self.conn, Conn::Upgrading) else {
+            return Err(Stop::Closed);
+        };
+        let timeout = self.cfg().command_timeout.get();
+        match tokio::time::timeout(timeout, acceptor.accept(tcp)).await {
+            Ok(Ok(tls)) => {
+                self.conn = Conn::Tls(Box::new(tls));
+                self.helo = None;
+                self.esmtp = false;
+                self.tx = None;
+                self.auth_user = None;
+                Ok(())
+            }
+            Ok(Err(e)) => {
+                tracing::info!(client = %self.peer, error = %e, "inbound TLS handshake failed");
+                Err(Stop::Closed)
+            }
+            Err(_) => {
+                tracing::info!(client = %self.peer, "inbound TLS handshake timed out");
+                Err(Stop::Closed)
+            }
+        }
+    }
+
+    async fn auth(&mut self, mechanism: u64, initial: String) -> Result<(), Stop> {
+        if !matches!(self.conn, Conn::Tls(_)) {
+            self.error(530, "5.7.0", "Must issue a STARTTLS command first");
+            return Ok(());
+        }
+        let Some(users) = self.shared.users.clone() else {
+            self.error(502, "5.5.1", "AUTH is not available");
+            return Ok(());
+        };
+        if self.auth_user.is_some() {
+            self.error(503, "5.5.1", "Already authenticated");
+            return Ok(());
+        }
+        if self.tx.is_some() {
+            self.error(
+                503,
+                "5.5.1",
+                "AUTH is not allowed during a mail transaction",
+            );
+            return Ok(());
+        }
+        let creds = if mechanism == smtp_proto::AUTH_PLAIN {
+            let response = if initial.is_empty() {
+                match self.challenge("").await? {
+                    Some(r) => r,
+                    None => return Ok(()),
+                }
+            } else {
+                initial
+            };
+            decode_plain(&response)
+        } else if mechanism == smtp_proto::AUTH_LOGIN {
+            let user = if initial.is_empty() {
+                match self.challenge("VXNlcm5hbWU6").await? {
+                    Some(r) => decode_line(&r),
+                    None => return Ok(()),
+                }
+            } else {
+                decode_line(&initial)
+            };
+            match self.challenge("UGFzc3dvcmQ6").await? {
+                Some(r) => user.zip(decode_line(&r)),
+                None => return Ok(()),
+            }
+        } else {
+            self.error(
+                504,
+                "5.5.4",
+                "Unrecognized authentication type; use PLAIN or LOGIN",
+            );
+            return Ok(());
+        };
+        let Some((user, pass)) = creds else {
+            self.error(501, "5.5.2", "Cannot decode the AUTH response");
+            return Ok(());
+        };
+        let ok = {
+            let u = user.clone();
+            tokio::task::spawn_blocking(move || users.verify(&u, &pass))
+                .await
+                .unwrap_or(false)
+        };
+        if ok {
+            tracing::info!(client = %self.peer, user = %user, "authenticated");
+            self.auth_user = Some(user);
+            self.reply(235, "2.7.0", "Authentication successful");
+        } else {
+            tracing::warn!(client = %self.peer, user = %user, "authentication failed");
+            self.error(535, "5.7.8", "Authentication credentials invalid");
+        }
+        Ok(())
+    }
+
+    /// Sends a 334 challenge and reads the answer; `None` when the client cancelled.
+    async fn challenge(&mut self, text: &str) -> Result<Option<String>, Stop> {
+        self.wbuf
+            .extend_from_slice(format!("334 {text}\r\n").as_bytes());
+        match self.read_line().await? {
+            Input::Line(l) if l == b"*" => {
+                self.error(501, "5.0.0", "Authentication cancelled");
+                Ok(None)
+            }
+            Input::Line(l) => Ok(Some(String::from_utf8_lossy(&l).into_owned())),
+            Input::TooLong => {
+                self.error(500, "5.5.2", "Line too long");
+                Ok(None)
+            }
+        }
+    }
+}
+
+fn memchr(hay: &[u8], needle: u8) -> Option<usize> {
+    hay.iter().position(|&b| b == needle)
+}
+
+/// The protocol keyword of RFC 3848 for the Received header.
+fn protocol(esmtp: bool, tls: bool, auth: bool) -> &'static str {
+    match (esmtp, tls, auth) {
+        (false, _, _) => "SMTP",
+        (true, false, false) => "ESMTP",
+        (true, true, false) => "ESMTPS",
+        (true, false, true) => "ESMTPA",
+        (true, true, true) => "ESMTPSA",
+    }
+}
+
+/// Our trace header (RFC 5321 §4.4), folded, ending in CRLF.
+fn received_header(
+    helo: &str,
+    peer: &SocketAddr,
+    hostname: &str,
+    id: &str,
+    protocol: &str,
+    tls: Option<&(String, String)>,
+    recipients: &[Recipient],
+) -> String {
+    let helo = sanitize(helo);
+    let ip = match peer.ip() {
+        std::net::IpAddr::V4(v4) => v4.to_string(),
+        std::net::IpAddr::V6(v6) => format!("IPv6:{v6}"),
+    };
+    let mut h = format!(
+        "Received: from {helo} ([{ip}])\r\n\tby {hostname} (tlsrelay) with {protocol} id {id}"
+    );
+    if let Some((version, cipher)) = tls {
+        h.push_str(&format!("\r\n\t(version={version} cipher={cipher})"));
+    }
+    if let [only] = recipients {
+        h.push_str(&format!("\r\n\tfor <{}>", sanitize(&only.address)));
+    }
+    h.push_str(&format!(
+        ";\r\n\t{}\r\n",
+        chrono::Local::now().format("%a, %d %b %Y %H:%M:%S %z")
+    ));
+    h
+}
+
+/// Keeps client-supplied text from breaking the header syntax.
+fn sanitize(s: &str) -> Cow<'_, str> {
+    if s.chars().all(|c| c.is_ascii_graphic() || !c.is_ascii()) && !s.contains(['(', ')', ';']) {
+        Cow::Borrowed(s)
+    } else {
+        Cow::Owned(
+            s.chars()
+                .map(|c| {
+                    if c.is_ascii_graphic() && !"();".contains(c) || !c.is_ascii() {
+                        c
+                    } else {
+                        '_'
+                    }
+                })
+                .collect(),
+        )
+    }
+}
+
+/// Counts Received header fields in the message's header section.
+fn count_received(msg: &[u8]) -> usize {
+    let mut n = 0;
+    for line in msg.split(|&b| b == b'\n') {
+        if line == b"\r" || line.is_empty() {
+            break;
+        }
+        if line.len() >= 9 && line[..9].eq_ignore_ascii_case(b"received:") {
+            n += 1;
+        }
+    }
+    n
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn protocols() {
+        let cases = [
+            ((false, true, true), "SMTP"),
+            ((true, false, false), "ESMTP"),
+            ((true, true, false), "ESMTPS"),
+            ((true, false, true), "ESMTPA"),
+            ((true, true, true), "ESMTPSA"),
+        ];
+        for ((e, t, a), want) in cases {
+            assert_eq!(protocol(e, t, a), want);
+        }
+    }
+
+    #[test]
+    fn received_header_shape() {
+        let peer: SocketAddr = "192.0.2.7:4000".parse().unwrap();
+        let rcpt = Recipient {
+            address: "x@example.net".into(),
+            notify: vec![],
+            orcpt: None,
+            state: RcptState::Queued,
+            last_reason: None,
+            status: None,
+        };
+        let tls = (
+            "TLSv1.3".to_string(),
+            "TLS13_AES_128_GCM_SHA256".to_string(),
+        );
+        let h = received_header(
+            "mta (evil);",
+            &peer,
+            "relay.example",
+            "ID1",
+            "ESMTPS",
+            Some(&tls),
+            &[rcpt],
+        );
+        assert!(h.starts_with("Received: from mta__evil__ ([192.0.2.7])\r\n\tby relay.example (tlsrelay) with ESMTPS id ID1\r\n\t(version=TLSv1.3 cipher=TLS13_AES_128_GCM_SHA256)\r\n\tfor <x@example.net>;\r\n\t"), "{h}");
+        assert!(h.ends_with("\r\n"));
+    }
+
+    #[test]
+    fn received_counting_stops_at_body() {
+        let msg = b"Received: a\r\nreceived: b\r\nSubject: x\r\n\r\nReceived: in body\r\n";
+        assert_eq!(count_received(msg), 2);
+    }
+}

@@ -1,0 +1,162 @@
+//! `tlsrelay queue …`: what the operator sees of the spool.
+
+use std::fmt::Write as _;
+use std::io;
+
+use serde_json::json;
+
+use crate::spool::{now_unix, Envelope, RcptState, Spool};
+
+/// One row of `queue list`, also its JSON form.
+pub fn summary(env: &Envelope) -> serde_json::Value {
+    let pending: Vec<&str> = env.pending().map(|r| r.address.as_str()).collect();
+    let last_reason = env
+        .recipients
+        .iter()
+        .filter_map(|r| r.last_reason.as_deref())
+        .next_back();
+    let state = if pending.is_empty() {
+        "finished"
+    } else if env.attempts == 0 {
+        "new"
+    } else {
+        "deferred"
+    };
+    json!({
+        "id": env.id,
+        "sender": env.sender,
+        "recipients": env.recipients.iter().map(|r| &r.address).collect::<Vec<_>>(),
+        "pending": pending,
+        "size": env.size,
+        "age_seconds": (now_unix() - env.received_at).max(0),
+        "state": state,
+        "attempts": env.attempts,
+        "last_reason": last_reason,
+        "next_attempt": env.next_attempt,
+        "requiretls": env.requiretls,
+    })
+}
+
+/// `queue list`: a table for people or a JSON array for scripts.
+pub fn list(spool: &Spool, as_json: bool) -> io::Result<String> {
+    let envs = spool.list()?;
+    if as_json {
+        let rows: Vec<_> = envs.iter().map(summary).collect();
+        return Ok(serde_json::to_string_pretty(&rows)? + "\n");
+    }
+    let mut out = String::new();
+    if envs.is_empty() {
+        out.push_str("queue is empty\n");
+        return Ok(out);
+    }
+    let _ = writeln!(
+        out,
+        "{:<16}  {:>8}  {:>7}  {:<8}  {:<19}  sender / recipients / last reason",
+        "id", "size", "age", "state", "next attempt"
+    );
+    for env in &envs {
+        let s = summary(env);
+        let next = chrono::DateTime::from_timestamp(env.next_attempt, 0)
+            .map(|t| t.format("%Y-%m-%d %H:%M:%S").to_string())
+            .unwrap_or_default();
+        let _ = writeln!(
+            out,
+            "{:<16}  {:>8}  {:>7}  {:<8}  {:<19}  <{}>",
+            env.id,
+            env.size,
+            human_age(s["age_seconds"].as_i64().unwrap_or(0)),
+            s["state"].as_str().unwrap_or(""),
+            next,
+            env.sender
+        );
+        for r in &env.recipients {
+            let state = match r.state {
+                RcptState::Queued => "queued",
+                RcptState::Delivered => "delivered",
+                RcptState::Failed => "failed",
+            };
+            let _ = writeln!(out, "{:>66}  -> <{}> {state}", "", r.address);
+            if let Some(reason) = &r.last_reason {
+                let _ = writeln!(out, "{:>66}     {reason}", "");
+            }
+        }
+    }
+    let _ = writeln!(out, "{} message(s)", envs.len());
+    Ok(out)
+}
+
+/// `queue show ID`: the envelope and the message headers.
+pub fn show(spool: &Spool, id: &str, as_json: bool) -> io::Result<String> {
+    let env = spool.load(id)?;
+    let msg = spool.read_message(id)?;
+    let end = find_header_end(&msg);
+    let headers = String::from_utf8_lossy(&msg[..end]).into_owned();
+    if as_json {
+        let v = json!({ "envelope": env, "headers": headers });
+        return Ok(serde_json::to_string_pretty(&v)? + "\n");
+    }
+    let mut out = String::new();
+    let _ = writeln!(out, "id:          {}", env.id);
+    let _ = writeln!(
+        out,
+        "received:    {} from {} (helo {}){}",
+        chrono::DateTime::from_timestamp(env.received_at, 0)
+            .map(|t| t.to_rfc3339())
+            .unwrap_or_default(),
+        env.client.addr,
+        env.client.helo,
+        env.client
+            .tls
+            .as_ref()
+            .map(|t| format!(" over {t}"))
+            .unwrap_or_default()
+    );
+    let _ = writeln!(out, "sender:      <{}>", env.sender);
+    let _ = writeln!(
+        out,
+        "size:        {} bytes, body {:?}, smtputf8 {}, requiretls {}",
+        env.size, env.body, env.smtputf8, env.requiretls
+    );
+    if env.ret.is_some() || env.envid.is_some() {
+        let _ = writeln!(out, "dsn:         ret {:?}, envid {:?}", env.ret, env.envid);
+    }
+    let _ = writeln!(out, "attempts:    {}", env.attempts);
+    for r in &env.recipients {
+        let _ = writeln!(
+            out,
+            "recipient:   <{}> {:?}{}{}",
+            r.address,
+            r.state,
+            if r.notify.is_empty() {
+                String::new()
+            } else {
+                format!(" notify={}", r.notify.join(","))
+            },
+            r.orcpt
+                .as_ref()
+                .map(|o| format!(" orcpt={o}"))
+                .unwrap_or_default()
+        );
+        if let Some(reason) = &r.last_reason {
+            let _ = writeln!(out, "             {reason}");
+        }
+    }
+    let _ = writeln!(out, "\n{headers}");
+    Ok(out)
+}
+
+fn find_header_end(msg: &[u8]) -> usize {
+    msg.windows(4)
+        .position(|w| w == b"\r\n\r\n")
+        .map(|p| p + 2)
+        .unwrap_or(msg.len())
+}
+
+fn human_age(secs: i64) -> String {
+    match secs {
+        s if s < 120 => format!("{s}s"),
+        s if s < 7200 => format!("{}m", s / 60),
+        s if s < 172800 => format!("{}h", s / 3600),
+        s => format!("{}d", s / 86400),
+    }
+}

@@ -1,0 +1,4 @@
+//! Real-socket helpers shared by the integration tests.
+#![allow(dead_code)]
+
+pub mod client;
