@@ -587,3 +587,18 @@ mod tests {
         }
     }
 }
+
+#[cfg(test)]
+mod example_file {
+    use super::*;
+
+    /// `deploy/tlsrelay.toml` must parse and state exactly the defaults.
+    #[test]
+    fn deploy_example_matches_defaults() {
+        let path = Path::new(env!("CARGO_MANIFEST_DIR")).join("deploy/tlsrelay.toml");
+        let mut example = Config::load(&path).unwrap();
+        let defaults = Config::default();
+        example.server.hostname = defaults.server.hostname.clone();
+        assert_eq!(format!("{example:?}"), format!("{defaults:?}"));
+    }
+}

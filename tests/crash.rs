@@ -1,0 +1,161 @@
+//! The spool's promise, tested on the real binary with SIGKILL:
+//! a 250 after DATA survives a crash; a half-received message leaves no trace.
+
+mod support;
+
+use std::net::{SocketAddr, TcpListener};
+use std::path::Path;
+use std::process::{Child, Command, Stdio};
+use std::time::{Duration, Instant};
+
+use support::client::Client;
+
+fn free_port() -> u16 {
+    TcpListener::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap()
+        .port()
+}
+
+struct Relay {
+    child: Child,
+    addr: SocketAddr,
+}
+
+fn write_config(dir: &Path, port: u16) -> std::path::PathBuf {
+    let path = dir.join("tlsrelay.toml");
+    std::fs::write(
+        &path,
+        format!(
+            "[server]\nlisten = [\"127.0.0.1:{port}\"]\nhostname = \"relay.test\"\n[spool]\ndir = \"{}/spool\"\n[delivery]\nenabled = false\n",
+            dir.display()
+        ),
+    )
+    .unwrap();
+    path
+}
+
+async fn start_relay(config: &Path, port: u16) -> Relay {
+    let child = Command::new(env!("CARGO_BIN_EXE_tlsrelay"))
+        .args(["serve", "--config"])
+        .arg(config)
+        .stdin(Stdio::null())
+        .stdout(Stdio::null())
+        .stderr(Stdio::null())
+        .spawn()
+        .unwrap();
+    let addr: SocketAddr = format!("127.0.0.1:{port}").parse().unwrap();
+    let deadline = Instant::now() + Duration::from_secs(20);
+    while tokio::net::TcpStream::connect(addr).await.is_err() {
+        assert!(Instant::now() < deadline, "relay did not start");
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    Relay { child, addr }
+}
+
+fn queue_json(config: &Path) -> serde_json::Value {
+    let out = Command::new(env!("CARGO_BIN_EXE_tlsrelay"))
+        .args(["queue", "list", "--json", "--config"])
+        .arg(config)
+        .output()
+        .unwrap();
+    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+    serde_json::from_slice(&out.stdout).unwrap()
+}
+
+fn message(i: usize) -> Vec<u8> {
+    // Varied sizes, so some messages straddle many socket reads.
+    let filler = "x".repeat(70);
+    let mut m = format!("Message-ID: <crash-{i}@test>\r\nSubject: crash test {i}\r\n\r\n").into_bytes();
+    for line in 0..(i * 37 % 400) {
+        m.extend_from_slice(format!("{i}:{line} {filler}\r\n").as_bytes());
+    }
+    m
+}
+
+#[tokio::test]
+async fn sigkill_after_250_loses_nothing() {
+    let dir = tempfile::tempdir().unwrap();
+    let port = free_port();
+    let config = write_config(dir.path(), port);
+    let mut acknowledged = Vec::new();
+    // Several rounds: each kills the server the instant it has answered 250.
+    for round in 0..3 {
+        let mut relay = start_relay(&config, port).await;
+        let (mut c, _) = Client::connect(relay.addr).await;
+        c.cmd("EHLO client.test").await;
+        for k in 0..5 {
+            let i = round * 5 + k;
+            c.cmd(&format!("MAIL FROM:<a{i}@example.org>")).await;
+            c.cmd("RCPT TO:<b@example.net>").await;
+            assert_eq!(c.cmd("DATA").await.code, 354);
+            c.send(&message(i)).await;
+            let r = c.cmd(".").await;
+            assert_eq!(r.code, 250, "{r:?}");
+            let id = r.text().rsplit(' ').next().unwrap().to_string();
+            acknowledged.push((id, i));
+        }
+        relay.child.kill().unwrap(); // SIGKILL
+        relay.child.wait().unwrap();
+    }
+    let mut relay = start_relay(&config, port).await;
+    let q = queue_json(&config);
+    assert_eq!(q.as_array().unwrap().len(), acknowledged.len());
+    for (id, i) in &acknowledged {
+        let stored = std::fs::read(dir.path().join(format!("spool/queue/{id}.msg"))).unwrap();
+        let want = message(*i);
+        assert!(stored.ends_with(&want), "message {i} ({id}) differs");
+        assert!(stored.starts_with(b"Received: "));
+        let row = q.as_array().unwrap().iter().find(|r| r["id"] == *id.as_str()).unwrap();
+        assert_eq!(row["sender"], format!("a{i}@example.org"));
+    }
+    relay.child.kill().unwrap();
+    relay.child.wait().unwrap();
+}
+
+#[tokio::test]
+async fn sigkill_during_data_leaves_no_trace() {
+    let dir = tempfile::tempdir().unwrap();
+    let port = free_port();
+    let config = write_config(dir.path(), port);
+    let mut relay = start_relay(&config, port).await;
+    let (mut c, _) = Client::connect(relay.addr).await;
+    c.cmd("EHLO client.test").await;
+    c.cmd("MAIL FROM:<a@example.org>").await;
+    c.cmd("RCPT TO:<b@example.net>").await;
+    assert_eq!(c.cmd("DATA").await.code, 354);
+    let half = message(7);
+    c.send(&half[..half.len() / 2]).await;
+    // Let the server take in what was sent before it dies.
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    relay.child.kill().unwrap();
+    relay.child.wait().unwrap();
+    assert!(c.try_read().await.is_none(), "no reply may come for a half message");
+
+    let mut relay = start_relay(&config, port).await;
+    assert_eq!(queue_json(&config), serde_json::json!([]));
+    let leftovers: Vec<_> = ["tmp", "queue"]
+        .iter()
+        .flat_map(|d| std::fs::read_dir(dir.path().join("spool").join(d)).unwrap())
+        .collect();
+    assert!(leftovers.is_empty(), "{leftovers:?}");
+    relay.child.kill().unwrap();
+    relay.child.wait().unwrap();
+}
+
+#[tokio::test]
+async fn sigterm_stops_cleanly_with_exit_0() {
+    let dir = tempfile::tempdir().unwrap();
+    let port = free_port();
+    let config = write_config(dir.path(), port);
+    let mut relay = start_relay(&config, port).await;
+    let (mut c, _) = Client::connect(relay.addr).await;
+    c.cmd("EHLO client.test").await;
+    // SAFETY: sending a signal to our own child process.
+    unsafe { libc::kill(relay.child.id() as i32, libc::SIGTERM) };
+    let r = c.read().await;
+    assert!(r.text().starts_with("421 4.3.2 "), "{r:?}");
+    let status = relay.child.wait().unwrap();
+    assert!(status.success(), "{status:?}");
+}
