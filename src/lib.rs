@@ -5,7 +5,13 @@
 //! durable, and the binary's commands ([`queue`]) let the operator look at it.
 
 pub mod config;
+pub mod delivery;
+pub mod dns;
+pub mod dsn;
 pub mod inbound;
+pub mod outcome;
+pub mod policy;
 pub mod queue;
+pub mod relay;
 pub mod spool;
 pub mod tls;

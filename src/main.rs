@@ -6,7 +6,6 @@ use std::sync::Arc;
 
 use clap::{Parser, Subcommand};
 use tlsrelay::config::Config;
-use tlsrelay::inbound::Inbound;
 use tlsrelay::spool::Spool;
 
 /// An outbound SMTP relay that delivers only over authenticated, forward-secret TLS.
@@ -61,6 +60,26 @@ enum QueueAction {
         #[arg(long)]
         json: bool,
     },
+    /// Make deferred messages due now (the running relay picks them up within
+    /// `delivery.queue_scan_interval`).
+    Retry {
+        /// Queue id.
+        #[arg(required_unless_present = "all")]
+        id: Option<String>,
+        /// Every queued message.
+        #[arg(long, conflicts_with = "id")]
+        all: bool,
+    },
+    /// Remove a message from the queue without notifying anyone.
+    Delete {
+        /// Queue id.
+        id: String,
+    },
+    /// Give up on a message now: its pending recipients fail and the sender gets a DSN.
+    Bounce {
+        /// Queue id.
+        id: String,
+    },
 }
 
 fn main() -> ExitCode {
@@ -103,6 +122,11 @@ fn run(cli: Cli) -> Result<ExitCode, String> {
             let out = match action {
                 QueueAction::List { json } => tlsrelay::queue::list(&spool, json),
                 QueueAction::Show { id, json } => tlsrelay::queue::show(&spool, &id, json),
+                QueueAction::Retry { id, all: _ } => tlsrelay::queue::retry(&spool, id.as_deref()),
+                QueueAction::Delete { id } => tlsrelay::queue::delete(&spool, &id),
+                QueueAction::Bounce { id } => {
+                    tlsrelay::queue::bounce(&spool, &id, &config.server.hostname)
+                }
             }
             .map_err(|e| e.to_string())?;
             print!("{out}");
@@ -129,26 +153,8 @@ fn init_logging(level: &str) {
 }
 
 async fn serve(config: Arc<Config>) -> Result<(), String> {
-    let dir = &config.spool.dir;
-    let spool =
-        Spool::open(dir).map_err(|e| format!("cannot open the spool {}: {e}", dir.display()))?;
-    let _lock = spool.lock().map_err(|e| e.to_string())?;
-    let recovery = spool
-        .recover()
-        .map_err(|e| format!("cannot recover the spool {}: {e}", dir.display()))?;
-    tracing::info!(
-        spool = %dir.display(),
-        queued = recovery.queued.len(),
-        discarded_partial = recovery.discarded_partial,
-        "spool recovered"
-    );
-    for id in &recovery.corrupt {
-        tracing::error!(id = %id, "damaged envelope moved to {}/corrupt; inspect it by hand", dir.display());
-    }
-    let inbound = Inbound::bind(config.clone(), spool, None)
-        .await
-        .map_err(|e| e.to_string())?;
-    for addr in inbound.local_addrs() {
+    let relay = tlsrelay::relay::Relay::start(config.clone()).await?;
+    for addr in relay.local_addrs() {
         tracing::info!(%addr, hostname = %config.server.hostname, "listening");
     }
     let (stop_tx, stop_rx) = tokio::sync::watch::channel(false);
@@ -157,7 +163,7 @@ async fn serve(config: Arc<Config>) -> Result<(), String> {
         tracing::info!("shutdown requested");
         let _ = stop_tx.send(true);
     });
-    inbound.run(stop_rx).await;
+    relay.run(stop_rx).await;
     tracing::info!("stopped");
     Ok(())
 }

@@ -160,3 +160,79 @@ fn human_age(secs: i64) -> String {
         s => format!("{}d", s / 86400),
     }
 }
+
+/// `queue retry [ID]`: makes one (or every) message due now.
+pub fn retry(spool: &Spool, id: Option<&str>) -> io::Result<String> {
+    let envs = match id {
+        Some(id) => vec![spool.load(id)?],
+        None => spool.list()?,
+    };
+    let now = now_unix();
+    let mut n = 0;
+    for mut env in envs {
+        if env.next_attempt > now {
+            env.next_attempt = now;
+            spool.update(&env)?;
+        }
+        n += 1;
+    }
+    Ok(format!("{n} message(s) due for delivery now\n"))
+}
+
+/// `queue delete ID`: removes a message silently.
+pub fn delete(spool: &Spool, id: &str) -> io::Result<String> {
+    spool.load(id)?;
+    spool.remove(id)?;
+    Ok(format!("{id} deleted\n"))
+}
+
+/// `queue bounce ID`: fails the pending recipients and queues a DSN to the sender.
+pub fn bounce(spool: &Spool, id: &str, hostname: &str) -> io::Result<String> {
+    let mut env = spool.load(id)?;
+    let message = spool.read_message(id)?;
+    let mut statuses = Vec::new();
+    for r in env
+        .recipients
+        .iter_mut()
+        .filter(|r| r.state == RcptState::Queued)
+    {
+        let reason = format!(
+            "returned by the operator of {hostname}; last attempt: {}",
+            r.last_reason.as_deref().unwrap_or("none yet")
+        );
+        r.state = RcptState::Failed;
+        r.status = Some("5.0.0".into());
+        statuses.push(crate::dsn::RecipientStatus {
+            address: r.address.clone(),
+            orcpt: r.orcpt.clone(),
+            status: "5.0.0".into(),
+            remote_mta: None,
+            diagnostic: None,
+            reason: reason.clone(),
+        });
+        r.last_reason = Some(reason);
+    }
+    let n = statuses.len();
+    let dsn_id = if env.sender.is_empty() || statuses.is_empty() {
+        None
+    } else {
+        let body = crate::dsn::build(
+            hostname,
+            &env,
+            &message,
+            crate::dsn::Kind::Failure,
+            &statuses,
+        );
+        let notice = crate::dsn::notice_envelope(&env, hostname, body.len() as u64);
+        spool.store(&notice, &body)?;
+        Some(notice.id)
+    };
+    spool.remove(id)?;
+    Ok(match dsn_id {
+        Some(d) => format!(
+            "{id}: {n} recipient(s) bounced; DSN {d} queued to <{}>\n",
+            env.sender
+        ),
+        None => format!("{id}: {n} recipient(s) bounced; no DSN (null sender)\n"),
+    })
+}

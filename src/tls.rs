@@ -45,3 +45,299 @@ pub fn server_config(cert: &Path, key_file: &Path) -> Result<rustls::ServerConfi
             )
         })
 }
+
+/// How an outbound TLS session must authenticate the MX host.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum PeerCheck {
+    /// WebPKI: the chain leads to a trusted root and names the MX host.
+    WebPki,
+    /// TLS required; the certificate is not checked (beyond key strength).
+    EncryptOnly,
+}
+
+/// Builds the outbound client configurations (one per kind of check).
+#[derive(Debug, Clone)]
+pub struct ClientTls {
+    webpki: Arc<rustls::ClientConfig>,
+    encrypt: Arc<rustls::ClientConfig>,
+}
+
+impl ClientTls {
+    /// Mozilla's roots plus the PEM files in `extra_roots`.
+    pub fn new(extra_roots: &[std::path::PathBuf]) -> Result<ClientTls, String> {
+        let mut roots = rustls::RootCertStore::empty();
+        roots.extend(webpki_roots::TLS_SERVER_ROOTS.iter().cloned());
+        for path in extra_roots {
+            for cert in load_certs(path)? {
+                roots
+                    .add(cert)
+                    .map_err(|e| format!("{}: unusable root certificate: {e}", path.display()))?;
+            }
+        }
+        let webpki = rustls::client::WebPkiServerVerifier::builder_with_provider(
+            Arc::new(roots),
+            provider(),
+        )
+        .build()
+        .map_err(|e| format!("cannot build the WebPKI verifier: {e}"))?;
+        let make = |inner: Option<Arc<rustls::client::WebPkiServerVerifier>>| {
+            let verifier = Arc::new(FloorVerifier {
+                inner,
+                provider: provider(),
+            });
+            let mut cfg = rustls::ClientConfig::builder_with_provider(provider())
+                .with_safe_default_protocol_versions()
+                .expect("ring supports TLS 1.2 and 1.3")
+                .dangerous()
+                .with_custom_certificate_verifier(verifier)
+                .with_no_client_auth();
+            cfg.enable_sni = true;
+            Arc::new(cfg)
+        };
+        Ok(ClientTls {
+            webpki: make(Some(webpki)),
+            encrypt: make(None),
+        })
+    }
+
+    /// The client configuration that carries out `check`.
+    pub fn config(&self, check: &PeerCheck) -> Arc<rustls::ClientConfig> {
+        match check {
+            PeerCheck::WebPki => self.webpki.clone(),
+            PeerCheck::EncryptOnly => self.encrypt.clone(),
+        }
+    }
+}
+
+/// The floor's verifier: WebPKI (or nothing, for `encrypt`), always the key-strength
+/// rule, and always a real check of the handshake signature.
+#[derive(Debug)]
+struct FloorVerifier {
+    inner: Option<Arc<rustls::client::WebPkiServerVerifier>>,
+    provider: Arc<CryptoProvider>,
+}
+
+impl rustls::client::danger::ServerCertVerifier for FloorVerifier {
+    fn verify_server_cert(
+        &self,
+        end_entity: &CertificateDer<'_>,
+        intermediates: &[CertificateDer<'_>],
+        server_name: &rustls_pki_types::ServerName<'_>,
+        ocsp_response: &[u8],
+        now: rustls_pki_types::UnixTime,
+    ) -> Result<rustls::client::danger::ServerCertVerified, rustls::Error> {
+        check_key_strength(end_entity)?;
+        match &self.inner {
+            Some(v) => {
+                v.verify_server_cert(end_entity, intermediates, server_name, ocsp_response, now)
+            }
+            None => Ok(rustls::client::danger::ServerCertVerified::assertion()),
+        }
+    }
+
+    fn verify_tls12_signature(
+        &self,
+        message: &[u8],
+        cert: &CertificateDer<'_>,
+        dss: &rustls::DigitallySignedStruct,
+    ) -> Result<rustls::client::danger::HandshakeSignatureValid, rustls::Error> {
+        rustls::crypto::verify_tls12_signature(
+            message,
+            cert,
+            dss,
+            &self.provider.signature_verification_algorithms,
+        )
+    }
+
+    fn verify_tls13_signature(
+        &self,
+        message: &[u8],
+        cert: &CertificateDer<'_>,
+        dss: &rustls::DigitallySignedStruct,
+    ) -> Result<rustls::client::danger::HandshakeSignatureValid, rustls::Error> {
+        rustls::crypto::verify_tls13_signature(
+            message,
+            cert,
+            dss,
+            &self.provider.signature_verification_algorithms,
+        )
+    }
+
+    fn supported_verify_schemes(&self) -> Vec<rustls::SignatureScheme> {
+        self.provider
+            .signature_verification_algorithms
+            .supported_schemes()
+    }
+}
+
+/// A server key below the strength DESIGN.md requires.
+#[derive(Debug)]
+pub struct WeakKey(pub String);
+
+impl std::fmt::Display for WeakKey {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(f, "server key too weak: {}", self.0)
+    }
+}
+
+impl std::error::Error for WeakKey {}
+
+/// Refuses leaf keys below RSA-2048; accepts ECDSA P-256/P-384 and Ed25519.
+pub fn check_key_strength(leaf: &CertificateDer<'_>) -> Result<(), rustls::Error> {
+    let weak = |s: String| {
+        rustls::Error::InvalidCertificate(rustls::CertificateError::Other(rustls::OtherError(
+            Arc::new(WeakKey(s)),
+        )))
+    };
+    let cert = webpki::EndEntityCert::try_from(leaf)
+        .map_err(|_| rustls::Error::InvalidCertificate(rustls::CertificateError::BadEncoding))?;
+    match key_description(&cert.subject_public_key_info()) {
+        Some(KeyKind::Rsa(bits)) if bits >= 2048 => Ok(()),
+        Some(KeyKind::Rsa(bits)) => Err(weak(format!("RSA-{bits}, at least RSA-2048 is required"))),
+        Some(KeyKind::Ec) | Some(KeyKind::Ed25519) => Ok(()),
+        None => Err(weak("unknown key type".into())),
+    }
+}
+
+/// The kinds of server key tlsrelay recognises.
+#[derive(Debug, PartialEq, Eq)]
+pub enum KeyKind {
+    /// RSA with this many modulus bits.
+    Rsa(usize),
+    /// ECDSA on P-256 or P-384.
+    Ec,
+    /// Ed25519.
+    Ed25519,
+}
+
+/// Reads the key type (and RSA size) from a DER SubjectPublicKeyInfo.
+pub fn key_description(spki: &[u8]) -> Option<KeyKind> {
+    const RSA: &[u8] = &[0x2a, 0x86, 0x48, 0x86, 0xf7, 0x0d, 0x01, 0x01, 0x01];
+    const EC: &[u8] = &[0x2a, 0x86, 0x48, 0xce, 0x3d, 0x02, 0x01];
+    const P256: &[u8] = &[0x2a, 0x86, 0x48, 0xce, 0x3d, 0x03, 0x01, 0x07];
+    const P384: &[u8] = &[0x2b, 0x81, 0x04, 0x00, 0x22];
+    const ED25519: &[u8] = &[0x2b, 0x65, 0x70];
+    let (0x30, spki) = Der(spki).next()? else {
+        return None;
+    };
+    let mut outer = Der(spki);
+    let (0x30, alg) = outer.next()? else {
+        return None;
+    };
+    let (0x03, key_bits) = outer.next()? else {
+        return None;
+    };
+    let mut alg = Der(alg);
+    let (0x06, oid) = alg.next()? else {
+        return None;
+    };
+    if oid == RSA {
+        let key = key_bits.get(1..)?; // skip the unused-bits byte
+        let (0x30, rsa) = Der(key).next()? else {
+            return None;
+        };
+        let (0x02, modulus) = Der(rsa).next()? else {
+            return None;
+        };
+        let significant = modulus.iter().skip_while(|&&b| b == 0).count();
+        let top = modulus.iter().find(|&&b| b != 0).copied().unwrap_or(0);
+        let bits = significant.saturating_sub(1) * 8 + (8 - top.leading_zeros() as usize);
+        Some(KeyKind::Rsa(bits))
+    } else if oid == EC {
+        let (0x06, curve) = alg.next()? else {
+            return None;
+        };
+        (curve == P256 || curve == P384).then_some(KeyKind::Ec)
+    } else if oid == ED25519 {
+        Some(KeyKind::Ed25519)
+    } else {
+        None
+    }
+}
+
+/// A minimal DER TLV reader, enough for SubjectPublicKeyInfo.
+#[derive(Clone)]
+struct Der<'a>(&'a [u8]);
+
+impl<'a> Iterator for Der<'a> {
+    type Item = (u8, &'a [u8]);
+    fn next(&mut self) -> Option<(u8, &'a [u8])> {
+        let tag = *self.0.first()?;
+        let first = *self.0.get(1)? as usize;
+        let (len, hdr) = if first < 0x80 {
+            (first, 2)
+        } else {
+            let n = first & 0x7f;
+            if n == 0 || n > 4 {
+                return None;
+            }
+            let mut len = 0usize;
+            for i in 0..n {
+                len = (len << 8) | *self.0.get(2 + i)? as usize;
+            }
+            (len, 2 + n)
+        };
+        let body = self.0.get(hdr..hdr + len)?;
+        self.0 = &self.0[hdr + len..];
+        Some((tag, body))
+    }
+}
+
+/// The RFC 8460 result type and plain words for a failed TLS handshake.
+pub fn classify_tls_error(err: &std::io::Error) -> (crate::outcome::ResultType, String) {
+    use crate::outcome::ResultType as R;
+    use rustls::CertificateError as C;
+    let Some(tls) = err
+        .get_ref()
+        .and_then(|e| e.downcast_ref::<rustls::Error>())
+    else {
+        return (R::ValidationFailure, format!("TLS handshake failed: {err}"));
+    };
+    let kind = match tls {
+        rustls::Error::InvalidCertificate(c) => match c {
+            C::Expired | C::ExpiredContext { .. } => R::CertificateExpired,
+            C::NotValidForName | C::NotValidForNameContext { .. } => R::CertificateHostMismatch,
+            C::UnknownIssuer | C::BadSignature => R::CertificateNotTrusted,
+            _ => R::ValidationFailure,
+        },
+        _ => R::ValidationFailure,
+    };
+    (kind, format!("TLS handshake failed: {tls}"))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn key_kinds_from_generated_certificates() {
+        let cases: &[(&rcgen::SignatureAlgorithm, KeyKind)] = &[
+            (&rcgen::PKCS_ECDSA_P256_SHA256, KeyKind::Ec),
+            (&rcgen::PKCS_ECDSA_P384_SHA384, KeyKind::Ec),
+            (&rcgen::PKCS_ED25519, KeyKind::Ed25519),
+        ];
+        for (alg, want) in cases {
+            let key = rcgen::KeyPair::generate_for(alg).unwrap();
+            let cert = rcgen::CertificateParams::new(vec!["a.test".into()])
+                .unwrap()
+                .self_signed(&key)
+                .unwrap();
+            let ee = webpki::EndEntityCert::try_from(cert.der()).unwrap();
+            assert_eq!(
+                key_description(&ee.subject_public_key_info()).as_ref(),
+                Some(want)
+            );
+            assert!(check_key_strength(cert.der()).is_ok());
+        }
+    }
+
+    #[test]
+    fn der_reader_handles_long_lengths() {
+        let mut v = vec![0x04, 0x82, 0x01, 0x00];
+        v.extend(std::iter::repeat_n(7u8, 256));
+        let (tag, body) = Der(&v).next().unwrap();
+        assert_eq!((tag, body.len()), (0x04, 256));
+        assert!(Der(&[0x04, 0x85, 0, 0, 0, 0, 1]).next().is_none());
+        assert!(Der(&[0x04, 0x05, 0]).next().is_none());
+    }
+}

@@ -60,14 +60,19 @@ fn queue_json(config: &Path) -> serde_json::Value {
         .arg(config)
         .output()
         .unwrap();
-    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
     serde_json::from_slice(&out.stdout).unwrap()
 }
 
 fn message(i: usize) -> Vec<u8> {
     // Varied sizes, so some messages straddle many socket reads.
     let filler = "x".repeat(70);
-    let mut m = format!("Message-ID: <crash-{i}@test>\r\nSubject: crash test {i}\r\n\r\n").into_bytes();
+    let mut m =
+        format!("Message-ID: <crash-{i}@test>\r\nSubject: crash test {i}\r\n\r\n").into_bytes();
     for line in 0..(i * 37 % 400) {
         m.extend_from_slice(format!("{i}:{line} {filler}\r\n").as_bytes());
     }
@@ -107,7 +112,12 @@ async fn sigkill_after_250_loses_nothing() {
         let want = message(*i);
         assert!(stored.ends_with(&want), "message {i} ({id}) differs");
         assert!(stored.starts_with(b"Received: "));
-        let row = q.as_array().unwrap().iter().find(|r| r["id"] == *id.as_str()).unwrap();
+        let row = q
+            .as_array()
+            .unwrap()
+            .iter()
+            .find(|r| r["id"] == *id.as_str())
+            .unwrap();
         assert_eq!(row["sender"], format!("a{i}@example.org"));
     }
     relay.child.kill().unwrap();
@@ -131,7 +141,10 @@ async fn sigkill_during_data_leaves_no_trace() {
     tokio::time::sleep(Duration::from_millis(300)).await;
     relay.child.kill().unwrap();
     relay.child.wait().unwrap();
-    assert!(c.try_read().await.is_none(), "no reply may come for a half message");
+    assert!(
+        c.try_read().await.is_none(),
+        "no reply may come for a half message"
+    );
 
     let mut relay = start_relay(&config, port).await;
     assert_eq!(queue_json(&config), serde_json::json!([]));

@@ -1,0 +1,879 @@
+//! Outbound delivery: the scheduler that takes queued messages to their
+//! recipient domains, and one attempt at one domain.
+//!
+//! The scheduler keeps due messages moving; an attempt at a message runs its
+//! recipient domains concurrently and writes each domain's result to the spool as
+//! soon as it is known, so a crash or restart re-sends as little as possible.
+
+pub mod smtp;
+
+use std::collections::{HashMap, HashSet};
+use std::net::SocketAddr;
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
+
+use tokio::sync::{mpsc, watch, OwnedSemaphorePermit, Semaphore};
+use tokio::task::JoinSet;
+
+use crate::config::Config;
+use crate::dns::{Answer, Dns};
+use crate::dsn;
+use crate::outcome::{Outcome, OutcomeLog, PolicyType, ResultType};
+use crate::policy::{self, MxPlan, Requirement};
+use crate::spool::{self, now_unix, Envelope, RcptState, Spool};
+use crate::tls::ClientTls;
+use smtp::{Reply, Session, Timeouts};
+
+/// What became of one recipient in one attempt.
+#[derive(Debug, Clone, PartialEq)]
+pub enum RcptOutcome {
+    /// Accepted by `host`.
+    Delivered {
+        /// The MX host.
+        host: String,
+        /// Its reply after the data.
+        reply: String,
+    },
+    /// Permanently failed.
+    Failed {
+        /// Enhanced status code.
+        status: String,
+        /// Plain words.
+        reason: String,
+        /// The host whose reply decided it.
+        remote: Option<String>,
+        /// That reply.
+        diagnostic: Option<String>,
+    },
+    /// Not delivered this time; retried later.
+    Deferred {
+        /// Plain words, naming every host tried and why it was not used.
+        reason: String,
+    },
+}
+
+/// Everything an attempt needs, shared by all attempts.
+pub struct Context {
+    config: Arc<Config>,
+    spool: Spool,
+    dns: Dns,
+    tls: ClientTls,
+    outcomes: OutcomeLog,
+    connections: Arc<Semaphore>,
+    per_domain: Mutex<HashMap<String, Arc<Semaphore>>>,
+    idle: Mutex<HashMap<String, Vec<(Session, Instant, Requirement)>>>,
+    requeue: mpsc::UnboundedSender<Envelope>,
+}
+
+/// The delivery engine: build it with `new`, feed it with the sender from
+/// `queue_sender`, and drive it with `run`.
+pub struct Delivery {
+    ctx: Arc<Context>,
+    incoming: mpsc::UnboundedReceiver<Envelope>,
+}
+
+impl Delivery {
+    /// Sets up DNS, TLS and the outcome log.
+    pub fn new(config: Arc<Config>, spool: Spool, dns: Dns) -> Result<Delivery, String> {
+        let tls = ClientTls::new(&config.delivery.extra_roots)?;
+        let outcomes = OutcomeLog::open(&spool.dir().join("outcomes"))
+            .map_err(|e| format!("cannot open {}/outcomes: {e}", spool.dir().display()))?;
+        let (tx, rx) = mpsc::unbounded_channel();
+        Ok(Delivery {
+            ctx: Arc::new(Context {
+                connections: Arc::new(Semaphore::new(config.delivery.max_connections)),
+                config,
+                spool,
+                dns,
+                tls,
+                outcomes,
+                per_domain: Mutex::new(HashMap::new()),
+                idle: Mutex::new(HashMap::new()),
+                requeue: tx,
+            }),
+            incoming: rx,
+        })
+    }
+
+    /// Where new messages are announced (the inbound server sends each one here).
+    pub fn queue_sender(&self) -> mpsc::UnboundedSender<Envelope> {
+        self.ctx.requeue.clone()
+    }
+
+    /// Delivers until `shutdown` turns true, then lets attempts in flight finish
+    /// (at most `server.shutdown_grace`).
+    pub async fn run(mut self, initial: Vec<Envelope>, mut shutdown: watch::Receiver<bool>) {
+        let ctx = self.ctx.clone();
+        let scan_every = ctx
+            .config
+            .delivery
+            .queue_scan_interval
+            .get()
+            .max(Duration::from_millis(200));
+        let mut waiting: HashMap<String, Envelope> =
+            initial.into_iter().map(|e| (e.id.clone(), e)).collect();
+        let mut in_flight: HashSet<String> = HashSet::new();
+        let mut tasks: JoinSet<(String, Option<Envelope>)> = JoinSet::new();
+        let mut last_scan = Instant::now();
+        loop {
+            let now = now_unix();
+            let due: Vec<String> = waiting
+                .values()
+                .filter(|e| e.next_attempt <= now)
+                .map(|e| e.id.clone())
+                .collect();
+            for id in due {
+                let env = waiting.remove(&id).expect("listed above");
+                in_flight.insert(id.clone());
+                let ctx = ctx.clone();
+                tasks.spawn(async move { (id, attempt(ctx, env).await) });
+            }
+            let until_next = waiting
+                .values()
+                .map(|e| e.next_attempt)
+                .min()
+                .map(|t| Duration::from_secs((t - now).max(1) as u64))
+                .unwrap_or(scan_every);
+            let sleep = until_next.min(
+                scan_every
+                    .saturating_sub(last_scan.elapsed())
+                    .max(Duration::from_millis(50)),
+            );
+            tokio::select! {
+                _ = shutdown.wait_for(|v| *v) => break,
+                Some(env) = self.incoming.recv() => {
+                    if !in_flight.contains(&env.id) {
+                        waiting.insert(env.id.clone(), env);
+                    }
+                }
+                Some(done) = tasks.join_next(), if !tasks.is_empty() => {
+                    if let Ok((id, env)) = done {
+                        in_flight.remove(&id);
+                        if let Some(env) = env {
+                            waiting.insert(id, env);
+                        }
+                    }
+                }
+                _ = tokio::time::sleep(sleep) => {}
+            }
+            if last_scan.elapsed() >= scan_every {
+                last_scan = Instant::now();
+                close_idle(&ctx, ctx.config.delivery.connection_reuse_time.get()).await;
+                // The disk is the truth: pick up `queue retry`, `queue delete` and DSNs.
+                let spool = ctx.spool.clone();
+                if let Ok(Ok(on_disk)) = tokio::task::spawn_blocking(move || spool.list()).await {
+                    let ids: HashSet<String> = on_disk.iter().map(|e| e.id.clone()).collect();
+                    waiting.retain(|id, _| ids.contains(id));
+                    for env in on_disk {
+                        if !in_flight.contains(&env.id) {
+                            waiting.insert(env.id.clone(), env);
+                        }
+                    }
+                }
+            }
+        }
+        let grace = ctx.config.server.shutdown_grace.get();
+        if !tasks.is_empty() {
+            tracing::info!(
+                attempts = tasks.len(),
+                "waiting for delivery attempts in flight"
+            );
+        }
+        if tokio::time::timeout(grace, async { while tasks.join_next().await.is_some() {} })
+            .await
+            .is_err()
+        {
+            tasks.abort_all();
+        }
+        close_idle(&ctx, Duration::ZERO).await;
+    }
+}
+
+/// Closes pooled sessions idle for longer than `max_idle`.
+async fn close_idle(ctx: &Context, max_idle: Duration) {
+    let expired: Vec<Session> = {
+        let mut idle = ctx.idle.lock().unwrap();
+        let mut out = Vec::new();
+        for list in idle.values_mut() {
+            let mut keep = Vec::new();
+            for (s, since, req) in list.drain(..) {
+                if since.elapsed() >= max_idle {
+                    out.push(s);
+                } else {
+                    keep.push((s, since, req));
+                }
+            }
+            *list = keep;
+        }
+        idle.retain(|_, l| !l.is_empty());
+        out
+    };
+    for s in expired {
+        s.quit().await;
+    }
+}
+
+/// One attempt at every pending recipient of a message. Returns the envelope
+/// to keep queued, or None when the message is finished and removed.
+async fn attempt(ctx: Arc<Context>, mut env: Envelope) -> Option<Envelope> {
+    let spool = ctx.spool.clone();
+    let id = env.id.clone();
+    let message = match tokio::task::spawn_blocking(move || spool.read_message(&id)).await {
+        Ok(Ok(m)) => Arc::new(m),
+        other => {
+            tracing::error!(id = %env.id, error = ?other.err(), "cannot read the queued message; will retry");
+            env.next_attempt = now_unix() + 60;
+            return Some(env);
+        }
+    };
+    if !ctx.config.delivery.enabled {
+        env.next_attempt = now_unix() + 3600;
+        return Some(env);
+    }
+    let mut by_domain: HashMap<String, Vec<usize>> = HashMap::new();
+    for (i, r) in env.recipients.iter().enumerate() {
+        if r.state == RcptState::Queued {
+            by_domain.entry(domain_of(&r.address)).or_default().push(i);
+        }
+    }
+    let mut domains = JoinSet::new();
+    for (domain, idxs) in by_domain {
+        let ctx = ctx.clone();
+        let env = env.clone();
+        let message = message.clone();
+        domains.spawn(async move {
+            let results = deliver_domain(&ctx, &env, &message, &domain, &idxs).await;
+            results
+        });
+    }
+    let mut newly_failed = Vec::new();
+    while let Some(done) = domains.join_next().await {
+        let Ok(results) = done else { continue };
+        for (i, outcome) in results {
+            let r = &mut env.recipients[i];
+            match outcome {
+                RcptOutcome::Delivered { host, reply } => {
+                    r.state = RcptState::Delivered;
+                    r.status = Some(reply);
+                    r.last_reason = Some(format!("delivered to {host}"));
+                }
+                RcptOutcome::Failed {
+                    status,
+                    reason,
+                    remote,
+                    diagnostic,
+                } => {
+                    r.state = RcptState::Failed;
+                    r.status = Some(status.clone());
+                    r.last_reason = Some(reason.clone());
+                    newly_failed.push(dsn::RecipientStatus {
+                        address: r.address.clone(),
+                        orcpt: r.orcpt.clone(),
+                        status,
+                        remote_mta: remote,
+                        diagnostic,
+                        reason,
+                    });
+                    let _ = &newly_failed;
+                }
+                RcptOutcome::Deferred { reason } => {
+                    r.last_reason = Some(reason);
+                }
+            }
+        }
+        if !persist(&ctx, &env).await {
+            return None;
+        }
+    }
+    env.attempts += 1;
+    let now = now_unix();
+    let d = &ctx.config.delivery;
+    let pending: Vec<usize> = env
+        .recipients
+        .iter()
+        .enumerate()
+        .filter(|(_, r)| r.state == RcptState::Queued)
+        .map(|(i, _)| i)
+        .collect();
+    if !pending.is_empty() && now - env.received_at >= d.queue_lifetime.get().as_secs() as i64 {
+        for &i in &pending {
+            let r = &mut env.recipients[i];
+            let reason = format!(
+                "gave up after {} in the queue ({} attempts); last attempt: {}",
+                d.queue_lifetime,
+                env.attempts,
+                r.last_reason.as_deref().unwrap_or("no attempt completed")
+            );
+            r.state = RcptState::Failed;
+            r.status = Some("5.4.7".into());
+            r.last_reason = Some(reason.clone());
+            newly_failed.push(dsn::RecipientStatus {
+                address: r.address.clone(),
+                orcpt: r.orcpt.clone(),
+                status: "5.4.7".into(),
+                remote_mta: None,
+                diagnostic: None,
+                reason,
+            });
+        }
+    }
+    let failed_wanted: Vec<dsn::RecipientStatus> = newly_failed
+        .into_iter()
+        .filter(|s| {
+            env.recipients
+                .iter()
+                .find(|r| r.address == s.address)
+                .is_some_and(|r| dsn::wanted(&r.notify, dsn::Kind::Failure))
+        })
+        .collect();
+    if !failed_wanted.is_empty() {
+        queue_dsn(&ctx, &env, &message, dsn::Kind::Failure, &failed_wanted).await;
+    }
+    let step = d.retry_schedule[(env.attempts as usize - 1).min(d.retry_schedule.len() - 1)];
+    env.next_attempt = now + step.get().as_secs() as i64;
+    let delay_after = d.delay_notice_after.get().as_secs() as i64;
+    if !env.is_finished()
+        && !env.delay_notice_sent
+        && delay_after > 0
+        && now - env.received_at >= delay_after
+    {
+        let delayed: Vec<dsn::RecipientStatus> = env
+            .pending()
+            .filter(|r| dsn::wanted(&r.notify, dsn::Kind::Delay))
+            .map(|r| dsn::RecipientStatus {
+                address: r.address.clone(),
+                orcpt: r.orcpt.clone(),
+                status: "4.4.7".into(),
+                remote_mta: None,
+                diagnostic: None,
+                reason: r.last_reason.clone().unwrap_or_default(),
+            })
+            .collect();
+        if !delayed.is_empty() {
+            queue_dsn(&ctx, &env, &message, dsn::Kind::Delay, &delayed).await;
+        }
+        env.delay_notice_sent = true;
+    }
+    if env.is_finished() {
+        let spool = ctx.spool.clone();
+        let id = env.id.clone();
+        let _ = tokio::task::spawn_blocking(move || spool.remove(&id)).await;
+        tracing::info!(id = %env.id, "finished; removed from the queue");
+        return None;
+    }
+    if !persist(&ctx, &env).await {
+        return None;
+    }
+    Some(env)
+}
+
+/// Writes the envelope; false when the message vanished (deleted by the operator).
+async fn persist(ctx: &Context, env: &Envelope) -> bool {
+    let spool = ctx.spool.clone();
+    let env2 = env.clone();
+    match tokio::task::spawn_blocking(move || spool.update(&env2)).await {
+        Ok(Ok(())) => true,
+        Ok(Err(e)) if e.kind() == std::io::ErrorKind::NotFound => {
+            tracing::info!(id = %env.id, "message was removed from the queue during the attempt");
+            false
+        }
+        other => {
+            tracing::error!(id = %env.id, error = ?other, "cannot update the envelope");
+            true
+        }
+    }
+}
+
+/// Stores a DSN to the envelope sender (never for the null sender) and queues it.
+async fn queue_dsn(
+    ctx: &Context,
+    env: &Envelope,
+    message: &[u8],
+    kind: dsn::Kind,
+    rcpts: &[dsn::RecipientStatus],
+) {
+    if env.sender.is_empty() {
+        return;
+    }
+    let body = dsn::build(&ctx.config.server.hostname, env, message, kind, rcpts);
+    let notice = dsn::notice_envelope(env, &ctx.config.server.hostname, body.len() as u64);
+    let spool = ctx.spool.clone();
+    let n2 = notice.clone();
+    match tokio::task::spawn_blocking(move || spool.store(&n2, &body)).await {
+        Ok(Ok(())) => {
+            tracing::info!(id = %env.id, dsn = %notice.id, kind = ?kind, to = %env.sender, recipients = rcpts.len(), "delivery status notification queued");
+            let _ = ctx.requeue.send(notice);
+        }
+        other => tracing::error!(id = %env.id, error = ?other, "cannot queue the DSN"),
+    }
+}
+
+/// The lower-case domain of an address.
+fn domain_of(address: &str) -> String {
+    address
+        .rsplit_once('@')
+        .map(|(_, d)| d)
+        .unwrap_or(address)
+        .trim_end_matches('.')
+        .to_lowercase()
+}
+
+/// The domain in the ASCII (A-label) form DNS and TLS use.
+fn ascii_domain(domain: &str) -> String {
+    hickory_resolver::proto::rr::Name::from_utf8(domain)
+        .map(|n| n.to_ascii().trim_end_matches('.').to_string())
+        .unwrap_or_else(|_| domain.to_string())
+}
+
+fn all(idxs: &[usize], o: RcptOutcome) -> Vec<(usize, RcptOutcome)> {
+    idxs.iter().map(|&i| (i, o.clone())).collect()
+}
+
+/// Takes a permit for one more connection to `domain`.
+async fn connection_permits(
+    ctx: &Context,
+    domain: &str,
+) -> (OwnedSemaphorePermit, OwnedSemaphorePermit) {
+    let per = {
+        let mut map = ctx.per_domain.lock().unwrap();
+        map.entry(domain.to_string())
+            .or_insert_with(|| {
+                Arc::new(Semaphore::new(
+                    ctx.config.delivery.max_connections_per_domain,
+                ))
+            })
+            .clone()
+    };
+    let d = per.acquire_owned().await.expect("semaphore never closed");
+    let g = ctx
+        .connections
+        .clone()
+        .acquire_owned()
+        .await
+        .expect("semaphore never closed");
+    (d, g)
+}
+
+/// One attempt at the recipients `idxs` (all in `domain`) of a message.
+async fn deliver_domain(
+    ctx: &Context,
+    env: &Envelope,
+    message: &[u8],
+    domain: &str,
+    idxs: &[usize],
+) -> Vec<(usize, RcptOutcome)> {
+    let _permits = connection_permits(ctx, domain).await;
+    let d = &ctx.config.delivery;
+    // A session kept open from a recent delivery to this domain.
+    let pooled = {
+        let mut idle = ctx.idle.lock().unwrap();
+        idle.get_mut(domain).and_then(|l| l.pop())
+    };
+    if let Some((mut session, _, req)) = pooled {
+        if session.reset().await {
+            if let Some(results) =
+                transact(ctx, env, message, domain, idxs, session, &req, true).await
+            {
+                return results;
+            }
+        }
+    }
+    let ascii = ascii_domain(domain);
+    let plan = policy::plan_mx(&ascii, ctx.dns.mx(&ascii).await);
+    let hosts = match plan {
+        MxPlan::Fail { status, reason } => {
+            log_domain(env, domain, &format!("failed: {reason}"));
+            return all(
+                idxs,
+                RcptOutcome::Failed {
+                    status: status.into(),
+                    reason,
+                    remote: None,
+                    diagnostic: None,
+                },
+            );
+        }
+        MxPlan::Defer { reason, result } => {
+            log_domain(env, domain, &format!("deferred: {reason}"));
+            if let Some(result) = result {
+                record(
+                    ctx,
+                    env,
+                    domain,
+                    "",
+                    None,
+                    PolicyType::NoPolicyFound,
+                    None,
+                    Some(result),
+                    &reason,
+                );
+            }
+            return all(idxs, RcptOutcome::Deferred { reason });
+        }
+        MxPlan::Hosts { hosts, .. } => hosts,
+    };
+    let mut reasons: Vec<String> = Vec::new();
+    let timeouts = Timeouts {
+        connect: d.connect_timeout.get(),
+        command: d.command_timeout.get(),
+        data: d.data_timeout.get(),
+    };
+    for mx in hosts.iter().take(d.max_hosts_per_attempt) {
+        let addrs = match ctx.dns.addresses(&mx.host).await {
+            Answer::Records { records, .. } => records,
+            Answer::NoRecords { .. } | Answer::NxDomain { .. } => {
+                reasons.push(format!("{} has no address records", mx.host));
+                continue;
+            }
+            Answer::Bogus(why) => {
+                let reason = format!(
+                    "DNSSEC validation of the addresses of {} failed: {why}",
+                    mx.host
+                );
+                record(
+                    ctx,
+                    env,
+                    domain,
+                    &mx.host,
+                    None,
+                    PolicyType::NoPolicyFound,
+                    None,
+                    Some(ResultType::DnssecInvalid),
+                    &reason,
+                );
+                reasons.push(reason);
+                continue;
+            }
+            Answer::TempFail(why) => {
+                reasons.push(format!(
+                    "address lookup for {} failed temporarily: {why}",
+                    mx.host
+                ));
+                continue;
+            }
+        };
+        let req = policy::requirement(&mx.host, d.floor);
+        for ip in addrs {
+            let addr = SocketAddr::new(ip, d.port);
+            let tls = ctx.tls.config(&req.check);
+            match Session::open(
+                &mx.host,
+                addr,
+                ctx.config.helo_name(),
+                tls,
+                &req.host,
+                timeouts,
+            )
+            .await
+            {
+                Err(e) => {
+                    let token = match e.result {
+                        Some(r) => format!("refused:{}", r.as_str()),
+                        None => "none".into(),
+                    };
+                    tracing::info!(id = %env.id, domain, host = %mx.host, addr = %addr, tls = %token, result = "host-refused", reason = %e.reason, "attempt");
+                    if e.result.is_some() {
+                        record(
+                            ctx,
+                            env,
+                            domain,
+                            &mx.host,
+                            Some(addr),
+                            req.policy,
+                            Some(req.mechanism),
+                            e.result,
+                            &e.reason,
+                        );
+                    }
+                    reasons.push(e.reason);
+                }
+                Ok(session) => {
+                    record(
+                        ctx,
+                        env,
+                        domain,
+                        &mx.host,
+                        Some(addr),
+                        req.policy,
+                        Some(req.mechanism),
+                        None,
+                        "TLS session established and authenticated",
+                    );
+                    if let Some(results) =
+                        transact(ctx, env, message, domain, idxs, session, &req, false).await
+                    {
+                        return results;
+                    }
+                    reasons.push(format!(
+                        "{}[{}] dropped the connection during the transaction",
+                        mx.host,
+                        addr.ip()
+                    ));
+                }
+            }
+        }
+    }
+    if hosts.len() > d.max_hosts_per_attempt {
+        reasons.push(format!(
+            "{} more MX host(s) not tried (delivery.max_hosts_per_attempt)",
+            hosts.len() - d.max_hosts_per_attempt
+        ));
+    }
+    let reason = if reasons.is_empty() {
+        format!("no usable MX host for {domain}")
+    } else {
+        reasons.join("; ")
+    };
+    all(idxs, RcptOutcome::Deferred { reason })
+}
+
+fn log_domain(env: &Envelope, domain: &str, what: &str) {
+    tracing::info!(id = %env.id, domain, result = %what, "attempt");
+}
+
+#[allow(clippy::too_many_arguments)]
+fn record(
+    ctx: &Context,
+    env: &Envelope,
+    domain: &str,
+    host: &str,
+    addr: Option<SocketAddr>,
+    policy: PolicyType,
+    auth: Option<&str>,
+    result: Option<ResultType>,
+    detail: &str,
+) {
+    let o = Outcome {
+        time: now_unix(),
+        queue_id: env.id.clone(),
+        domain: domain.to_string(),
+        mx_host: host.to_string(),
+        addr: addr.map(|a| a.ip().to_string()),
+        policy,
+        auth: auth.map(str::to_string),
+        tls_ok: result.is_none(),
+        result,
+        report_mail: false,
+        detail: detail.to_string(),
+    };
+    if let Err(e) = ctx.outcomes.append(&o) {
+        tracing::warn!(error = %e, "cannot record the outcome");
+    }
+}
+
+/// xtext (RFC 3461 §4): `+HH` for `+`, `=`, and bytes outside 33..=126.
+fn xtext(s: &str) -> String {
+    let mut out = String::new();
+    for b in s.bytes() {
+        if (33..=126).contains(&b) && b != b'+' && b != b'=' {
+            out.push(b as char);
+        } else {
+            out.push_str(&format!("+{b:02X}"));
+        }
+    }
+    out
+}
+
+/// Runs the transaction on an open session. None when the session broke before
+/// any recipient was settled (the caller tries elsewhere).
+#[allow(clippy::too_many_arguments)]
+async fn transact(
+    ctx: &Context,
+    env: &Envelope,
+    message: &[u8],
+    domain: &str,
+    idxs: &[usize],
+    mut session: Session,
+    req: &Requirement,
+    reused: bool,
+) -> Option<Vec<(usize, RcptOutcome)>> {
+    let where_ = format!("{}[{}]", session.host, session.addr.ip());
+    let fail_all = |status: &str, reason: String| {
+        all(
+            idxs,
+            RcptOutcome::Failed {
+                status: status.into(),
+                reason,
+                remote: Some(session.host.clone()),
+                diagnostic: None,
+            },
+        )
+    };
+    if env.smtputf8 && !session.caps.smtputf8 {
+        let r = fail_all(
+            "5.6.7",
+            format!("{where_} does not support SMTPUTF8, which this message needs"),
+        );
+        session.quit().await;
+        return Some(r);
+    }
+    if let Some(limit) = session.caps.size.filter(|&l| l > 0 && env.size > l) {
+        let r = fail_all(
+            "5.3.4",
+            format!(
+                "{where_} accepts at most {limit} bytes; the message has {}",
+                env.size
+            ),
+        );
+        session.quit().await;
+        return Some(r);
+    }
+    let caps = session.caps.clone();
+    let mut mail = format!("MAIL FROM:<{}>", env.sender);
+    if caps.size.is_some() {
+        mail.push_str(&format!(" SIZE={}", env.size));
+    }
+    if env.body == spool::BodyType::EightBitMime && caps.eightbitmime {
+        mail.push_str(" BODY=8BITMIME");
+    }
+    if env.smtputf8 {
+        mail.push_str(" SMTPUTF8");
+    }
+    if caps.dsn {
+        match env.ret {
+            Some(spool::DsnRet::Full) => mail.push_str(" RET=FULL"),
+            Some(spool::DsnRet::Hdrs) => mail.push_str(" RET=HDRS"),
+            None => {}
+        }
+        if let Some(envid) = &env.envid {
+            mail.push_str(&format!(" ENVID={}", xtext(envid)));
+        }
+    }
+    let rcpt_cmds: Vec<String> = idxs
+        .iter()
+        .map(|&i| {
+            let r = &env.recipients[i];
+            let mut c = format!("RCPT TO:<{}>", r.address);
+            if caps.dsn {
+                if !r.notify.is_empty() {
+                    c.push_str(&format!(" NOTIFY={}", r.notify.join(",").to_uppercase()));
+                }
+                if let Some(o) = &r.orcpt {
+                    c.push_str(&format!(" ORCPT=rfc822;{}", xtext(o)));
+                }
+            }
+            c
+        })
+        .collect();
+    let replies = match session.transaction(&mail, &rcpt_cmds, message).await {
+        Ok(r) => r,
+        Err(e) => {
+            tracing::info!(id = %env.id, domain, host = %session.host, error = %e, reused, "session failed during the transaction");
+            return None;
+        }
+    };
+    let diag = |r: &Reply| Some(r.one_line());
+    let status_of = |r: &Reply, default: &str| r.enhanced().unwrap_or_else(|| default.to_string());
+    let mut results = Vec::new();
+    let mail_reply = replies.mail.clone().expect("MAIL always has a reply");
+    if !mail_reply.is_ok() {
+        let o = if mail_reply.is_permanent() {
+            RcptOutcome::Failed {
+                status: status_of(&mail_reply, "5.0.0"),
+                reason: format!("{where_} refused the sender: {}", mail_reply.one_line()),
+                remote: Some(session.host.clone()),
+                diagnostic: diag(&mail_reply),
+            }
+        } else {
+            RcptOutcome::Deferred {
+                reason: format!("{where_} deferred the sender: {}", mail_reply.one_line()),
+            }
+        };
+        results = all(idxs, o);
+    } else {
+        let mut accepted = Vec::new();
+        for (k, &i) in idxs.iter().enumerate() {
+            let Some(r) = replies.rcpts.get(k) else {
+                continue;
+            };
+            if r.is_ok() {
+                accepted.push(i);
+            } else if r.is_permanent() {
+                results.push((
+                    i,
+                    RcptOutcome::Failed {
+                        status: status_of(r, "5.0.0"),
+                        reason: format!("{where_} refused the recipient: {}", r.one_line()),
+                        remote: Some(session.host.clone()),
+                        diagnostic: diag(r),
+                    },
+                ));
+            } else {
+                results.push((
+                    i,
+                    RcptOutcome::Deferred {
+                        reason: format!("{where_} deferred the recipient: {}", r.one_line()),
+                    },
+                ));
+            }
+        }
+        if !accepted.is_empty() {
+            let o = match &replies.data {
+                Some(r) if r.is_ok() && replies.data_sent => RcptOutcome::Delivered {
+                    host: session.host.clone(),
+                    reply: r.one_line(),
+                },
+                Some(r) if r.is_permanent() => RcptOutcome::Failed {
+                    status: status_of(r, "5.0.0"),
+                    reason: format!("{where_} refused the message: {}", r.one_line()),
+                    remote: Some(session.host.clone()),
+                    diagnostic: diag(r),
+                },
+                Some(r) => RcptOutcome::Deferred {
+                    reason: format!("{where_} deferred the message: {}", r.one_line()),
+                },
+                None => RcptOutcome::Deferred {
+                    reason: format!("{where_} gave no reply to the message"),
+                },
+            };
+            results.extend(accepted.into_iter().map(|i| (i, o.clone())));
+        }
+    }
+    let delivered = results
+        .iter()
+        .filter(|(_, o)| matches!(o, RcptOutcome::Delivered { .. }))
+        .count();
+    tracing::info!(
+        id = %env.id,
+        domain,
+        host = %session.host,
+        addr = %session.addr,
+        tls = %req.mechanism,
+        version = %session.tls_version,
+        cipher = %session.tls_cipher,
+        reused,
+        delivered,
+        of = idxs.len(),
+        result = %replies.data.as_ref().or(replies.mail.as_ref()).map(Reply::one_line).unwrap_or_default(),
+        "attempt"
+    );
+    // Keep the session for the next message to this domain.
+    if ctx.config.delivery.connection_reuse_time.get() > Duration::ZERO {
+        ctx.idle
+            .lock()
+            .unwrap()
+            .entry(domain.to_string())
+            .or_default()
+            .push((session, Instant::now(), req.clone()));
+    } else {
+        session.quit().await;
+    }
+    Some(results)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn xtext_encoding() {
+        assert_eq!(xtext("a+b=c d@x"), "a+2Bb+3Dc+20d@x");
+        assert_eq!(xtext("plain"), "plain");
+    }
+
+    #[test]
+    fn domains() {
+        assert_eq!(domain_of("User@Example.COM."), "example.com");
+        assert_eq!(ascii_domain("bücher.example"), "xn--bcher-kva.example");
+    }
+}

@@ -1,0 +1,145 @@
+//! What happened on each attempt on each MX host, recorded in RFC 8460 terms.
+//!
+//! Delivery appends one JSON line per host attempt to
+//! `<spool>/outcomes/YYYY-MM-DD.jsonl` (UTC day). TLS reporting aggregates these
+//! files; it never re-derives results from logs.
+
+use std::fs::{self, OpenOptions};
+use std::io::{self, Write};
+use std::path::{Path, PathBuf};
+use std::sync::Mutex;
+
+use serde::{Deserialize, Serialize};
+
+/// RFC 8460 §4.3 result types.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize)]
+#[serde(rename_all = "kebab-case")]
+pub enum ResultType {
+    /// The host did not offer STARTTLS.
+    StarttlsNotSupported,
+    /// The certificate does not name the host.
+    CertificateHostMismatch,
+    /// The certificate (or one in its chain) has expired.
+    CertificateExpired,
+    /// The certificate chain does not lead to a trusted root.
+    CertificateNotTrusted,
+    /// Any other failure to set up or verify TLS.
+    ValidationFailure,
+    /// The TLSA records could not be used (DANE).
+    TlsaInvalid,
+    /// DNSSEC validation failed.
+    DnssecInvalid,
+    /// DANE was required but could not be used.
+    DaneRequired,
+    /// The MTA-STS policy could not be fetched.
+    StsPolicyFetchError,
+    /// The MTA-STS policy was invalid.
+    StsPolicyInvalid,
+    /// The certificate failed WebPKI validation under MTA-STS.
+    StsWebpkiInvalid,
+}
+
+impl ResultType {
+    /// The RFC 8460 spelling, e.g. `starttls-not-supported`.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            ResultType::StarttlsNotSupported => "starttls-not-supported",
+            ResultType::CertificateHostMismatch => "certificate-host-mismatch",
+            ResultType::CertificateExpired => "certificate-expired",
+            ResultType::CertificateNotTrusted => "certificate-not-trusted",
+            ResultType::ValidationFailure => "validation-failure",
+            ResultType::TlsaInvalid => "tlsa-invalid",
+            ResultType::DnssecInvalid => "dnssec-invalid",
+            ResultType::DaneRequired => "dane-required",
+            ResultType::StsPolicyFetchError => "sts-policy-fetch-error",
+            ResultType::StsPolicyInvalid => "sts-policy-invalid",
+            ResultType::StsWebpkiInvalid => "sts-webpki-invalid",
+        }
+    }
+}
+
+/// The RFC 8460 policy type an attempt ran under.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize)]
+#[serde(rename_all = "kebab-case")]
+pub enum PolicyType {
+    /// DANE TLSA records.
+    Tlsa,
+    /// An MTA-STS policy.
+    Sts,
+    /// Neither (the floor or a local policy).
+    NoPolicyFound,
+}
+
+/// One attempt on one MX host (or on the domain, when no host was reached).
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct Outcome {
+    /// When (Unix seconds).
+    pub time: i64,
+    /// The message's queue id.
+    pub queue_id: String,
+    /// The recipient (policy) domain.
+    pub domain: String,
+    /// The MX host name, empty when the failure came before any host.
+    pub mx_host: String,
+    /// The address connected to, if any.
+    pub addr: Option<String>,
+    /// The policy type in force.
+    pub policy: PolicyType,
+    /// How the host was authenticated (`verify`, `encrypt`, `dane`, ...), or none.
+    pub auth: Option<String>,
+    /// The TLS session was established and authenticated.
+    pub tls_ok: bool,
+    /// The RFC 8460 failure type, when `tls_ok` is false and a type applies.
+    pub result: Option<ResultType>,
+    /// Whether the message was a TLS report (not counted in reports, RFC 8460 §3).
+    pub report_mail: bool,
+    /// Plain-words detail.
+    pub detail: String,
+}
+
+/// Appends outcome records to the day's file.
+#[derive(Debug)]
+pub struct OutcomeLog {
+    dir: PathBuf,
+    lock: Mutex<()>,
+}
+
+impl OutcomeLog {
+    /// Opens (creating) `dir` for outcome files.
+    pub fn open(dir: &Path) -> io::Result<OutcomeLog> {
+        fs::create_dir_all(dir)?;
+        Ok(OutcomeLog {
+            dir: dir.to_path_buf(),
+            lock: Mutex::new(()),
+        })
+    }
+
+    /// Appends one record to the file of its UTC day.
+    pub fn append(&self, outcome: &Outcome) -> io::Result<()> {
+        let day = chrono::DateTime::from_timestamp(outcome.time, 0)
+            .map(|t| t.format("%Y-%m-%d").to_string())
+            .unwrap_or_else(|| "unknown".into());
+        let mut line = serde_json::to_vec(outcome)?;
+        line.push(b'\n');
+        let _guard = self.lock.lock().unwrap();
+        let mut f = OpenOptions::new()
+            .create(true)
+            .append(true)
+            .open(self.dir.join(format!("{day}.jsonl")))?;
+        f.write_all(&line)
+    }
+
+    /// Every record of one UTC day (`YYYY-MM-DD`).
+    pub fn read_day(&self, day: &str) -> io::Result<Vec<Outcome>> {
+        let text = match fs::read_to_string(self.dir.join(format!("{day}.jsonl"))) {
+            Ok(t) => t,
+            Err(e) if e.kind() == io::ErrorKind::NotFound => return Ok(vec![]),
+            Err(e) => return Err(e),
+        };
+        // A torn last line (crash mid-append) is skipped, not fatal.
+        Ok(text
+            .lines()
+            .filter_map(|l| serde_json::from_str(l).ok())
+            .collect())
+    }
+}

@@ -1,0 +1,89 @@
+//! The whole relay in one place: spool recovery, inbound server and delivery,
+//! started together and stopped together. `tlsrelay serve` and the integration
+//! tests both use it.
+
+use std::net::SocketAddr;
+use std::sync::Arc;
+
+use tokio::sync::watch;
+
+use crate::config::Config;
+use crate::delivery::Delivery;
+use crate::dns::{Dns, DnsSettings};
+use crate::inbound::Inbound;
+use crate::spool::Spool;
+
+/// A relay that is listening; `run` serves until the shutdown signal.
+pub struct Relay {
+    inbound: Inbound,
+    delivery: Delivery,
+    initial: Vec<crate::spool::Envelope>,
+    _lock: std::fs::File,
+}
+
+/// The DNS settings of a configuration.
+pub fn dns_settings(config: &Config) -> DnsSettings {
+    DnsSettings {
+        nameservers: config.dns.nameservers.iter().map(|n| n.0).collect(),
+        trust_anchor: config.dns.trust_anchor_file.clone(),
+        timeout: config.dns.timeout.get(),
+        attempts: config.dns.attempts,
+    }
+}
+
+impl Relay {
+    /// Locks and recovers the spool, sets up DNS and TLS, and binds the listeners.
+    pub async fn start(config: Arc<Config>) -> Result<Relay, String> {
+        let dir = &config.spool.dir;
+        let spool = Spool::open(dir)
+            .map_err(|e| format!("cannot open the spool {}: {e}", dir.display()))?;
+        let lock = spool.lock().map_err(|e| e.to_string())?;
+        let recovery = spool
+            .recover()
+            .map_err(|e| format!("cannot recover the spool {}: {e}", dir.display()))?;
+        tracing::info!(
+            spool = %dir.display(),
+            queued = recovery.queued.len(),
+            discarded_partial = recovery.discarded_partial,
+            "spool recovered"
+        );
+        for id in &recovery.corrupt {
+            tracing::error!(id = %id, "damaged envelope moved to {}/corrupt; inspect it by hand", dir.display());
+        }
+        let dns = Dns::new(&dns_settings(&config)).map_err(|e| e.to_string())?;
+        if config.delivery.enabled {
+            // In the background: a slow or unreachable resolver must not delay the listener.
+            let probe = dns.clone();
+            tokio::spawn(async move {
+                match probe.self_test().await {
+                    Ok(()) => tracing::info!("DNSSEC self-test passed: the root DNSKEY validates"),
+                    Err(why) => tracing::error!(
+                        "DNSSEC self-test failed: {why}. DANE cannot work; domains that need it are deferred, never downgraded"
+                    ),
+                }
+            });
+        }
+        let delivery = Delivery::new(config.clone(), spool.clone(), dns)?;
+        let inbound = Inbound::bind(config.clone(), spool, Some(delivery.queue_sender()))
+            .await
+            .map_err(|e| e.to_string())?;
+        Ok(Relay {
+            inbound,
+            delivery,
+            initial: recovery.queued,
+            _lock: lock,
+        })
+    }
+
+    /// The inbound listening addresses.
+    pub fn local_addrs(&self) -> Vec<SocketAddr> {
+        self.inbound.local_addrs()
+    }
+
+    /// Serves until `shutdown` turns true, then stops both halves cleanly.
+    pub async fn run(self, shutdown: watch::Receiver<bool>) {
+        let delivery = tokio::spawn(self.delivery.run(self.initial, shutdown.clone()));
+        self.inbound.run(shutdown).await;
+        let _ = delivery.await;
+    }
+}
