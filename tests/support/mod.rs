@@ -1,4 +1,6 @@
-//! Real-socket helpers shared by the integration tests.
+//! Real-socket helpers shared by the integration tests: each test file says `mod support;`.
 #![allow(dead_code)]
 
 pub mod client;
+pub mod mx;
+pub mod pki;
