@@ -150,7 +150,7 @@ pub enum Answer<T> {
 }
 
 impl<T> Answer<T> {
-    /// The DNSSEC status, if the answer has one (not for Bogus/TempFail).
+    /// The DNSSEC status of the answer; `None` for a temporary failure.
     pub fn security(&self) -> Option<Security> {
         match self {
             Answer::Records { security, .. }
@@ -229,7 +229,7 @@ pub struct DnsSettings {
     pub trust_anchor: Option<PathBuf>,
     /// Time allowed for one query attempt.
     pub timeout: Duration,
-    /// Attempts per query.
+    /// Tries per query (at least 1), each allowed `timeout`.
     pub attempts: usize,
 }
 
@@ -394,7 +394,8 @@ impl Dns {
         opts.validate = true;
         opts.use_hosts_file = ResolveHosts::Never;
         opts.timeout = settings.timeout;
-        opts.attempts = settings.attempts.max(1);
+        // hickory's `attempts` counts retries after the first try (RetryDnsHandle).
+        opts.attempts = settings.attempts.max(1) - 1;
         opts.edns0 = true;
         opts.cache_size = 256;
         opts.ndots = 0;
@@ -1035,6 +1036,26 @@ mod tests {
     }
 
     #[test]
+    fn futures_are_send() {
+        fn check<T: Send>(_: &T) {}
+        let settings = DnsSettings {
+            nameservers: vec!["127.0.0.1:53".parse().unwrap()],
+            ..DnsSettings::default()
+        };
+        let rt = tokio::runtime::Builder::new_current_thread()
+            .enable_all()
+            .build()
+            .unwrap();
+        let _guard = rt.enter();
+        let dns = Dns::new(&settings).unwrap();
+        check(&dns.mx("example.test"));
+        check(&dns.addresses("example.test"));
+        check(&dns.tlsa(25, "example.test"));
+        check(&dns.txt("example.test"));
+        check(&dns.self_test());
+    }
+
+    #[test]
     fn name_formatting() {
         for (input, want) in [
             ("Example.TEST.", "example.test"),
@@ -1049,9 +1070,13 @@ mod tests {
 
     #[test]
     fn anchor_errors_name_the_source() {
-        let e = parse_anchors("garbage here\n", "/etc/x.key").unwrap_err();
+        let Err(e) = parse_anchors("garbage here\n", "/etc/x.key") else {
+            panic!("garbage accepted")
+        };
         assert!(e.to_string().contains("/etc/x.key"), "{e}");
-        let e = parse_anchors("", "/etc/y.key").unwrap_err();
+        let Err(e) = parse_anchors("", "/etc/y.key") else {
+            panic!("empty anchor accepted")
+        };
         assert!(matches!(e, DnsSetupError::AnchorNoRootKey { .. }), "{e}");
         assert!(e.to_string().contains("/etc/y.key"), "{e}");
     }

@@ -4,3 +4,4 @@
 pub mod client;
 pub mod mx;
 pub mod pki;
+pub mod dns_world;
