@@ -1,13 +1,12 @@
 //! Integration tests of `tlsrelay::dns` against a signed DNS world on loopback
 //! (real UDP/TCP sockets, hickory-server answering, hickory-resolver validating).
 
-
-mod dns_world;
+mod support;
 
 use std::net::IpAddr;
 use std::time::{Duration, Instant};
 
-use dns_world::{foreign_anchor_text, DnsWorld, RecordType, ZoneKind};
+use support::dns_world::{foreign_anchor_text, DnsWorld, RecordType, ZoneKind};
 use tlsrelay::dns::{
     AddrAnswer, Answer, Dns, DnsSettings, DnsSetupError, MxAnswer, MxHost, Security, Tlsa, Txt,
 };

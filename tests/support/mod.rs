@@ -2,6 +2,6 @@
 #![allow(dead_code)]
 
 pub mod client;
+pub mod dns_world;
 pub mod mx;
 pub mod pki;
-pub mod dns_world;
