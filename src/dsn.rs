@@ -204,7 +204,8 @@ pub fn notice_envelope(env: &Envelope, hostname: &str, size: u64) -> Envelope {
         sender: String::new(),
         size,
         body: BodyType::EightBitMime,
-        smtputf8: env.smtputf8,
+        // The notice needs SMTPUTF8 only to reach a non-ASCII sender address.
+        smtputf8: !env.sender.is_ascii(),
         requiretls: false,
         ret: None,
         envid: None,

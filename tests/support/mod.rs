@@ -5,3 +5,4 @@ pub mod client;
 pub mod dns_world;
 pub mod mx;
 pub mod pki;
+pub mod relay;

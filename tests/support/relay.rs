@@ -1,0 +1,183 @@
+//! The whole relay running in the test process, wired to a DNS world and a test CA.
+
+use std::net::SocketAddr;
+use std::path::{Path, PathBuf};
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use tlsrelay::config::Config;
+use tlsrelay::relay::Relay;
+use tlsrelay::spool::{Envelope, Spool};
+use tokio::sync::watch;
+
+use super::client::Client;
+use super::dns_world::DnsWorld;
+
+/// A running relay with its own spool directory.
+pub struct TestRelay {
+    pub addr: SocketAddr,
+    pub spool: Spool,
+    pub dir: Arc<tempfile::TempDir>,
+    config_text: String,
+    stop: watch::Sender<bool>,
+    handle: tokio::task::JoinHandle<()>,
+}
+
+/// Configuration text for a relay that resolves through `world`, trusts the CA
+/// in `ca_pem`, delivers to `port`, and retries quickly. `delivery_extra` is TOML
+/// for the `[delivery]` section.
+pub fn config_text(
+    dir: &Path,
+    world: &DnsWorld,
+    ca_pem: &Path,
+    port: u16,
+    delivery_extra: &str,
+) -> String {
+    format!(
+        r#"[server]
+listen = ["127.0.0.1:0"]
+hostname = "relay.test"
+shutdown_grace = "5s"
+[spool]
+dir = "{spool}"
+[log]
+level = "debug"
+[delivery]
+port = {port}
+extra_roots = ["{ca}"]
+connect_timeout = "3s"
+command_timeout = "5s"
+data_timeout = "5s"
+queue_scan_interval = "1s"
+{delivery_extra}
+[dns]
+nameservers = ["{dns}"]
+trust_anchor_file = "{anchor}"
+timeout = "2s"
+attempts = 1
+"#,
+        spool = dir.join("spool").display(),
+        ca = ca_pem.display(),
+        dns = world.addr(),
+        anchor = world.anchor_path().display(),
+    )
+}
+
+impl TestRelay {
+    /// Starts a relay from configuration text in a fresh directory.
+    pub async fn start(
+        world: &DnsWorld,
+        ca_pem: &Path,
+        port: u16,
+        delivery_extra: &str,
+    ) -> TestRelay {
+        let dir = Arc::new(tempfile::tempdir().unwrap());
+        let text = config_text(dir.path(), world, ca_pem, port, delivery_extra);
+        TestRelay::start_with(dir, text).await
+    }
+
+    async fn start_with(dir: Arc<tempfile::TempDir>, text: String) -> TestRelay {
+        let _ = tracing_subscriber::fmt()
+            .with_test_writer()
+            .with_env_filter("tlsrelay=debug")
+            .try_init();
+        let config = Config::parse(&text, None).unwrap();
+        let spool = Spool::open(&config.spool.dir).unwrap();
+        let relay = Relay::start(Arc::new(config)).await.unwrap();
+        let addr = relay.local_addrs()[0];
+        let (stop, rx) = watch::channel(false);
+        let handle = tokio::spawn(relay.run(rx));
+        TestRelay {
+            addr,
+            spool,
+            dir,
+            config_text: text,
+            stop,
+            handle,
+        }
+    }
+
+    /// Stops the relay cleanly (as SIGTERM does) and waits for it.
+    pub async fn stop(self) -> (Arc<tempfile::TempDir>, String) {
+        let _ = self.stop.send(true);
+        let _ = self.handle.await;
+        (self.dir, self.config_text)
+    }
+
+    /// Stops and starts again on the same spool.
+    pub async fn restart(self) -> TestRelay {
+        let (dir, text) = self.stop().await;
+        TestRelay::start_with(dir, text).await
+    }
+
+    /// Submits one message over SMTP; returns its queue id.
+    pub async fn submit(&self, from: &str, to: &[&str], message: &[u8]) -> String {
+        self.submit_with(&format!("MAIL FROM:<{from}>"), to, message)
+            .await
+    }
+
+    /// Submits with a caller-written MAIL command (for parameters). The message is
+    /// dot-stuffed here, so the relay stores exactly `message`.
+    pub async fn submit_with(&self, mail: &str, to: &[&str], message: &[u8]) -> String {
+        let (mut c, _) = Client::connect(self.addr).await;
+        c.cmd("EHLO client.test").await;
+        let r = c.cmd(mail).await;
+        assert_eq!(r.code, 250, "{r:?}");
+        for t in to {
+            let r = c.cmd(&format!("RCPT TO:<{t}>")).await;
+            assert_eq!(r.code, 250, "{r:?}");
+        }
+        assert_eq!(c.cmd("DATA").await.code, 354);
+        let mut stuffed = Vec::with_capacity(message.len() + 8);
+        let mut at_start = true;
+        for &b in message {
+            if at_start && b == b'.' {
+                stuffed.push(b'.');
+            }
+            stuffed.push(b);
+            at_start = b == b'\n';
+        }
+        c.send(&stuffed).await;
+        let r = c.cmd(".").await;
+        assert_eq!(r.code, 250, "{r:?}");
+        c.cmd("QUIT").await;
+        r.text().rsplit(' ').next().unwrap().to_string()
+    }
+
+    /// The queued envelopes.
+    pub fn queue(&self) -> Vec<Envelope> {
+        self.spool.list().unwrap()
+    }
+
+    /// Waits until `pred` holds for the queue (10 s at most); returns whether it did.
+    pub async fn wait_queue(&self, timeout: Duration, pred: impl Fn(&[Envelope]) -> bool) -> bool {
+        let deadline = Instant::now() + timeout;
+        loop {
+            if pred(&self.queue()) {
+                return true;
+            }
+            if Instant::now() > deadline {
+                return false;
+            }
+            tokio::time::sleep(Duration::from_millis(50)).await;
+        }
+    }
+
+    /// Every outcome record written so far.
+    pub fn outcomes(&self) -> Vec<tlsrelay::outcome::Outcome> {
+        let dir = self.dir.path().join("spool/outcomes");
+        let mut all = Vec::new();
+        if let Ok(rd) = std::fs::read_dir(&dir) {
+            for e in rd.flatten() {
+                let text = std::fs::read_to_string(e.path()).unwrap_or_default();
+                all.extend(text.lines().filter_map(|l| serde_json::from_str(l).ok()));
+            }
+        }
+        all
+    }
+
+    /// The spool directory path.
+    pub fn spool_dir(&self) -> PathBuf {
+        self.dir.path().join("spool")
+    }
+}
