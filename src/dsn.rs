@@ -166,28 +166,6 @@ fn header_section(msg: &[u8]) -> &[u8] {
     }
 }
 
-#[cfg(test)]
-mod tests {
-    use super::*;
-
-    #[test]
-    fn notify_rules() {
-        let s = |v: &[&str]| v.iter().map(|x| x.to_string()).collect::<Vec<_>>();
-        let cases = [
-            (s(&[]), Kind::Failure, true),
-            (s(&[]), Kind::Delay, true),
-            (s(&["never"]), Kind::Failure, false),
-            (s(&["success"]), Kind::Failure, false),
-            (s(&["failure"]), Kind::Failure, true),
-            (s(&["failure"]), Kind::Delay, false),
-            (s(&["delay", "success"]), Kind::Delay, true),
-        ];
-        for (notify, kind, want) in cases {
-            assert_eq!(wanted(&notify, kind), want, "{notify:?} {kind:?}");
-        }
-    }
-}
-
 /// The envelope of a DSN about `env`: from the null sender to `env`'s sender.
 pub fn notice_envelope(env: &Envelope, hostname: &str, size: u64) -> Envelope {
     use crate::spool::{BodyType, ClientInfo, RcptState, Recipient};
@@ -220,5 +198,27 @@ pub fn notice_envelope(env: &Envelope, hostname: &str, size: u64) -> Envelope {
         attempts: 0,
         next_attempt: now,
         delay_notice_sent: false,
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn notify_rules() {
+        let s = |v: &[&str]| v.iter().map(|x| x.to_string()).collect::<Vec<_>>();
+        let cases = [
+            (s(&[]), Kind::Failure, true),
+            (s(&[]), Kind::Delay, true),
+            (s(&["never"]), Kind::Failure, false),
+            (s(&["success"]), Kind::Failure, false),
+            (s(&["failure"]), Kind::Failure, true),
+            (s(&["failure"]), Kind::Delay, false),
+            (s(&["delay", "success"]), Kind::Delay, true),
+        ];
+        for (notify, kind, want) in cases {
+            assert_eq!(wanted(&notify, kind), want, "{notify:?} {kind:?}");
+        }
     }
 }

@@ -43,7 +43,7 @@ pub enum MxPlan {
 /// Applies RFC 5321 §5.1 and RFC 7505 to an MX answer.
 pub fn plan_mx(domain: &str, answer: MxAnswer) -> MxPlan {
     match answer {
-        MxAnswer::Hosts { hosts, security, .. } if security == Security::Bogus => MxPlan::Defer {
+        MxAnswer::Hosts { hosts, security: Security::Bogus, .. } => MxPlan::Defer {
             reason: format!("DNSSEC validation of the MX records of {domain} failed (bogus); {hosts_n} host(s) not trusted", hosts_n = hosts.len()),
             result: Some(ResultType::DnssecInvalid),
         },
@@ -60,7 +60,7 @@ pub fn plan_mx(domain: &str, answer: MxAnswer) -> MxPlan {
             status: "5.1.10",
             reason: format!("{domain} publishes a null MX (RFC 7505): it accepts no mail"),
         },
-        MxAnswer::NoRecords { security } if security == Security::Bogus => MxPlan::Defer {
+        MxAnswer::NoRecords { security: Security::Bogus } => MxPlan::Defer {
             reason: format!("DNSSEC validation of the MX denial for {domain} failed (bogus)"),
             result: Some(ResultType::DnssecInvalid),
         },
@@ -72,7 +72,7 @@ pub fn plan_mx(domain: &str, answer: MxAnswer) -> MxPlan {
             security,
             implicit: true,
         },
-        MxAnswer::NxDomain { security } if security == Security::Bogus => MxPlan::Defer {
+        MxAnswer::NxDomain { security: Security::Bogus } => MxPlan::Defer {
             reason: format!("DNSSEC validation of the NXDOMAIN for {domain} failed (bogus)"),
             result: Some(ResultType::DnssecInvalid),
         },

@@ -52,6 +52,9 @@ pub enum RcptOutcome {
     },
 }
 
+/// An open session waiting for the next message to its domain: since when, and under which requirement.
+type IdleSession = (Session, Instant, Requirement);
+
 /// Everything an attempt needs, shared by all attempts.
 pub struct Context {
     config: Arc<Config>,
@@ -61,7 +64,7 @@ pub struct Context {
     outcomes: OutcomeLog,
     connections: Arc<Semaphore>,
     per_domain: Mutex<HashMap<String, Arc<Semaphore>>>,
-    idle: Mutex<HashMap<String, Vec<(Session, Instant, Requirement)>>>,
+    idle: Mutex<HashMap<String, Vec<IdleSession>>>,
     requeue: mpsc::UnboundedSender<Envelope>,
 }
 

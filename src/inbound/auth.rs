@@ -122,7 +122,8 @@ mod tests {
     #[test]
     fn plain_decoding() {
         let b64 = |s: &[u8]| base64::engine::general_purpose::STANDARD.encode(s);
-        let cases: &[(&[u8], Option<(&str, &str)>)] = &[
+        type Case<'a> = (&'a [u8], Option<(&'a str, &'a str)>);
+        let cases: &[Case] = &[
             (b"\0alice\0pw", Some(("alice", "pw"))),
             (b"alice\0alice\0pw", Some(("alice", "pw"))),
             (b"bob\0alice\0pw", None),
