@@ -5,6 +5,7 @@
 //! durable, and the binary's commands ([`queue`]) let the operator look at it.
 
 pub mod config;
+pub mod dane;
 pub mod delivery;
 pub mod dns;
 pub mod dsn;

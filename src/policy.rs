@@ -8,7 +8,7 @@
 use rand::seq::SliceRandom;
 
 use crate::config::Floor;
-use crate::dns::{MxAnswer, MxHost, Security};
+use crate::dns::{Answer, MxAnswer, MxHost, Security, TlsaAnswer};
 use crate::outcome::{PolicyType, ResultType};
 use crate::tls::PeerCheck;
 
@@ -109,8 +109,10 @@ fn shuffle_equal_preferences(hosts: &mut [MxHost]) {
 /// How one MX host must be authenticated, decided before connecting.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Requirement {
-    /// The MX host name (also the SNI and the name the certificate must carry).
+    /// The MX host name.
     pub host: String,
+    /// The name sent as SNI and checked in the certificate (the TLSA base domain under DANE).
+    pub sni: String,
     /// What the TLS layer must check.
     pub check: PeerCheck,
     /// Which rule decided it, for the log (`tls=verify`) and metrics.
@@ -127,9 +129,94 @@ pub fn requirement(host: &str, floor: Floor) -> Requirement {
     };
     Requirement {
         host: host.to_string(),
+        sni: host.to_string(),
         check,
         mechanism,
         policy: PolicyType::NoPolicyFound,
+    }
+}
+
+/// What to do with one MX host.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum HostPlan {
+    /// Connect and authenticate as the requirement says.
+    Connect(Requirement),
+    /// Do not contact this host in this attempt.
+    Skip {
+        /// Plain words.
+        reason: String,
+        /// The RFC 8460 result to record.
+        result: Option<ResultType>,
+    },
+}
+
+/// Whether DANE applies at all: TLSA is looked up only when the MX answer and the
+/// host's addresses are DNSSEC-secure (RFC 7672 §2.2).
+pub fn wants_tlsa(mx: Security, addresses: Security) -> bool {
+    mx.is_secure() && addresses.is_secure()
+}
+
+/// The requirement for `host` given its TLSA answer (`None` when DANE does not
+/// apply). `base` is the TLSA base domain (the host, or its secure CNAME target).
+pub fn host_plan(host: &str, base: &str, floor: Floor, tlsa: Option<TlsaAnswer>) -> HostPlan {
+    let floor_req = requirement(host, floor);
+    let Some(tlsa) = tlsa else {
+        return HostPlan::Connect(floor_req);
+    };
+    let doubt = |why: String, result| HostPlan::Skip {
+        reason: format!("{host}: {why}; not contacted, and no weaker rule stands in"),
+        result: Some(result),
+    };
+    match tlsa {
+        Answer::Records {
+            records,
+            security: Security::Secure,
+            ..
+        } => {
+            let usable: Vec<_> = records.into_iter().filter(crate::dane::usable).collect();
+            if usable.is_empty() {
+                // RFC 7672 §2.2: unusable records mean no DANE authentication, TLS still mandatory.
+                return HostPlan::Connect(floor_req);
+            }
+            let mut names = vec![base.to_string()];
+            if base != host {
+                names.push(host.to_string());
+            }
+            HostPlan::Connect(Requirement {
+                host: host.to_string(),
+                sni: base.to_string(),
+                check: PeerCheck::Dane {
+                    records: usable,
+                    names,
+                },
+                mechanism: "dane",
+                policy: PolicyType::Tlsa,
+            })
+        }
+        Answer::Records {
+            security: Security::Insecure,
+            ..
+        }
+        | Answer::NoRecords {
+            security: Security::Secure | Security::Insecure,
+        }
+        | Answer::NxDomain {
+            security: Security::Secure | Security::Insecure,
+        } => HostPlan::Connect(floor_req),
+        Answer::Records { security, .. }
+        | Answer::NoRecords { security }
+        | Answer::NxDomain { security } => doubt(
+            format!("the TLSA answer for _25._tcp.{base} is DNSSEC-{security}"),
+            ResultType::DnssecInvalid,
+        ),
+        Answer::Bogus(why) => doubt(
+            format!("DNSSEC validation of the TLSA records failed: {why}"),
+            ResultType::DnssecInvalid,
+        ),
+        Answer::TempFail(why) => doubt(
+            format!("the TLSA lookup failed: {why}"),
+            ResultType::TlsaInvalid,
+        ),
     }
 }
 
@@ -259,6 +346,85 @@ mod tests {
             3,
             "each preference-10 host should come first sometimes"
         );
+    }
+
+    #[test]
+    fn dane_table() {
+        use crate::dns::Tlsa;
+        let t = |u, s, m| Tlsa {
+            usage: u,
+            selector: s,
+            matching: m,
+            data: vec![1; 32],
+        };
+        let recs = |v: Vec<Tlsa>, security| Answer::Records {
+            records: v,
+            security,
+            owner: "_25._tcp.mx.test".into(),
+        };
+        let cases: Vec<(Option<TlsaAnswer>, &str)> = vec![
+            (None, "verify"),
+            (Some(recs(vec![t(3, 1, 1)], Security::Secure)), "dane 1"),
+            (
+                Some(recs(
+                    vec![t(3, 1, 1), t(0, 1, 1), t(2, 0, 1)],
+                    Security::Secure,
+                )),
+                "dane 2",
+            ),
+            (
+                Some(recs(vec![t(0, 1, 1), t(1, 0, 1)], Security::Secure)),
+                "verify",
+            ),
+            (Some(recs(vec![t(3, 1, 1)], Security::Insecure)), "verify"),
+            (
+                Some(recs(vec![t(3, 1, 1)], Security::Bogus)),
+                "skip dnssec-invalid",
+            ),
+            (
+                Some(recs(vec![t(3, 1, 1)], Security::Indeterminate)),
+                "skip dnssec-invalid",
+            ),
+            (
+                Some(Answer::NoRecords {
+                    security: Security::Secure,
+                }),
+                "verify",
+            ),
+            (
+                Some(Answer::NxDomain {
+                    security: Security::Secure,
+                }),
+                "verify",
+            ),
+            (
+                Some(Answer::NoRecords {
+                    security: Security::Bogus,
+                }),
+                "skip dnssec-invalid",
+            ),
+            (Some(Answer::Bogus("sig".into())), "skip dnssec-invalid"),
+            (
+                Some(Answer::TempFail("SERVFAIL".into())),
+                "skip tlsa-invalid",
+            ),
+        ];
+        for (answer, want) in cases {
+            let got = match host_plan("mx.test", "mx.test", Floor::Verify, answer.clone()) {
+                HostPlan::Connect(Requirement {
+                    check: PeerCheck::Dane { records, .. },
+                    ..
+                }) => format!("dane {}", records.len()),
+                HostPlan::Connect(r) => r.mechanism.to_string(),
+                HostPlan::Skip { result, .. } => {
+                    format!("skip {}", result.map_or("-", |r| r.as_str()))
+                }
+            };
+            assert_eq!(got, want, "{answer:?}");
+        }
+        assert!(wants_tlsa(Security::Secure, Security::Secure));
+        assert!(!wants_tlsa(Security::Secure, Security::Insecure));
+        assert!(!wants_tlsa(Security::Insecure, Security::Secure));
     }
 
     #[test]

@@ -53,6 +53,14 @@ pub enum PeerCheck {
     WebPki,
     /// TLS required; the certificate is not checked (beyond key strength).
     EncryptOnly,
+    /// DANE: the chain must match one of these (usable) TLSA records; a DANE-TA
+    /// leaf must carry one of `names`.
+    Dane {
+        /// The usable TLSA records.
+        records: Vec<crate::dns::Tlsa>,
+        /// The TLSA base domain and the MX host name.
+        names: Vec<String>,
+    },
 }
 
 /// Builds the outbound client configurations (one per kind of check).
@@ -105,6 +113,18 @@ impl ClientTls {
         match check {
             PeerCheck::WebPki => self.webpki.clone(),
             PeerCheck::EncryptOnly => self.encrypt.clone(),
+            PeerCheck::Dane { records, names } => {
+                let verifier =
+                    crate::dane::DaneVerifier::new(records.clone(), names.clone(), provider());
+                Arc::new(
+                    rustls::ClientConfig::builder_with_provider(provider())
+                        .with_safe_default_protocol_versions()
+                        .expect("ring supports TLS 1.2 and 1.3")
+                        .dangerous()
+                        .with_custom_certificate_verifier(Arc::new(verifier))
+                        .with_no_client_auth(),
+                )
+            }
         }
     }
 }
@@ -255,9 +275,9 @@ pub fn key_description(spki: &[u8]) -> Option<KeyKind> {
     }
 }
 
-/// A minimal DER TLV reader, enough for SubjectPublicKeyInfo.
+/// A minimal DER TLV reader, enough for SubjectPublicKeyInfo and basicConstraints.
 #[derive(Clone)]
-struct Der<'a>(&'a [u8]);
+pub(crate) struct Der<'a>(pub(crate) &'a [u8]);
 
 impl<'a> Iterator for Der<'a> {
     type Item = (u8, &'a [u8]);

@@ -19,7 +19,7 @@ use crate::config::Config;
 use crate::dns::{Answer, Dns};
 use crate::dsn;
 use crate::outcome::{Outcome, OutcomeLog, PolicyType, ResultType};
-use crate::policy::{self, MxPlan, Requirement};
+use crate::policy::{self, HostPlan, MxPlan, Requirement};
 use crate::spool::{self, now_unix, Envelope, RcptState, Spool};
 use crate::tls::ClientTls;
 use smtp::{Reply, Session, Timeouts};
@@ -513,8 +513,11 @@ async fn deliver_domain(
             }
             return all(idxs, RcptOutcome::Deferred { reason });
         }
-        MxPlan::Hosts { hosts, .. } => hosts,
+        MxPlan::Hosts {
+            hosts, security, ..
+        } => (hosts, security),
     };
+    let (hosts, mx_security) = hosts;
     let mut reasons: Vec<String> = Vec::new();
     let timeouts = Timeouts {
         connect: d.connect_timeout.get(),
@@ -522,8 +525,12 @@ async fn deliver_domain(
         data: d.data_timeout.get(),
     };
     for mx in hosts.iter().take(d.max_hosts_per_attempt) {
-        let addrs = match ctx.dns.addresses(&mx.host).await {
-            Answer::Records { records, .. } => records,
+        let (addrs, addr_security, canonical) = match ctx.dns.addresses(&mx.host).await {
+            Answer::Records {
+                records,
+                security,
+                owner,
+            } => (records, security, owner),
             Answer::NoRecords { .. } | Answer::NxDomain { .. } => {
                 reasons.push(format!("{} has no address records", mx.host));
                 continue;
@@ -555,7 +562,30 @@ async fn deliver_domain(
                 continue;
             }
         };
-        let req = policy::requirement(&mx.host, d.floor);
+        let (base, tlsa) = if policy::wants_tlsa(mx_security, addr_security) {
+            tlsa_for(ctx, &mx.host, &canonical).await
+        } else {
+            (mx.host.clone(), None)
+        };
+        let req = match policy::host_plan(&mx.host, &base, d.floor, tlsa) {
+            HostPlan::Connect(req) => req,
+            HostPlan::Skip { reason, result } => {
+                tracing::info!(id = %env.id, domain, host = %mx.host, tls = %format!("refused:{}", result.map_or("dns", |r| r.as_str())), reason = %reason, "attempt");
+                record(
+                    ctx,
+                    env,
+                    domain,
+                    &mx.host,
+                    None,
+                    PolicyType::Tlsa,
+                    Some("dane"),
+                    result,
+                    &reason,
+                );
+                reasons.push(reason);
+                continue;
+            }
+        };
         for ip in addrs {
             let addr = SocketAddr::new(ip, d.port);
             let tls = ctx.tls.config(&req.check);
@@ -564,7 +594,7 @@ async fn deliver_domain(
                 addr,
                 ctx.config.helo_name(),
                 tls,
-                &req.host,
+                &req.sni,
                 timeouts,
             )
             .await
@@ -628,6 +658,24 @@ async fn deliver_domain(
         reasons.join("; ")
     };
     all(idxs, RcptOutcome::Deferred { reason })
+}
+
+/// The TLSA answer for an MX host and its TLSA base domain (RFC 7672 §2.2.2): a
+/// secure CNAME target first, then the MX host name itself.
+async fn tlsa_for(
+    ctx: &Context,
+    host: &str,
+    canonical: &str,
+) -> (String, Option<crate::dns::TlsaAnswer>) {
+    let port = ctx.config.delivery.port;
+    tracing::debug!(host, canonical, "TLSA base domain candidates");
+    if !canonical.is_empty() && !canonical.eq_ignore_ascii_case(host) {
+        let answer = ctx.dns.tlsa(port, canonical).await;
+        if !matches!(answer, Answer::NoRecords { .. } | Answer::NxDomain { .. }) {
+            return (canonical.to_ascii_lowercase(), Some(answer));
+        }
+    }
+    (host.to_string(), Some(ctx.dns.tlsa(port, host).await))
 }
 
 fn log_domain(env: &Envelope, domain: &str, what: &str) {

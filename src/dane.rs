@@ -1,0 +1,421 @@
+//! DANE for SMTP (RFC 7672, with RFC 6698 and 7671): TLSA records checked inside
+//! the TLS handshake.
+//!
+//! `DaneVerifier` is a rustls `ServerCertVerifier`. DANE-EE (usage 3) matches the
+//! leaf certificate or its public key and checks neither names nor dates. DANE-TA
+//! (usage 2) finds the trust anchor among the presented certificates, builds the
+//! chain to it with rustls-webpki (dates, server-auth usage, CA constraints), and
+//! checks the leaf's name against the TLSA base domain and the MX host name. The
+//! handshake signature is always verified with the crypto provider, so a server
+//! that replays a matching certificate without its key fails.
+
+use std::sync::Arc;
+
+use rustls::client::danger::{HandshakeSignatureValid, ServerCertVerified, ServerCertVerifier};
+use rustls::crypto::CryptoProvider;
+use rustls::{CertificateError, DigitallySignedStruct, OtherError, SignatureScheme};
+use rustls_pki_types::{CertificateDer, ServerName, UnixTime};
+
+use crate::dns::Tlsa;
+
+/// Whether a TLSA record is one tlsrelay can use for SMTP (RFC 7672 §3.1):
+/// usage 2 or 3, selector 0 or 1, matching type 0, 1 or 2.
+pub fn usable(t: &Tlsa) -> bool {
+    matches!(t.usage, 2 | 3) && matches!(t.selector, 0 | 1) && matches!(t.matching, 0..=2)
+}
+
+/// Whether certificate `cert` matches the selector and matching type of `t`.
+pub fn matches(t: &Tlsa, cert: &CertificateDer<'_>) -> bool {
+    let selected: Vec<u8> = match t.selector {
+        0 => cert.as_ref().to_vec(),
+        1 => match webpki::EndEntityCert::try_from(cert) {
+            Ok(ee) => ee.subject_public_key_info().as_ref().to_vec(),
+            Err(_) => return false,
+        },
+        _ => return false,
+    };
+    match t.matching {
+        0 => selected == t.data,
+        1 => ring::digest::digest(&ring::digest::SHA256, &selected).as_ref() == t.data.as_slice(),
+        2 => ring::digest::digest(&ring::digest::SHA512, &selected).as_ref() == t.data.as_slice(),
+        _ => false,
+    }
+}
+
+/// Why DANE authentication failed, in plain words.
+#[derive(Debug)]
+pub struct DaneFailure(pub String);
+
+impl std::fmt::Display for DaneFailure {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(f, "DANE: {}", self.0)
+    }
+}
+
+impl std::error::Error for DaneFailure {}
+
+fn failure(s: String) -> rustls::Error {
+    rustls::Error::InvalidCertificate(CertificateError::Other(OtherError(Arc::new(DaneFailure(
+        s,
+    )))))
+}
+
+/// The verifier for one MX host with usable TLSA records.
+#[derive(Debug)]
+pub struct DaneVerifier {
+    records: Vec<Tlsa>,
+    /// Names a DANE-TA leaf may carry: the TLSA base domain and the MX host name.
+    names: Vec<String>,
+    provider: Arc<CryptoProvider>,
+}
+
+impl DaneVerifier {
+    /// A verifier for `records` (only usable ones are kept) and the acceptable `names`.
+    pub fn new(
+        records: Vec<Tlsa>,
+        names: Vec<String>,
+        provider: Arc<CryptoProvider>,
+    ) -> DaneVerifier {
+        DaneVerifier {
+            records: records.into_iter().filter(usable).collect(),
+            names,
+            provider,
+        }
+    }
+
+    fn verify_ta(
+        &self,
+        ta_record: &Tlsa,
+        end_entity: &CertificateDer<'_>,
+        intermediates: &[CertificateDer<'_>],
+        now: UnixTime,
+    ) -> Option<Result<(), rustls::Error>> {
+        let ta_cert = intermediates.iter().find(|c| matches(ta_record, c))?;
+        if !is_ca(ta_cert) {
+            return Some(Err(failure(
+                "the certificate matching the DANE-TA record is not a CA certificate".into(),
+            )));
+        }
+        let anchor = match webpki::anchor_from_trusted_cert(ta_cert) {
+            Ok(a) => [a],
+            Err(e) => {
+                return Some(Err(failure(format!(
+                    "the DANE-TA certificate cannot be a trust anchor: {e}"
+                ))))
+            }
+        };
+        let ee = match webpki::EndEntityCert::try_from(end_entity) {
+            Ok(ee) => ee,
+            Err(_) => {
+                return Some(Err(rustls::Error::InvalidCertificate(
+                    CertificateError::BadEncoding,
+                )))
+            }
+        };
+        let others: Vec<CertificateDer<'_>> = intermediates
+            .iter()
+            .filter(|c| c.as_ref() != ta_cert.as_ref())
+            .cloned()
+            .collect();
+        let chain = ee.verify_for_usage(
+            self.provider.signature_verification_algorithms.all,
+            &anchor,
+            &others,
+            now,
+            webpki::KeyUsage::server_auth(),
+            None,
+            None,
+        );
+        if let Err(e) = chain.map(|_| ()) {
+            return Some(Err(webpki_error(e)));
+        }
+        let name_ok = self.names.iter().any(|n| {
+            ServerName::try_from(n.as_str())
+                .map(|sn| ee.verify_is_valid_for_subject_name(&sn).is_ok())
+                .unwrap_or(false)
+        });
+        if !name_ok {
+            let presented = ee.valid_dns_names().map(str::to_string).collect();
+            let base = self.names.first().cloned().unwrap_or_default();
+            let Ok(expected) = ServerName::try_from(base) else {
+                return Some(Err(rustls::Error::InvalidCertificate(
+                    CertificateError::NotValidForName,
+                )));
+            };
+            return Some(Err(rustls::Error::InvalidCertificate(
+                CertificateError::NotValidForNameContext {
+                    expected,
+                    presented,
+                },
+            )));
+        }
+        Some(Ok(()))
+    }
+}
+
+fn webpki_error(e: webpki::Error) -> rustls::Error {
+    use webpki::Error as W;
+    rustls::Error::InvalidCertificate(match e {
+        W::CertExpired { .. } => CertificateError::Expired,
+        W::CertNotValidYet { .. } => CertificateError::NotValidYet,
+        W::CertNotValidForName(_) => CertificateError::NotValidForName,
+        W::UnknownIssuer => CertificateError::UnknownIssuer,
+        W::InvalidSignatureForPublicKey => CertificateError::BadSignature,
+        other => {
+            return failure(format!(
+                "the chain to the DANE-TA anchor does not verify: {other:?}"
+            ))
+        }
+    })
+}
+
+impl ServerCertVerifier for DaneVerifier {
+    fn verify_server_cert(
+        &self,
+        end_entity: &CertificateDer<'_>,
+        intermediates: &[CertificateDer<'_>],
+        _server_name: &ServerName<'_>,
+        _ocsp_response: &[u8],
+        now: UnixTime,
+    ) -> Result<ServerCertVerified, rustls::Error> {
+        // DANE-EE skips the chain checks, not the key-strength rule.
+        crate::tls::check_key_strength(end_entity)?;
+        if self
+            .records
+            .iter()
+            .any(|t| t.usage == 3 && matches(t, end_entity))
+        {
+            return Ok(ServerCertVerified::assertion());
+        }
+        let mut last_err = None;
+        for t in self.records.iter().filter(|t| t.usage == 2) {
+            match self.verify_ta(t, end_entity, intermediates, now) {
+                Some(Ok(())) => return Ok(ServerCertVerified::assertion()),
+                Some(Err(e)) => last_err = Some(e),
+                None => {}
+            }
+        }
+        Err(last_err.unwrap_or_else(|| {
+            failure(format!(
+                "no TLSA record matches the certificate chain ({} usable record(s))",
+                self.records.len()
+            ))
+        }))
+    }
+
+    fn verify_tls12_signature(
+        &self,
+        message: &[u8],
+        cert: &CertificateDer<'_>,
+        dss: &DigitallySignedStruct,
+    ) -> Result<HandshakeSignatureValid, rustls::Error> {
+        rustls::crypto::verify_tls12_signature(
+            message,
+            cert,
+            dss,
+            &self.provider.signature_verification_algorithms,
+        )
+    }
+
+    fn verify_tls13_signature(
+        &self,
+        message: &[u8],
+        cert: &CertificateDer<'_>,
+        dss: &DigitallySignedStruct,
+    ) -> Result<HandshakeSignatureValid, rustls::Error> {
+        rustls::crypto::verify_tls13_signature(
+            message,
+            cert,
+            dss,
+            &self.provider.signature_verification_algorithms,
+        )
+    }
+
+    fn supported_verify_schemes(&self) -> Vec<SignatureScheme> {
+        self.provider
+            .signature_verification_algorithms
+            .supported_schemes()
+    }
+}
+
+/// Whether a certificate has basicConstraints with cA = TRUE.
+pub fn is_ca(cert: &CertificateDer<'_>) -> bool {
+    const BASIC_CONSTRAINTS: &[u8] = &[0x55, 0x1d, 0x13];
+    let Some((0x30, cert)) = crate::tls::Der(cert.as_ref()).next() else {
+        return false;
+    };
+    let Some((0x30, tbs)) = crate::tls::Der(cert).next() else {
+        return false;
+    };
+    let Some((_, exts)) = crate::tls::Der(tbs).find(|(tag, _)| *tag == 0xa3) else {
+        return false;
+    };
+    let Some((0x30, exts)) = crate::tls::Der(exts).next() else {
+        return false;
+    };
+    for (tag, ext) in crate::tls::Der(exts) {
+        if tag != 0x30 {
+            continue;
+        }
+        let mut fields = crate::tls::Der(ext);
+        let Some((0x06, oid)) = fields.next() else {
+            continue;
+        };
+        if oid != BASIC_CONSTRAINTS {
+            continue;
+        }
+        let value = fields
+            .find(|(t, _)| *t == 0x04)
+            .map(|(_, v)| v)
+            .unwrap_or(&[]);
+        let Some((0x30, bc)) = crate::tls::Der(value).next() else {
+            return false;
+        };
+        return matches!(crate::tls::Der(bc).next(), Some((0x01, [v])) if *v != 0);
+    }
+    false
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn rec(usage: u8, selector: u8, matching: u8) -> Tlsa {
+        Tlsa {
+            usage,
+            selector,
+            matching,
+            data: vec![],
+        }
+    }
+
+    #[test]
+    fn usability_table() {
+        let cases = [
+            ((3, 1, 1), true),
+            ((3, 0, 1), true),
+            ((3, 1, 2), true),
+            ((2, 1, 1), true),
+            ((2, 0, 0), true),
+            ((0, 1, 1), false),
+            ((1, 1, 1), false),
+            ((4, 1, 1), false),
+            ((3, 2, 1), false),
+            ((3, 1, 3), false),
+            ((2, 1, 255), false),
+        ];
+        for ((u, s, m), want) in cases {
+            assert_eq!(usable(&rec(u, s, m)), want, "{u} {s} {m}");
+        }
+    }
+
+    #[test]
+    fn matching_types_and_selectors() {
+        use rcgen::PublicKeyData;
+        let key = rcgen::KeyPair::generate().unwrap();
+        let cert = rcgen::CertificateParams::new(vec!["mx.test".into()])
+            .unwrap()
+            .self_signed(&key)
+            .unwrap();
+        let der = cert.der().clone();
+        let spki = key.subject_public_key_info();
+        let sha256 = |b: &[u8]| {
+            ring::digest::digest(&ring::digest::SHA256, b)
+                .as_ref()
+                .to_vec()
+        };
+        let sha512 = |b: &[u8]| {
+            ring::digest::digest(&ring::digest::SHA512, b)
+                .as_ref()
+                .to_vec()
+        };
+        let cases = [
+            (
+                Tlsa {
+                    usage: 3,
+                    selector: 1,
+                    matching: 1,
+                    data: sha256(&spki),
+                },
+                true,
+            ),
+            (
+                Tlsa {
+                    usage: 3,
+                    selector: 0,
+                    matching: 1,
+                    data: sha256(der.as_ref()),
+                },
+                true,
+            ),
+            (
+                Tlsa {
+                    usage: 3,
+                    selector: 1,
+                    matching: 2,
+                    data: sha512(&spki),
+                },
+                true,
+            ),
+            (
+                Tlsa {
+                    usage: 3,
+                    selector: 1,
+                    matching: 0,
+                    data: spki.clone(),
+                },
+                true,
+            ),
+            (
+                Tlsa {
+                    usage: 3,
+                    selector: 0,
+                    matching: 0,
+                    data: der.as_ref().to_vec(),
+                },
+                true,
+            ),
+            (
+                Tlsa {
+                    usage: 3,
+                    selector: 0,
+                    matching: 1,
+                    data: sha256(&spki),
+                },
+                false,
+            ),
+            (
+                Tlsa {
+                    usage: 3,
+                    selector: 1,
+                    matching: 1,
+                    data: vec![0; 32],
+                },
+                false,
+            ),
+        ];
+        for (t, want) in cases {
+            assert_eq!(
+                matches(&t, &der),
+                want,
+                "{} {} {}",
+                t.usage,
+                t.selector,
+                t.matching
+            );
+        }
+    }
+
+    #[test]
+    fn ca_flag() {
+        let key = rcgen::KeyPair::generate().unwrap();
+        let mut p = rcgen::CertificateParams::new(vec!["ca.test".into()]).unwrap();
+        p.is_ca = rcgen::IsCa::Ca(rcgen::BasicConstraints::Unconstrained);
+        assert!(is_ca(p.self_signed(&key).unwrap().der()));
+        let leaf = rcgen::CertificateParams::new(vec!["mx.test".into()]).unwrap();
+        assert!(!is_ca(leaf.self_signed(&key).unwrap().der()));
+        let mut not_ca = rcgen::CertificateParams::new(vec!["x.test".into()]).unwrap();
+        not_ca.is_ca = rcgen::IsCa::ExplicitNoCa;
+        assert!(!is_ca(not_ca.self_signed(&key).unwrap().der()));
+    }
+}
