@@ -10,6 +10,7 @@ pub mod delivery;
 pub mod dns;
 pub mod dsn;
 pub mod inbound;
+pub mod local_policy;
 pub mod outcome;
 pub mod policy;
 pub mod queue;
