@@ -16,4 +16,5 @@ pub mod policy;
 pub mod queue;
 pub mod relay;
 pub mod spool;
+pub mod sts;
 pub mod tls;
