@@ -323,16 +323,50 @@ impl fmt::Debug for Dns {
 
 /// Parses trust anchor text; `source` names it in errors.
 fn parse_anchors(text: &str, source: &str) -> Result<TrustAnchors, DnsSetupError> {
-    let anchors: TrustAnchors = text.parse().map_err(|e| DnsSetupError::AnchorParse {
-        source: source.to_string(),
-        reason: format!("{e}"),
-    })?;
+    let anchors: TrustAnchors =
+        with_class(text)
+            .parse()
+            .map_err(|e| DnsSetupError::AnchorParse {
+                source: source.to_string(),
+                reason: format!("{e}"),
+            })?;
     if anchors.is_empty() {
         return Err(DnsSetupError::AnchorNoRootKey {
             source: source.to_string(),
         });
     }
     Ok(anchors)
+}
+
+/// Zone-file syntax (RFC 1035 §5.1) lets a record leave out its TTL and class, as
+/// `keymgr <zone> dnskey` does (`. DNSKEY 257 3 13 ...`), but hickory's trust anchor
+/// parser needs the class: add `IN` before `DNSKEY` where a line names no class.
+fn with_class(text: &str) -> String {
+    let is_class = |t: &str| {
+        ["IN", "CH", "HS", "CS"]
+            .iter()
+            .any(|c| t.eq_ignore_ascii_case(c))
+    };
+    let mut out = String::with_capacity(text.len() + 16);
+    for line in text.lines() {
+        let data = line.split(';').next().unwrap_or("");
+        let tokens: Vec<&str> = data.split_whitespace().collect();
+        let at = tokens.iter().position(|t| t.eq_ignore_ascii_case("DNSKEY"));
+        match at {
+            // owner [TTL] DNSKEY ...: the owner is given (no leading blank) and no class is.
+            Some(i @ 1..=2)
+                if !line.starts_with(char::is_whitespace)
+                    && !tokens[1..i].iter().any(|t| is_class(t)) =>
+            {
+                out.push_str(&tokens[..i].join(" "));
+                out.push_str(" IN ");
+                out.push_str(&tokens[i..].join(" "));
+            }
+            _ => out.push_str(line),
+        }
+        out.push('\n');
+    }
+    out
 }
 
 impl Dns {
@@ -1079,5 +1113,24 @@ mod tests {
         };
         assert!(matches!(e, DnsSetupError::AnchorNoRootKey { .. }), "{e}");
         assert!(e.to_string().contains("/etc/y.key"), "{e}");
+    }
+
+    #[test]
+    fn anchors_without_ttl_or_class_are_read() {
+        // As written by `keymgr . dnskey` (the loopback test bed's root-anchor.dnskey).
+        let key = "BIPRqbkXfXYdwzFm8iLHOz4lUGQKHMuRwhdXP5hwJVrwEy5TKNmhaAmp0GNnj1EK0HIURg3Y1n1U6U3098iX9A==";
+        for text in [
+            format!(". DNSKEY 257 3 13 {key}\n"),
+            format!(". 3600 DNSKEY 257 3 13 {key} ; KSK\n"),
+            format!(". IN DNSKEY 257 3 13 {key}\n"),
+            format!(". 3600 IN DNSKEY 257 3 13 {key}\n"),
+        ] {
+            let anchors = parse_anchors(&text, "t").unwrap_or_else(|e| panic!("{text}: {e}"));
+            assert!(!anchors.is_empty(), "{text}");
+        }
+        assert_eq!(
+            with_class("; comment\n. DNSKEY 257 3 13 AA==\n"),
+            "; comment\n. IN DNSKEY 257 3 13 AA==\n"
+        );
     }
 }
