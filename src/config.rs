@@ -26,6 +26,49 @@ pub struct Config {
     pub delivery: DeliveryConfig,
     /// DNS resolution and DNSSEC validation.
     pub dns: DnsConfig,
+    /// MTA-STS (RFC 8461).
+    pub mta_sts: MtaStsConfig,
+    /// Local per-domain policies.
+    pub policies: PoliciesConfig,
+}
+
+/// The `[mta_sts]` section.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct MtaStsConfig {
+    /// Look up and enforce MTA-STS policies.
+    pub enabled: bool,
+    /// Port of `mta-sts.<domain>` (443; other values for labs and tests).
+    pub https_port: u16,
+    /// Extra trusted roots (PEM files) for policy hosts, added to Mozilla's.
+    pub extra_roots: Vec<PathBuf>,
+    /// Time allowed for one policy fetch.
+    pub fetch_timeout: HumanDuration,
+    /// How often cached policies close to expiry are refreshed.
+    pub refresh_interval: HumanDuration,
+    /// Most policy refreshes at once.
+    pub refresh_parallel: usize,
+}
+
+impl Default for MtaStsConfig {
+    fn default() -> Self {
+        MtaStsConfig {
+            enabled: true,
+            https_port: 443,
+            extra_roots: vec![],
+            fetch_timeout: HumanDuration(Duration::from_secs(30)),
+            refresh_interval: HumanDuration(Duration::from_secs(3600)),
+            refresh_parallel: 4,
+        }
+    }
+}
+
+/// The `[policies]` section.
+#[derive(Debug, Clone, Deserialize, Default)]
+#[serde(deny_unknown_fields, default)]
+pub struct PoliciesConfig {
+    /// Directory of local policy files (`*.toml`); unset means none. Reloaded on SIGHUP.
+    pub dir: Option<PathBuf>,
 }
 
 /// The `[server]` section: listener, who may relay, TLS and limits.

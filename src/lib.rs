@@ -2,8 +2,12 @@
 //! forward-secret TLS.
 //!
 //! The modules follow a message's path: [`inbound`] accepts it, [`spool`] keeps it
-//! durable, and the binary's commands ([`queue`]) let the operator look at it.
+//! durable, [`delivery`] carries it out, with every TLS decision taken in
+//! [`policy`] (fed by [`dns`], [`mta_sts`] and [`local_policy`]) and carried out by
+//! [`tls`] and [`dane`]; [`outcome`] records what happened and [`dsn`] tells the
+//! sender. [`check`] and [`queue`] are the operator's views.
 
+pub mod check;
 pub mod config;
 pub mod dane;
 pub mod delivery;
@@ -11,6 +15,7 @@ pub mod dns;
 pub mod dsn;
 pub mod inbound;
 pub mod local_policy;
+pub mod mta_sts;
 pub mod outcome;
 pub mod policy;
 pub mod queue;

@@ -33,6 +33,66 @@ enum Command {
         #[command(subcommand)]
         action: QueueAction,
     },
+    /// Explain what tlsrelay would do for a domain: MX, DNSSEC, MTA-STS, TLSA,
+    /// TLS-RPT, local policy, and the requirement per host. Exit status 0 when
+    /// tlsrelay can deliver there, 1 when it cannot.
+    Check {
+        /// The recipient domain.
+        domain: String,
+        /// Also connect to each host, do STARTTLS (no mail), and judge the certificate chain.
+        #[arg(long)]
+        probe: bool,
+        /// Print JSON.
+        #[arg(long)]
+        json: bool,
+    },
+    /// The MTA-STS policy cache.
+    Sts {
+        #[command(subcommand)]
+        action: StsAction,
+    },
+    /// Local policies.
+    Policy {
+        #[command(subcommand)]
+        action: PolicyAction,
+    },
+}
+
+#[derive(Subcommand)]
+enum StsAction {
+    /// List cached policies.
+    List,
+    /// Show one domain's cached policy.
+    Show {
+        /// The policy domain.
+        domain: String,
+    },
+    /// Fetch a domain's policy now and cache it.
+    Refresh {
+        /// The policy domain.
+        domain: String,
+    },
+    /// Forget a domain's cached policy (or all of them).
+    Purge {
+        /// The policy domain.
+        #[arg(required_unless_present = "all")]
+        domain: Option<String>,
+        /// Every cached policy.
+        #[arg(long, conflicts_with = "domain")]
+        all: bool,
+    },
+}
+
+#[derive(Subcommand)]
+enum PolicyAction {
+    /// Convert a Postfix smtp_tls_policy_maps table to tlsrelay policy TOML (on
+    /// stdout); every line that cannot be carried over is listed on stderr.
+    ImportPostfix {
+        /// The Postfix table (source text, not the .db).
+        file: PathBuf,
+    },
+    /// Check the policy directory (`[policies] dir`) and list the policies.
+    Check,
 }
 
 #[derive(Subcommand)]
@@ -82,8 +142,16 @@ enum QueueAction {
     },
 }
 
+static CONFIG_PATH: std::sync::OnceLock<Option<PathBuf>> = std::sync::OnceLock::new();
+
+/// The configuration file `serve` was started with (for SIGHUP reloads).
+fn cli_config_path() -> Option<PathBuf> {
+    CONFIG_PATH.get().cloned().flatten()
+}
+
 fn main() -> ExitCode {
     let cli = Cli::parse();
+    let _ = CONFIG_PATH.set(cli.config.clone());
     match run(cli) {
         Ok(code) => code,
         Err(msg) => {
@@ -132,6 +200,112 @@ fn run(cli: Cli) -> Result<ExitCode, String> {
             print!("{out}");
             Ok(ExitCode::SUCCESS)
         }
+        Command::Check {
+            domain,
+            probe,
+            json,
+        } => {
+            let config = load_config(cli.config.as_deref())?;
+            let runtime = tokio::runtime::Runtime::new().map_err(|e| e.to_string())?;
+            let report = runtime.block_on(async {
+                let (dns, sts, policies) = engines(&config)?;
+                Ok::<_, String>(
+                    tlsrelay::check::run(&config, &dns, &sts, &policies, &domain, probe).await,
+                )
+            })?;
+            if json {
+                println!(
+                    "{}",
+                    serde_json::to_string_pretty(&report).map_err(|e| e.to_string())?
+                );
+            } else {
+                print!("{}", tlsrelay::check::render(&report));
+            }
+            Ok(if report.deliverable {
+                ExitCode::SUCCESS
+            } else {
+                ExitCode::from(1)
+            })
+        }
+        Command::Sts { action } => {
+            let config = load_config(cli.config.as_deref())?;
+            let runtime = tokio::runtime::Runtime::new().map_err(|e| e.to_string())?;
+            runtime.block_on(async {
+                let (_, sts, _) = engines(&config)?;
+                match action {
+                    StsAction::List => {
+                        let all = sts.cached();
+                        if all.is_empty() {
+                            println!("no cached MTA-STS policies");
+                        }
+                        for c in all {
+                            let p = c.parsed();
+                            println!(
+                                "{:<30} id {:<20} mode {:<8} expires {}",
+                                c.domain,
+                                c.id,
+                                p.as_ref().map(|p| format!("{:?}", p.mode).to_lowercase()).unwrap_or_default(),
+                                chrono::DateTime::from_timestamp(c.expires_at, 0).map(|t| t.to_rfc3339()).unwrap_or_default()
+                            );
+                        }
+                        Ok(ExitCode::SUCCESS)
+                    }
+                    StsAction::Show { domain } => match sts.cached().into_iter().find(|c| c.domain == domain) {
+                        Some(c) => {
+                            println!("{}", serde_json::to_string_pretty(&c).map_err(|e| e.to_string())?);
+                            Ok(ExitCode::SUCCESS)
+                        }
+                        None => Err(format!("no cached MTA-STS policy for {domain}")),
+                    },
+                    StsAction::Refresh { domain } => match sts.refresh(&domain).await {
+                        Ok(c) => {
+                            println!("{}: fetched policy id {} (expires {}); a running relay picks it up on SIGHUP", c.domain, c.id,
+                                chrono::DateTime::from_timestamp(c.expires_at, 0).map(|t| t.to_rfc3339()).unwrap_or_default());
+                            Ok(ExitCode::SUCCESS)
+                        }
+                        Err((kind, words)) => Err(format!("{} ({})", words, kind.as_str())),
+                    },
+                    StsAction::Purge { domain, all: _ } => {
+                        let n = sts.purge(domain.as_deref());
+                        println!("{n} cached policy(ies) removed; a running relay forgets them on SIGHUP");
+                        Ok(ExitCode::SUCCESS)
+                    }
+                }
+            })
+        }
+        Command::Policy { action } => match action {
+            PolicyAction::ImportPostfix { file } => {
+                let text = std::fs::read_to_string(&file)
+                    .map_err(|e| format!("{}: {e}", file.display()))?;
+                let (toml, skipped) = tlsrelay::local_policy::import_postfix(&text);
+                print!("{toml}");
+                for s in &skipped {
+                    eprintln!(
+                        "{}:{}: not carried over: {} ({})",
+                        file.display(),
+                        s.line,
+                        s.text,
+                        s.reason
+                    );
+                }
+                eprintln!("{} line(s) not carried over", skipped.len());
+                Ok(ExitCode::SUCCESS)
+            }
+            PolicyAction::Check => {
+                let config = load_config(cli.config.as_deref())?;
+                let Some(dir) = &config.policies.dir else {
+                    println!("no policy directory configured ([policies] dir)");
+                    return Ok(ExitCode::SUCCESS);
+                };
+                let set =
+                    tlsrelay::local_policy::PolicySet::load_dir(dir).map_err(|e| e.to_string())?;
+                for p in set.iter() {
+                    println!("{:<30} {:<12} {}", p.domain, p.level.as_str(), p.source);
+                }
+                println!("{}: {} policy(ies), ok", dir.display(), set.len());
+                Ok(ExitCode::SUCCESS)
+            }
+        },
         Command::Serve => {
             let config = load_config(cli.config.as_deref())?;
             init_logging(&config.log.level);
@@ -140,6 +314,33 @@ fn run(cli: Cli) -> Result<ExitCode, String> {
             Ok(ExitCode::SUCCESS)
         }
     }
+}
+
+/// DNS, the MTA-STS cache and the local policies as `serve` would set them up.
+fn engines(
+    config: &Config,
+) -> Result<
+    (
+        tlsrelay::dns::Dns,
+        tlsrelay::mta_sts::MtaSts,
+        tlsrelay::local_policy::PolicySet,
+    ),
+    String,
+> {
+    let dns = tlsrelay::dns::Dns::new(&tlsrelay::relay::dns_settings(config))
+        .map_err(|e| e.to_string())?;
+    let settings = tlsrelay::mta_sts::FetchSettings {
+        port: config.mta_sts.https_port,
+        extra_roots: config.mta_sts.extra_roots.clone(),
+        timeout: config.mta_sts.fetch_timeout.get(),
+    };
+    let sts =
+        tlsrelay::mta_sts::MtaSts::new(dns.clone(), settings, &config.spool.dir.join("mta-sts"))?;
+    let policies = match &config.policies.dir {
+        Some(dir) => tlsrelay::local_policy::PolicySet::load_dir(dir).map_err(|e| e.to_string())?,
+        None => tlsrelay::local_policy::PolicySet::empty(),
+    };
+    Ok((dns, sts, policies))
 }
 
 fn init_logging(level: &str) {
@@ -157,6 +358,16 @@ async fn serve(config: Arc<Config>) -> Result<(), String> {
     for addr in relay.local_addrs() {
         tracing::info!(%addr, hostname = %config.server.hostname, "listening");
     }
+    let reload = relay.reloader(cli_config_path());
+    tokio::spawn(async move {
+        use tokio::signal::unix::{signal, SignalKind};
+        let Ok(mut hup) = signal(SignalKind::hangup()) else {
+            return;
+        };
+        while hup.recv().await.is_some() {
+            reload.reload();
+        }
+    });
     let (stop_tx, stop_rx) = tokio::sync::watch::channel(false);
     tokio::spawn(async move {
         wait_for_signal().await;

@@ -9,6 +9,7 @@ use rand::seq::SliceRandom;
 
 use crate::config::Floor;
 use crate::dns::{Answer, MxAnswer, MxHost, Security, TlsaAnswer};
+use crate::local_policy::{Fingerprint, Level, LocalPolicy, MinTls};
 use crate::outcome::{PolicyType, ResultType};
 use crate::tls::PeerCheck;
 
@@ -119,6 +120,8 @@ pub struct Requirement {
     pub mechanism: &'static str,
     /// The RFC 8460 policy type in force.
     pub policy: PolicyType,
+    /// Offer TLS 1.3 only (a local policy's `min_tls = "1.3"`).
+    pub tls13_only: bool,
 }
 
 /// The requirement for host `host` under the floor (no DANE, MTA-STS or local policy applies).
@@ -133,6 +136,7 @@ pub fn requirement(host: &str, floor: Floor) -> Requirement {
         check,
         mechanism,
         policy: PolicyType::NoPolicyFound,
+        tls13_only: false,
     }
 }
 
@@ -156,12 +160,55 @@ pub fn wants_tlsa(mx: Security, addresses: Security) -> bool {
     mx.is_secure() && addresses.is_secure()
 }
 
+/// The MTA-STS policy in force for the recipient domain, as the decision needs it.
+#[derive(Debug, Clone, Copy)]
+pub enum StsRule<'a> {
+    /// No policy, or `mode: none`.
+    Absent,
+    /// `mode: enforce`: unlisted MX hosts are not contacted; WebPKI for the MX name.
+    Enforce(&'a crate::sts::StsPolicy),
+    /// `mode: testing`: the floor applies; failures are only reported.
+    Testing(&'a crate::sts::StsPolicy),
+}
+
+/// What applies when DANE does not: MTA-STS in enforce mode, or the floor.
+fn without_dane(host: &str, floor: Floor, sts: StsRule<'_>) -> HostPlan {
+    match sts {
+        StsRule::Enforce(p) if !p.allows(host) => HostPlan::Skip {
+            reason: format!(
+                "{host} is not among the MX hosts allowed by the MTA-STS policy (mx: {}); not contacted",
+                p.mx_strings().join(", ")
+            ),
+            result: Some(ResultType::ValidationFailure),
+        },
+        StsRule::Enforce(_) => HostPlan::Connect(Requirement {
+            host: host.to_string(),
+            sni: host.to_string(),
+            check: PeerCheck::WebPki,
+            mechanism: "mta-sts",
+            policy: PolicyType::Sts,
+            tls13_only: false,
+        }),
+        StsRule::Testing(_) => HostPlan::Connect(Requirement {
+            policy: PolicyType::Sts,
+            ..requirement(host, floor)
+        }),
+        StsRule::Absent => HostPlan::Connect(requirement(host, floor)),
+    }
+}
+
 /// The requirement for `host` given its TLSA answer (`None` when DANE does not
-/// apply). `base` is the TLSA base domain (the host, or its secure CNAME target).
-pub fn host_plan(host: &str, base: &str, floor: Floor, tlsa: Option<TlsaAnswer>) -> HostPlan {
-    let floor_req = requirement(host, floor);
+/// apply) and the domain's MTA-STS rule. `base` is the TLSA base domain (the
+/// host, or its secure CNAME target). DANE, when usable, takes precedence.
+pub fn host_plan(
+    host: &str,
+    base: &str,
+    floor: Floor,
+    tlsa: Option<TlsaAnswer>,
+    sts: StsRule<'_>,
+) -> HostPlan {
     let Some(tlsa) = tlsa else {
-        return HostPlan::Connect(floor_req);
+        return without_dane(host, floor, sts);
     };
     let doubt = |why: String, result| HostPlan::Skip {
         reason: format!("{host}: {why}; not contacted, and no weaker rule stands in"),
@@ -176,7 +223,7 @@ pub fn host_plan(host: &str, base: &str, floor: Floor, tlsa: Option<TlsaAnswer>)
             let usable: Vec<_> = records.into_iter().filter(crate::dane::usable).collect();
             if usable.is_empty() {
                 // RFC 7672 §2.2: unusable records mean no DANE authentication, TLS still mandatory.
-                return HostPlan::Connect(floor_req);
+                return without_dane(host, floor, sts);
             }
             let mut names = vec![base.to_string()];
             if base != host {
@@ -191,6 +238,7 @@ pub fn host_plan(host: &str, base: &str, floor: Floor, tlsa: Option<TlsaAnswer>)
                 },
                 mechanism: "dane",
                 policy: PolicyType::Tlsa,
+                tls13_only: false,
             })
         }
         Answer::Records {
@@ -202,7 +250,7 @@ pub fn host_plan(host: &str, base: &str, floor: Floor, tlsa: Option<TlsaAnswer>)
         }
         | Answer::NxDomain {
             security: Security::Secure | Security::Insecure,
-        } => HostPlan::Connect(floor_req),
+        } => without_dane(host, floor, sts),
         Answer::Records { security, .. }
         | Answer::NoRecords { security }
         | Answer::NxDomain { security } => doubt(
@@ -217,6 +265,93 @@ pub fn host_plan(host: &str, base: &str, floor: Floor, tlsa: Option<TlsaAnswer>)
             format!("the TLSA lookup failed: {why}"),
             ResultType::TlsaInvalid,
         ),
+    }
+}
+
+/// The requirement for `host` when a local policy decides for the domain.
+/// `tlsa` is the TLSA answer when DANE could apply (MX and addresses secure).
+pub fn local_host_plan(
+    lp: &LocalPolicy,
+    domain: &str,
+    host: &str,
+    base: &str,
+    tlsa: Option<TlsaAnswer>,
+) -> HostPlan {
+    if !lp.mx.is_empty() && !lp.allows_mx(host) {
+        return HostPlan::Skip {
+            reason: format!(
+                "{host} is not among the MX hosts allowed by the local policy ({}); not contacted",
+                lp.source
+            ),
+            result: Some(ResultType::ValidationFailure),
+        };
+    }
+    let tls13_only = lp.min_tls == MinTls::Tls13;
+    let with = |check: PeerCheck, mechanism: &'static str| {
+        HostPlan::Connect(Requirement {
+            host: host.to_string(),
+            sni: host.to_string(),
+            check,
+            mechanism,
+            policy: PolicyType::NoPolicyFound,
+            tls13_only,
+        })
+    };
+    let plan = match lp.level {
+        Level::DaneOnly => {
+            match host_plan(host, base, Floor::Verify, tlsa.clone(), StsRule::Absent) {
+                HostPlan::Connect(r) if matches!(r.check, PeerCheck::Dane { .. }) => {
+                    HostPlan::Connect(r)
+                }
+                HostPlan::Skip { reason, result } => HostPlan::Skip { reason, result },
+                HostPlan::Connect(_) => HostPlan::Skip {
+                    reason: format!(
+                        "{host}: the local policy ({}) requires DANE, but {}; not contacted",
+                        lp.source,
+                        if tlsa.is_none() {
+                            "the MX or address records are not DNSSEC-secure"
+                        } else {
+                            "there are no usable DNSSEC-secure TLSA records"
+                        }
+                    ),
+                    result: Some(ResultType::DaneRequired),
+                },
+            }
+        }
+        Level::Dane => host_plan(host, base, Floor::Verify, tlsa, StsRule::Absent),
+        Level::Verify => with(
+            PeerCheck::Names {
+                names: lp.required_names(domain, host),
+                ca_file: lp.ca_file.clone(),
+            },
+            "policy-verify",
+        ),
+        Level::Secure => with(
+            PeerCheck::Names {
+                names: lp.required_names(domain, host),
+                ca_file: lp.ca_file.clone(),
+            },
+            "policy-secure",
+        ),
+        Level::Fingerprint => {
+            let mut cert = Vec::new();
+            let mut spki = Vec::new();
+            for f in &lp.fingerprints {
+                match f {
+                    Fingerprint::Cert(d) => cert.push(*d),
+                    Fingerprint::PublicKey(d) => spki.push(*d),
+                }
+            }
+            with(PeerCheck::Fingerprint { cert, spki }, "policy-fingerprint")
+        }
+        Level::Encrypt => with(PeerCheck::EncryptOnly, "policy-encrypt"),
+    };
+    match plan {
+        HostPlan::Connect(mut r) => {
+            r.tls13_only = r.tls13_only || tls13_only;
+            HostPlan::Connect(r)
+        }
+        skip => skip,
     }
 }
 
@@ -410,7 +545,13 @@ mod tests {
             ),
         ];
         for (answer, want) in cases {
-            let got = match host_plan("mx.test", "mx.test", Floor::Verify, answer.clone()) {
+            let got = match host_plan(
+                "mx.test",
+                "mx.test",
+                Floor::Verify,
+                answer.clone(),
+                StsRule::Absent,
+            ) {
                 HostPlan::Connect(Requirement {
                     check: PeerCheck::Dane { records, .. },
                     ..

@@ -15,6 +15,7 @@ use crate::spool::Spool;
 
 /// A relay that is listening; `run` serves until the shutdown signal.
 pub struct Relay {
+    config: Arc<Config>,
     inbound: Inbound,
     delivery: Delivery,
     initial: Vec<crate::spool::Envelope>,
@@ -68,11 +69,23 @@ impl Relay {
             .await
             .map_err(|e| e.to_string())?;
         Ok(Relay {
+            config,
             inbound,
             delivery,
             initial: recovery.queued,
             _lock: lock,
         })
+    }
+
+    /// What SIGHUP does: reread the configuration file (reporting errors), the
+    /// local policies and the MTA-STS cache.
+    pub fn reloader(&self, config_path: Option<std::path::PathBuf>) -> Reloader {
+        Reloader {
+            config_path,
+            policies_dir: self.config.policies.dir.clone(),
+            slot: self.delivery.policy_slot(),
+            mta_sts: self.delivery.mta_sts(),
+        }
     }
 
     /// The inbound listening addresses.
@@ -85,5 +98,42 @@ impl Relay {
         let delivery = tokio::spawn(self.delivery.run(self.initial, shutdown.clone()));
         self.inbound.run(shutdown).await;
         let _ = delivery.await;
+    }
+}
+
+/// Reloads policies (and checks the configuration) on SIGHUP without dropping mail.
+pub struct Reloader {
+    config_path: Option<std::path::PathBuf>,
+    policies_dir: Option<std::path::PathBuf>,
+    slot: crate::delivery::PolicySlot,
+    mta_sts: Option<Arc<crate::mta_sts::MtaSts>>,
+}
+
+impl Reloader {
+    /// Rereads what can change while running; a bad file keeps the old state.
+    pub fn reload(&self) {
+        if let Some(path) = &self.config_path {
+            match Config::load(path) {
+                Ok(_) => {
+                    tracing::info!(file = %path.display(), "configuration file checked; listener, spool and delivery settings take effect at the next restart")
+                }
+                Err(e) => tracing::error!("configuration not reloaded: {e}"),
+            }
+        }
+        if let Some(dir) = &self.policies_dir {
+            match crate::local_policy::PolicySet::load_dir(dir) {
+                Ok(set) => {
+                    tracing::info!(dir = %dir.display(), count = set.len(), "local policies reloaded");
+                    *self.slot.write().unwrap() = Arc::new(set);
+                }
+                Err(e) => tracing::error!(
+                    "local policies not reloaded, the previous ones stay in force: {e}"
+                ),
+            }
+        }
+        if let Some(sts) = &self.mta_sts {
+            sts.reload_from_disk();
+            tracing::info!("MTA-STS cache reread from disk");
+        }
     }
 }

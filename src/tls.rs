@@ -61,6 +61,23 @@ pub enum PeerCheck {
         /// The TLSA base domain and the MX host name.
         names: Vec<String>,
     },
+    /// A local policy's `verify`/`secure`: a chain to the roots (or to the
+    /// policy's own CA file), and a leaf carrying one of `names` (`.x` = any
+    /// subdomain of x).
+    Names {
+        /// Acceptable names.
+        names: Vec<String>,
+        /// A CA file replacing the usual roots.
+        ca_file: Option<std::path::PathBuf>,
+    },
+    /// A local policy's `fingerprint`: the leaf certificate or its public key
+    /// must have one of these SHA-256 digests; no chain or name checks.
+    Fingerprint {
+        /// SHA-256 digests of the whole certificate.
+        cert: Vec<[u8; 32]>,
+        /// SHA-256 digests of the SubjectPublicKeyInfo.
+        spki: Vec<[u8; 32]>,
+    },
 }
 
 /// Builds the outbound client configurations (one per kind of check).
@@ -68,6 +85,9 @@ pub enum PeerCheck {
 pub struct ClientTls {
     webpki: Arc<rustls::ClientConfig>,
     encrypt: Arc<rustls::ClientConfig>,
+    webpki_verifier: Arc<FloorVerifier>,
+    encrypt_verifier: Arc<FloorVerifier>,
+    roots: Arc<rustls::RootCertStore>,
 }
 
 impl ClientTls {
@@ -82,30 +102,87 @@ impl ClientTls {
                     .map_err(|e| format!("{}: unusable root certificate: {e}", path.display()))?;
             }
         }
-        let webpki = rustls::client::WebPkiServerVerifier::builder_with_provider(
-            Arc::new(roots),
-            provider(),
-        )
-        .build()
-        .map_err(|e| format!("cannot build the WebPKI verifier: {e}"))?;
-        let make = |inner: Option<Arc<rustls::client::WebPkiServerVerifier>>| {
-            let verifier = Arc::new(FloorVerifier {
-                inner,
-                provider: provider(),
-            });
-            let mut cfg = rustls::ClientConfig::builder_with_provider(provider())
-                .with_safe_default_protocol_versions()
-                .expect("ring supports TLS 1.2 and 1.3")
-                .dangerous()
-                .with_custom_certificate_verifier(verifier)
-                .with_no_client_auth();
-            cfg.enable_sni = true;
-            Arc::new(cfg)
-        };
+        let roots = Arc::new(roots);
+        let webpki =
+            rustls::client::WebPkiServerVerifier::builder_with_provider(roots.clone(), provider())
+                .build()
+                .map_err(|e| format!("cannot build the WebPKI verifier: {e}"))?;
+        let webpki_verifier = Arc::new(FloorVerifier {
+            inner: Some(webpki),
+            provider: provider(),
+        });
+        let encrypt_verifier = Arc::new(FloorVerifier {
+            inner: None,
+            provider: provider(),
+        });
         Ok(ClientTls {
-            webpki: make(Some(webpki)),
-            encrypt: make(None),
+            webpki: client_config(webpki_verifier.clone()),
+            encrypt: client_config(encrypt_verifier.clone()),
+            webpki_verifier,
+            encrypt_verifier,
+            roots,
         })
+    }
+
+    /// The verifier that carries out `check`.
+    pub fn verifier(
+        &self,
+        check: &PeerCheck,
+    ) -> Arc<dyn rustls::client::danger::ServerCertVerifier> {
+        match check {
+            PeerCheck::WebPki => self.webpki_verifier.clone(),
+            PeerCheck::EncryptOnly => self.encrypt_verifier.clone(),
+            PeerCheck::Dane { records, names } => Arc::new(crate::dane::DaneVerifier::new(
+                records.clone(),
+                names.clone(),
+                provider(),
+            )),
+            PeerCheck::Names { names, ca_file } => {
+                let roots = match ca_file {
+                    None => Ok(self.roots.clone()),
+                    Some(path) => load_certs(path).and_then(|certs| {
+                        let mut store = rustls::RootCertStore::empty();
+                        for c in certs {
+                            store.add(c).map_err(|e| e.to_string())?;
+                        }
+                        Ok(Arc::new(store))
+                    }),
+                };
+                let inner = roots.and_then(|r| {
+                    rustls::client::WebPkiServerVerifier::builder_with_provider(r, provider())
+                        .build()
+                        .map_err(|e| e.to_string())
+                });
+                Arc::new(NamesVerifier {
+                    inner: inner.map_err(|e| format!("policy CA file unusable: {e}")),
+                    names: names.clone(),
+                    provider: provider(),
+                })
+            }
+            PeerCheck::Fingerprint { cert, spki } => Arc::new(FingerprintVerifier {
+                cert: cert.clone(),
+                spki: spki.clone(),
+                provider: provider(),
+            }),
+        }
+    }
+
+    /// Judges a chain seen on the wire by `check`, as the handshake would (minus the
+    /// signature, which was checked when the chain was received).
+    pub fn evaluate(
+        &self,
+        check: &PeerCheck,
+        chain: &[CertificateDer<'static>],
+        name: &str,
+    ) -> Result<(), String> {
+        let (leaf, rest) = chain.split_first().ok_or("no certificate presented")?;
+        let server_name =
+            rustls_pki_types::ServerName::try_from(name.to_string()).map_err(|e| e.to_string())?;
+        let now = rustls_pki_types::UnixTime::now();
+        self.verifier(check)
+            .verify_server_cert(leaf, rest, &server_name, &[], now)
+            .map(|_| ())
+            .map_err(|e| e.to_string())
     }
 
     /// The client configuration that carries out `check`.
@@ -113,20 +190,209 @@ impl ClientTls {
         match check {
             PeerCheck::WebPki => self.webpki.clone(),
             PeerCheck::EncryptOnly => self.encrypt.clone(),
-            PeerCheck::Dane { records, names } => {
-                let verifier =
-                    crate::dane::DaneVerifier::new(records.clone(), names.clone(), provider());
-                Arc::new(
-                    rustls::ClientConfig::builder_with_provider(provider())
-                        .with_safe_default_protocol_versions()
-                        .expect("ring supports TLS 1.2 and 1.3")
-                        .dangerous()
-                        .with_custom_certificate_verifier(Arc::new(verifier))
-                        .with_no_client_auth(),
-                )
-            }
+            other => client_config(self.verifier(other)),
         }
     }
+
+    /// Like `config`, but offering TLS 1.3 only (a local policy's `min_tls = "1.3"`).
+    pub fn config_tls13(&self, check: &PeerCheck) -> Arc<rustls::ClientConfig> {
+        Arc::new(
+            rustls::ClientConfig::builder_with_provider(provider())
+                .with_protocol_versions(&[&rustls::version::TLS13])
+                .expect("ring supports TLS 1.3")
+                .dangerous()
+                .with_custom_certificate_verifier(self.verifier(check))
+                .with_no_client_auth(),
+        )
+    }
+}
+
+/// Verifies a chain to the roots and a leaf name from a list of acceptable names.
+#[derive(Debug)]
+struct NamesVerifier {
+    inner: Result<Arc<rustls::client::WebPkiServerVerifier>, String>,
+    names: Vec<String>,
+    provider: Arc<CryptoProvider>,
+}
+
+/// Whether leaf name `presented` satisfies the acceptable name `wanted` (`.x` = a subdomain of x).
+pub fn name_matches(wanted: &str, presented: &str) -> bool {
+    let w = wanted.trim_end_matches('.').to_ascii_lowercase();
+    let p = presented.trim_end_matches('.').to_ascii_lowercase();
+    match w.strip_prefix('.') {
+        Some(parent) => {
+            p.len() > parent.len() + 1 && p.ends_with(&format!(".{parent}")) && !p.starts_with("*.")
+        }
+        None => p == w,
+    }
+}
+
+impl rustls::client::danger::ServerCertVerifier for NamesVerifier {
+    fn verify_server_cert(
+        &self,
+        end_entity: &CertificateDer<'_>,
+        intermediates: &[CertificateDer<'_>],
+        _server_name: &rustls_pki_types::ServerName<'_>,
+        ocsp_response: &[u8],
+        now: rustls_pki_types::UnixTime,
+    ) -> Result<rustls::client::danger::ServerCertVerified, rustls::Error> {
+        check_key_strength(end_entity)?;
+        let inner = self
+            .inner
+            .as_ref()
+            .map_err(|e| rustls::Error::General(e.clone()))?;
+        let ee = webpki::EndEntityCert::try_from(end_entity).map_err(|_| {
+            rustls::Error::InvalidCertificate(rustls::CertificateError::BadEncoding)
+        })?;
+        let presented: Vec<String> = ee.valid_dns_names().map(str::to_string).collect();
+        let mut last = None;
+        for name in presented
+            .iter()
+            .filter(|p| self.names.iter().any(|w| name_matches(w, p)))
+        {
+            let Ok(sn) = rustls_pki_types::ServerName::try_from(name.clone()) else {
+                continue;
+            };
+            match inner.verify_server_cert(end_entity, intermediates, &sn, ocsp_response, now) {
+                Ok(v) => return Ok(v),
+                Err(e) => last = Some(e),
+            }
+        }
+        Err(last.unwrap_or_else(|| {
+            rustls::Error::InvalidCertificate(rustls::CertificateError::Other(rustls::OtherError(
+                Arc::new(CheckFailed(format!(
+                    "certificate names [{}] match none of the policy's names [{}]",
+                    presented.join(", "),
+                    self.names.join(", ")
+                ))),
+            )))
+        }))
+    }
+
+    fn verify_tls12_signature(
+        &self,
+        message: &[u8],
+        cert: &CertificateDer<'_>,
+        dss: &rustls::DigitallySignedStruct,
+    ) -> Result<rustls::client::danger::HandshakeSignatureValid, rustls::Error> {
+        rustls::crypto::verify_tls12_signature(
+            message,
+            cert,
+            dss,
+            &self.provider.signature_verification_algorithms,
+        )
+    }
+
+    fn verify_tls13_signature(
+        &self,
+        message: &[u8],
+        cert: &CertificateDer<'_>,
+        dss: &rustls::DigitallySignedStruct,
+    ) -> Result<rustls::client::danger::HandshakeSignatureValid, rustls::Error> {
+        rustls::crypto::verify_tls13_signature(
+            message,
+            cert,
+            dss,
+            &self.provider.signature_verification_algorithms,
+        )
+    }
+
+    fn supported_verify_schemes(&self) -> Vec<rustls::SignatureScheme> {
+        self.provider
+            .signature_verification_algorithms
+            .supported_schemes()
+    }
+}
+
+/// Accepts a leaf whose certificate or public key has a pinned SHA-256 digest.
+#[derive(Debug)]
+struct FingerprintVerifier {
+    cert: Vec<[u8; 32]>,
+    spki: Vec<[u8; 32]>,
+    provider: Arc<CryptoProvider>,
+}
+
+impl rustls::client::danger::ServerCertVerifier for FingerprintVerifier {
+    fn verify_server_cert(
+        &self,
+        end_entity: &CertificateDer<'_>,
+        _intermediates: &[CertificateDer<'_>],
+        _server_name: &rustls_pki_types::ServerName<'_>,
+        _ocsp_response: &[u8],
+        _now: rustls_pki_types::UnixTime,
+    ) -> Result<rustls::client::danger::ServerCertVerified, rustls::Error> {
+        check_key_strength(end_entity)?;
+        let digest = |b: &[u8]| {
+            let d = ring::digest::digest(&ring::digest::SHA256, b);
+            let mut out = [0u8; 32];
+            out.copy_from_slice(d.as_ref());
+            out
+        };
+        if self.cert.contains(&digest(end_entity.as_ref())) {
+            return Ok(rustls::client::danger::ServerCertVerified::assertion());
+        }
+        if let Ok(ee) = webpki::EndEntityCert::try_from(end_entity) {
+            if self
+                .spki
+                .contains(&digest(ee.subject_public_key_info().as_ref()))
+            {
+                return Ok(rustls::client::danger::ServerCertVerified::assertion());
+            }
+        }
+        Err(rustls::Error::InvalidCertificate(
+            rustls::CertificateError::Other(rustls::OtherError(Arc::new(CheckFailed(
+                "the certificate matches none of the pinned fingerprints".into(),
+            )))),
+        ))
+    }
+
+    fn verify_tls12_signature(
+        &self,
+        message: &[u8],
+        cert: &CertificateDer<'_>,
+        dss: &rustls::DigitallySignedStruct,
+    ) -> Result<rustls::client::danger::HandshakeSignatureValid, rustls::Error> {
+        rustls::crypto::verify_tls12_signature(
+            message,
+            cert,
+            dss,
+            &self.provider.signature_verification_algorithms,
+        )
+    }
+
+    fn verify_tls13_signature(
+        &self,
+        message: &[u8],
+        cert: &CertificateDer<'_>,
+        dss: &rustls::DigitallySignedStruct,
+    ) -> Result<rustls::client::danger::HandshakeSignatureValid, rustls::Error> {
+        rustls::crypto::verify_tls13_signature(
+            message,
+            cert,
+            dss,
+            &self.provider.signature_verification_algorithms,
+        )
+    }
+
+    fn supported_verify_schemes(&self) -> Vec<rustls::SignatureScheme> {
+        self.provider
+            .signature_verification_algorithms
+            .supported_schemes()
+    }
+}
+
+/// A client configuration (ring, TLS 1.2/1.3, SNI on) around a verifier.
+fn client_config(
+    verifier: Arc<dyn rustls::client::danger::ServerCertVerifier>,
+) -> Arc<rustls::ClientConfig> {
+    Arc::new(
+        rustls::ClientConfig::builder_with_provider(provider())
+            .with_safe_default_protocol_versions()
+            .expect("ring supports TLS 1.2 and 1.3")
+            .dangerous()
+            .with_custom_certificate_verifier(verifier)
+            .with_no_client_auth(),
+    )
 }
 
 /// The floor's verifier: WebPKI (or nothing, for `encrypt`), always the key-strength
@@ -201,6 +467,18 @@ impl std::fmt::Display for WeakKey {
 }
 
 impl std::error::Error for WeakKey {}
+
+/// A certificate that a local policy's rule does not accept, in plain words.
+#[derive(Debug)]
+pub struct CheckFailed(pub String);
+
+impl std::fmt::Display for CheckFailed {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(&self.0)
+    }
+}
+
+impl std::error::Error for CheckFailed {}
 
 /// Refuses leaf keys below RSA-2048; accepts ECDSA P-256/P-384 and Ed25519.
 pub fn check_key_strength(leaf: &CertificateDer<'_>) -> Result<(), rustls::Error> {
@@ -322,7 +600,12 @@ pub fn classify_tls_error(err: &std::io::Error) -> (crate::outcome::ResultType, 
         },
         _ => R::ValidationFailure,
     };
-    (kind, format!("TLS handshake failed: {tls}"))
+    let words = match tls {
+        // The message of our own verifiers' errors, not their Debug form.
+        rustls::Error::InvalidCertificate(C::Other(other)) => other.0.to_string(),
+        other => other.to_string(),
+    };
+    (kind, format!("TLS handshake failed: {words}"))
 }
 
 #[cfg(test)]

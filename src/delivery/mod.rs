@@ -18,9 +18,12 @@ use tokio::task::JoinSet;
 use crate::config::Config;
 use crate::dns::{Answer, Dns};
 use crate::dsn;
+use crate::local_policy::PolicySet;
+use crate::mta_sts::{FetchSettings, MtaSts};
 use crate::outcome::{Outcome, OutcomeLog, PolicyType, ResultType};
-use crate::policy::{self, HostPlan, MxPlan, Requirement};
+use crate::policy::{self, HostPlan, MxPlan, Requirement, StsRule};
 use crate::spool::{self, now_unix, Envelope, RcptState, Spool};
+use crate::sts::Mode;
 use crate::tls::ClientTls;
 use smtp::{Reply, Session, Timeouts};
 
@@ -66,7 +69,12 @@ pub struct Context {
     per_domain: Mutex<HashMap<String, Arc<Semaphore>>>,
     idle: Mutex<HashMap<String, Vec<IdleSession>>>,
     requeue: mpsc::UnboundedSender<Envelope>,
+    mta_sts: Option<Arc<MtaSts>>,
+    policies: PolicySlot,
 }
+
+/// The local policies in force; replaced as a whole on reload (SIGHUP).
+pub type PolicySlot = Arc<std::sync::RwLock<Arc<PolicySet>>>;
 
 /// The delivery engine: build it with `new`, feed it with the sender from
 /// `queue_sender`, and drive it with `run`.
@@ -76,9 +84,30 @@ pub struct Delivery {
 }
 
 impl Delivery {
-    /// Sets up DNS, TLS and the outcome log.
+    /// Sets up TLS, MTA-STS, local policies and the outcome log.
     pub fn new(config: Arc<Config>, spool: Spool, dns: Dns) -> Result<Delivery, String> {
         let tls = ClientTls::new(&config.delivery.extra_roots)?;
+        let mta_sts = if config.mta_sts.enabled {
+            let settings = FetchSettings {
+                port: config.mta_sts.https_port,
+                extra_roots: config.mta_sts.extra_roots.clone(),
+                timeout: config.mta_sts.fetch_timeout.get(),
+            };
+            Some(Arc::new(MtaSts::new(
+                dns.clone(),
+                settings,
+                &spool.dir().join("mta-sts"),
+            )?))
+        } else {
+            None
+        };
+        let policies = match &config.policies.dir {
+            Some(dir) => PolicySet::load_dir(dir).map_err(|e| e.to_string())?,
+            None => PolicySet::empty(),
+        };
+        if !policies.is_empty() {
+            tracing::info!(count = policies.len(), "local policies loaded");
+        }
         let outcomes = OutcomeLog::open(&spool.dir().join("outcomes"))
             .map_err(|e| format!("cannot open {}/outcomes: {e}", spool.dir().display()))?;
         let (tx, rx) = mpsc::unbounded_channel();
@@ -93,9 +122,21 @@ impl Delivery {
                 per_domain: Mutex::new(HashMap::new()),
                 idle: Mutex::new(HashMap::new()),
                 requeue: tx,
+                mta_sts,
+                policies: Arc::new(std::sync::RwLock::new(Arc::new(policies))),
             }),
             incoming: rx,
         })
+    }
+
+    /// The local policies in force, for reloading on SIGHUP.
+    pub fn policy_slot(&self) -> PolicySlot {
+        self.ctx.policies.clone()
+    }
+
+    /// The MTA-STS engine, if enabled.
+    pub fn mta_sts(&self) -> Option<Arc<MtaSts>> {
+        self.ctx.mta_sts.clone()
     }
 
     /// Where new messages are announced (the inbound server sends each one here).
@@ -118,6 +159,31 @@ impl Delivery {
         let mut in_flight: HashSet<String> = HashSet::new();
         let mut tasks: JoinSet<(String, Option<Envelope>)> = JoinSet::new();
         let mut last_scan = Instant::now();
+        if let Some(sts) = ctx.mta_sts.clone() {
+            let every = ctx
+                .config
+                .mta_sts
+                .refresh_interval
+                .get()
+                .max(Duration::from_secs(60));
+            let parallel = ctx.config.mta_sts.refresh_parallel;
+            let mut stop = shutdown.clone();
+            tokio::spawn(async move {
+                loop {
+                    let stopping = tokio::select! {
+                        _ = stop.changed() => true,
+                        _ = tokio::time::sleep(every) => false,
+                    };
+                    if stopping || *stop.borrow() {
+                        return;
+                    }
+                    let n = sts.refresh_expiring(every * 2, parallel).await;
+                    if n > 0 {
+                        tracing::info!(policies = n, "MTA-STS policies close to expiry refreshed");
+                    }
+                }
+            });
+        }
         loop {
             let now = now_unix();
             let due: Vec<String> = waiting
@@ -482,6 +548,33 @@ async fn deliver_domain(
         }
     }
     let ascii = ascii_domain(domain);
+    let local = ctx.policies.read().unwrap().lookup(&ascii).cloned();
+    // A local policy decides for its domain; otherwise MTA-STS may.
+    let sts = match (&local, &ctx.mta_sts) {
+        (None, Some(engine)) => {
+            let found = engine.lookup(&ascii).await;
+            if let Some((result, words)) = &found.error {
+                record(
+                    ctx,
+                    env,
+                    domain,
+                    "",
+                    None,
+                    PolicyType::Sts,
+                    None,
+                    Some(*result),
+                    words,
+                );
+            }
+            found.policy.map(|(p, _)| p)
+        }
+        _ => None,
+    };
+    let rule = match &sts {
+        Some(p) if p.mode == Mode::Enforce => StsRule::Enforce(p),
+        Some(p) if p.mode == Mode::Testing => StsRule::Testing(p),
+        _ => StsRule::Absent,
+    };
     let plan = policy::plan_mx(&ascii, ctx.dns.mx(&ascii).await);
     let hosts = match plan {
         MxPlan::Fail { status, reason } => {
@@ -540,6 +633,7 @@ async fn deliver_domain(
                     "DNSSEC validation of the addresses of {} failed: {why}",
                     mx.host
                 );
+                tracing::info!(id = %env.id, domain, host = %mx.host, tls = "refused:dnssec-invalid", reason = %reason, "attempt");
                 record(
                     ctx,
                     env,
@@ -567,20 +661,33 @@ async fn deliver_domain(
         } else {
             (mx.host.clone(), None)
         };
-        let req = match policy::host_plan(&mx.host, &base, d.floor, tlsa) {
+        if let StsRule::Testing(p) = rule {
+            if !p.allows(&mx.host) {
+                tracing::info!(id = %env.id, domain, host = %mx.host, "MTA-STS testing mode: this host is not in the policy; enforcement would refuse it");
+            }
+        }
+        let plan = match &local {
+            Some(lp) => policy::local_host_plan(lp, &ascii, &mx.host, &base, tlsa),
+            None => policy::host_plan(&mx.host, &base, d.floor, tlsa, rule),
+        };
+        let req = match plan {
             HostPlan::Connect(req) => req,
             HostPlan::Skip { reason, result } => {
                 tracing::info!(id = %env.id, domain, host = %mx.host, tls = %format!("refused:{}", result.map_or("dns", |r| r.as_str())), reason = %reason, "attempt");
-                record(
-                    ctx,
-                    env,
-                    domain,
-                    &mx.host,
-                    None,
-                    PolicyType::Tlsa,
-                    Some("dane"),
+                let ptype = if local.is_some() {
+                    PolicyType::NoPolicyFound
+                } else if matches!(
                     result,
-                    &reason,
+                    Some(ResultType::DnssecInvalid | ResultType::TlsaInvalid)
+                ) {
+                    PolicyType::Tlsa
+                } else if matches!(rule, StsRule::Enforce(_)) {
+                    PolicyType::Sts
+                } else {
+                    PolicyType::NoPolicyFound
+                };
+                record(
+                    ctx, env, domain, &mx.host, None, ptype, None, result, &reason,
                 );
                 reasons.push(reason);
                 continue;
@@ -588,7 +695,11 @@ async fn deliver_domain(
         };
         for ip in addrs {
             let addr = SocketAddr::new(ip, d.port);
-            let tls = ctx.tls.config(&req.check);
+            let tls = if req.tls13_only {
+                ctx.tls.config_tls13(&req.check)
+            } else {
+                ctx.tls.config(&req.check)
+            };
             match Session::open(
                 &mx.host,
                 addr,

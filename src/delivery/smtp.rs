@@ -180,6 +180,8 @@ pub struct Session {
     pub tls_version: String,
     /// Negotiated cipher suite.
     pub tls_cipher: String,
+    /// The certificate chain the server presented.
+    pub peer_certificates: Vec<rustls_pki_types::CertificateDer<'static>>,
     timeouts: Timeouts,
 }
 
@@ -219,6 +221,7 @@ impl Session {
             caps: Capabilities::default(),
             tls_version: String::new(),
             tls_cipher: String::new(),
+            peer_certificates: Vec::new(),
             timeouts,
         };
         let io_err = |e: io::Error| err(format!("dropped the connection: {e}"), None, None);
@@ -296,6 +299,10 @@ impl Session {
             s.tls_cipher = c
                 .negotiated_cipher_suite()
                 .map(|cs| format!("{:?}", cs.suite()))
+                .unwrap_or_default();
+            s.peer_certificates = c
+                .peer_certificates()
+                .map(|certs| certs.iter().map(|c| c.clone().into_owned()).collect())
                 .unwrap_or_default();
         }
         s.transport = Transport::Tls(Box::new(tls));

@@ -3,6 +3,7 @@
 
 pub mod client;
 pub mod dns_world;
+pub mod https;
 pub mod mx;
 pub mod pki;
 pub mod relay;

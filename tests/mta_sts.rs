@@ -1,0 +1,359 @@
+//! MTA-STS against a real in-process HTTPS server and the DNS world: fetch rules,
+//! the cache, and enforcement during delivery.
+
+mod support;
+
+use std::net::IpAddr;
+use std::time::Duration;
+
+use support::dns_world::{DnsWorld, ZoneKind};
+use support::https::{HttpsServer, Response};
+use support::mx::{free_port, MxOptions, MxServer};
+use support::pki::{self, TestCa};
+use support::relay::TestRelay;
+use tlsrelay::mta_sts::{FetchSettings, MtaSts, Source};
+use tlsrelay::outcome::ResultType;
+use tlsrelay::sts::Mode;
+
+const ENFORCE: &str = "version: STSv1\r\nmode: enforce\r\nmx: mx1.sts.test\r\nmx: *.backup.sts.test\r\nmax_age: 86400\r\n";
+
+fn ip(s: &str) -> IpAddr {
+    s.parse().unwrap()
+}
+
+struct Setup {
+    ca: TestCa,
+    _dir: tempfile::TempDir,
+    root: std::path::PathBuf,
+}
+
+fn setup() -> Setup {
+    let ca = TestCa::new("sts test CA");
+    let dir = tempfile::tempdir().unwrap();
+    let root = dir.path().join("ca.pem");
+    ca.write_root_pem(&root);
+    Setup {
+        ca,
+        _dir: dir,
+        root,
+    }
+}
+
+fn world(id: &str) -> support::dns_world::DnsWorldBuilder {
+    DnsWorld::builder()
+        .zone("sts.test", ZoneKind::Unsigned)
+        .txt("_mta-sts.sts.test", &[&format!("v=STSv1; id={id}")])
+        .a("mta-sts.sts.test", "127.0.3.30")
+}
+
+fn engine(world: &DnsWorld, s: &Setup, port: u16, cache: &std::path::Path) -> MtaSts {
+    MtaSts::new(
+        world.dns(),
+        FetchSettings {
+            port,
+            extra_roots: vec![s.root.clone()],
+            timeout: Duration::from_secs(5),
+        },
+        cache,
+    )
+    .unwrap()
+}
+
+#[tokio::test]
+async fn fetch_rules_each_violation_is_a_precise_error() {
+    let s = setup();
+    let port = free_port();
+    let good_cert = s.ca.leaf(&["mta-sts.sts.test"]);
+    let server =
+        HttpsServer::start(ip("127.0.3.30"), port, good_cert, Response::policy(ENFORCE)).await;
+    let w = world("1").start().await;
+    let cache = tempfile::tempdir().unwrap();
+    let e = engine(&w, &s, port, cache.path());
+
+    let (policy, _) = e.fetch("sts.test").await.expect("a good policy is fetched");
+    assert_eq!(policy.mode, Mode::Enforce);
+    assert_eq!(server.requests(), ["GET /.well-known/mta-sts.txt HTTP/1.1"]);
+
+    let big = "x".repeat(70 * 1024);
+    let cases: Vec<(Response, ResultType, &str)> = vec![
+        (
+            Response {
+                status: "302 Found".into(),
+                headers: vec![
+                    ("Location".into(), "https://mta-sts.sts.test/other".into()),
+                    ("Content-Type".into(), "text/plain".into()),
+                ],
+                body: ENFORCE.into(),
+                content_length: true,
+            },
+            ResultType::StsPolicyFetchError,
+            "redirects are not followed",
+        ),
+        (
+            Response {
+                status: "404 Not Found".into(),
+                ..Response::policy(ENFORCE)
+            },
+            ResultType::StsPolicyFetchError,
+            "HTTP 404",
+        ),
+        (
+            Response {
+                headers: vec![("Content-Type".into(), "text/html".into())],
+                ..Response::policy(ENFORCE)
+            },
+            ResultType::StsPolicyFetchError,
+            "must be text/plain",
+        ),
+        (
+            Response::policy(&big),
+            ResultType::StsPolicyFetchError,
+            "over 65536 bytes",
+        ),
+        (
+            Response {
+                content_length: false,
+                ..Response::policy(&big)
+            },
+            ResultType::StsPolicyFetchError,
+            "over 65536 bytes",
+        ),
+        (
+            Response::policy("version: STSv1\r\nmode: sometimes\r\nmax_age: 10\r\n"),
+            ResultType::StsPolicyInvalid,
+            "invalid policy",
+        ),
+    ];
+    for (resp, kind, words) in cases {
+        server.set_response(resp.clone());
+        let err = e.fetch("sts.test").await.expect_err(words);
+        assert_eq!(err.0, kind, "{words}: {err:?}");
+        assert!(err.1.contains(words), "{words}: {}", err.1);
+    }
+    drop(server);
+
+    // Certificates: untrusted, and valid but for the wrong name.
+    for (cert, words) in [
+        (pki::self_signed(&["mta-sts.sts.test"]), "certificate"),
+        (s.ca.leaf(&["mta-sts.other.test"]), "certificate"),
+    ] {
+        let _srv =
+            HttpsServer::start(ip("127.0.3.30"), port, cert, Response::policy(ENFORCE)).await;
+        let err = e.fetch("sts.test").await.expect_err("bad certificate");
+        assert_eq!(err.0, ResultType::StsWebpkiInvalid, "{err:?}");
+        assert!(err.1.contains(words), "{}", err.1);
+    }
+}
+
+#[tokio::test]
+async fn cache_is_used_when_the_refetch_fails_and_survives_a_restart() {
+    let s = setup();
+    let port = free_port();
+    let cache = tempfile::tempdir().unwrap();
+    let w1 = world("1").start().await;
+    {
+        let server = HttpsServer::start(
+            ip("127.0.3.30"),
+            port,
+            s.ca.leaf(&["mta-sts.sts.test"]),
+            Response::policy(ENFORCE),
+        )
+        .await;
+        let e = engine(&w1, &s, port, cache.path());
+        let l = e.lookup("sts.test").await;
+        assert_eq!(
+            l.policy.as_ref().map(|(p, src)| (p.mode, *src)),
+            Some((Mode::Enforce, Source::Fetched))
+        );
+        // Same id: no second fetch.
+        let l = e.lookup("sts.test").await;
+        assert_eq!(l.policy.map(|(_, src)| src), Some(Source::Cached));
+        assert_eq!(server.requests().len(), 1);
+    }
+    // A new process (new engine, same directory), the policy host is down, and the id changed:
+    // the refetch fails, the unexpired cached policy stays in force, and the failure is reported.
+    let w2 = world("2").start().await;
+    let e = engine(&w2, &s, port, cache.path());
+    let l = e.lookup("sts.test").await;
+    let (p, src) = l.policy.expect("cached policy used");
+    assert_eq!((p.mode, src), (Mode::Enforce, Source::Cached));
+    assert_eq!(l.error.map(|e| e.0), Some(ResultType::StsPolicyFetchError));
+}
+
+#[tokio::test]
+async fn id_change_refetches_and_mode_none_lifts_enforcement() {
+    let s = setup();
+    let port = free_port();
+    let cache = tempfile::tempdir().unwrap();
+    let server = HttpsServer::start(
+        ip("127.0.3.30"),
+        port,
+        s.ca.leaf(&["mta-sts.sts.test"]),
+        Response::policy(ENFORCE),
+    )
+    .await;
+    let w1 = world("1").start().await;
+    let e = engine(&w1, &s, port, cache.path());
+    assert!(e.lookup("sts.test").await.policy.is_some());
+    server.set_response(Response::policy(
+        "version: STSv1\r\nmode: none\r\nmax_age: 86400\r\n",
+    ));
+    let w2 = world("2").start().await;
+    let e = engine(&w2, &s, port, cache.path());
+    let l = e.lookup("sts.test").await;
+    assert_eq!(server.requests().len(), 2, "a new id means a refetch");
+    let (p, src) = l.policy.unwrap();
+    assert_eq!((p.mode, src), (Mode::None, Source::Fetched));
+    assert!(p.allows("anything.example"), "mode none allows every host");
+    assert_eq!(
+        e.cached()[0].id,
+        "2",
+        "mode none replaced the cached policy at once"
+    );
+}
+
+#[tokio::test]
+async fn enforce_mode_during_delivery() {
+    let s = setup();
+    let port = free_port();
+    let _https = HttpsServer::start(
+        ip("127.0.3.30"),
+        port,
+        s.ca.leaf(&["mta-sts.sts.test"]),
+        Response::policy(ENFORCE),
+    )
+    .await;
+    // The preferred MX is not in the policy (a forged MX record, say): it must never see a connection.
+    let forged = MxServer::start_on(
+        ip("127.0.3.10"),
+        port,
+        MxOptions::with_cert(s.ca.leaf(&["evil.attacker.test"])),
+    )
+    .await
+    .unwrap();
+    let good = MxServer::start_on(
+        ip("127.0.3.11"),
+        port,
+        MxOptions::with_cert(s.ca.leaf(&["mx1.sts.test"])),
+    )
+    .await
+    .unwrap();
+    let badcert = MxServer::start_on(
+        ip("127.0.3.12"),
+        port,
+        MxOptions::with_cert(pki::self_signed(&["mx.backup.sts.test"])),
+    )
+    .await
+    .unwrap();
+    let w = world("1")
+        .mx("sts.test", 5, "evil.attacker.test")
+        .mx("sts.test", 10, "mx1.sts.test")
+        .a("evil.attacker.test", "127.0.3.10")
+        .a("mx1.sts.test", "127.0.3.11")
+        .zone("other.test", ZoneKind::Unsigned)
+        .txt("_mta-sts.other.test", &["v=STSv1; id=1"])
+        .a("mta-sts.other.test", "127.0.3.30")
+        .mx("other.test", 10, "mx.backup.sts.test")
+        .a("mx.backup.sts.test", "127.0.3.12")
+        .start()
+        .await;
+    let relay = TestRelay::start(
+        &w,
+        &s.root,
+        port,
+        &format!(
+            "retry_schedule = [\"1h\"]\n[mta_sts]\nhttps_port = {port}\nextra_roots = [\"{}\"]",
+            s.root.display()
+        ),
+    )
+    .await;
+    relay
+        .submit(
+            "sender@org.test",
+            &["user@sts.test"],
+            b"Subject: sts\r\n\r\nhello\r\n",
+        )
+        .await;
+    assert!(
+        good.wait_for_messages(1, Duration::from_secs(10)).await,
+        "{:?}",
+        relay.queue()
+    );
+    assert_eq!(
+        forged.stats().connections,
+        0,
+        "a host outside the policy is never contacted"
+    );
+    let o = relay.outcomes();
+    assert!(
+        o.iter().any(|o| o.mx_host == "mx1.sts.test"
+            && o.tls_ok
+            && o.auth.as_deref() == Some("mta-sts")),
+        "{o:?}"
+    );
+    assert!(
+        o.iter().any(|o| o.mx_host == "evil.attacker.test"
+            && o.result == Some(ResultType::ValidationFailure)),
+        "{o:?}"
+    );
+    let _ = badcert;
+}
+
+#[tokio::test]
+async fn enforce_mode_invalid_certificate_defers() {
+    let s = setup();
+    let port = free_port();
+    let policy = "version: STSv1\nmode: enforce\nmx: mx.sts.test\nmax_age: 86400\n";
+    let _https = HttpsServer::start(
+        ip("127.0.3.30"),
+        port,
+        s.ca.leaf(&["mta-sts.sts.test"]),
+        Response::policy(policy),
+    )
+    .await;
+    let mx = MxServer::start_on(
+        ip("127.0.3.13"),
+        port,
+        MxOptions::with_cert(pki::self_signed(&["mx.sts.test"])),
+    )
+    .await
+    .unwrap();
+    let w = world("1")
+        .mx("sts.test", 10, "mx.sts.test")
+        .a("mx.sts.test", "127.0.3.13")
+        .start()
+        .await;
+    // Even with the floor lowered to encrypt, MTA-STS enforce demands WebPKI for its domain.
+    let relay = TestRelay::start(
+        &w,
+        &s.root,
+        port,
+        &format!("floor = \"encrypt\"\nretry_schedule = [\"1h\"]\n[mta_sts]\nhttps_port = {port}\nextra_roots = [\"{}\"]", s.root.display()),
+    )
+    .await;
+    let id = relay
+        .submit(
+            "sender@org.test",
+            &["user@sts.test"],
+            b"Subject: sts\r\n\r\nhello\r\n",
+        )
+        .await;
+    assert!(
+        relay
+            .wait_queue(Duration::from_secs(10), |q| q
+                .iter()
+                .any(|e| e.attempts >= 1))
+            .await
+    );
+    assert!(mx.received().is_empty());
+    let reason = relay.spool.load(&id).unwrap().recipients[0]
+        .last_reason
+        .clone()
+        .unwrap();
+    assert!(reason.contains("UnknownIssuer"), "{reason}");
+    assert!(relay
+        .outcomes()
+        .iter()
+        .any(|o| o.result == Some(ResultType::CertificateNotTrusted)
+            && o.auth.as_deref() == Some("mta-sts")));
+}
