@@ -202,6 +202,9 @@ pub struct DeliveryConfig {
     pub connection_reuse_time: HumanDuration,
     /// How often the queue is scanned for messages that are due.
     pub queue_scan_interval: HumanDuration,
+    /// Honour the `TLS-Required: No` header (RFC 8689 §5): such a message is sent
+    /// with TLS but without certificate checks. TLS itself stays mandatory.
+    pub honor_tls_required_no: bool,
 }
 
 impl Default for DeliveryConfig {
@@ -224,6 +227,7 @@ impl Default for DeliveryConfig {
             max_connections_per_domain: 10,
             connection_reuse_time: secs(5),
             queue_scan_interval: secs(10),
+            honor_tls_required_no: false,
         }
     }
 }

@@ -126,8 +126,9 @@ pub fn build(
         }
     }
 
+    // RFC 8689 §4.4: a REQUIRETLS message comes back as headers only.
     let returned = match env.ret {
-        Some(DsnRet::Full) => MimePart::new("message/rfc822", original.to_vec()),
+        Some(DsnRet::Full) if !env.requiretls => MimePart::new("message/rfc822", original.to_vec()),
         _ => MimePart::new("text/rfc822-headers", header_section(original).to_vec()),
     };
     let report = MimePart::new(
@@ -184,7 +185,9 @@ pub fn notice_envelope(env: &Envelope, hostname: &str, size: u64) -> Envelope {
         body: BodyType::EightBitMime,
         // The notice needs SMTPUTF8 only to reach a non-ASCII sender address.
         smtputf8: !env.sender.is_ascii(),
-        requiretls: false,
+        // RFC 8689 §4.4: a notice about a REQUIRETLS message is sent with REQUIRETLS.
+        requiretls: env.requiretls,
+        tls_required_no: false,
         ret: None,
         envid: None,
         recipients: vec![Recipient {

@@ -268,6 +268,29 @@ pub fn host_plan(
     }
 }
 
+/// Whether a host may carry a REQUIRETLS message (RFC 8689 §4.2.1): the MX host
+/// was learnt securely (DNSSEC-validated MX answer, or the host matches the
+/// domain's MTA-STS policy) and its certificate is verified (WebPKI, DANE or a
+/// local name check), not merely encrypted or pinned.
+pub fn requiretls_ok(
+    req: &Requirement,
+    mx_security: Security,
+    host_in_sts_policy: bool,
+) -> Result<(), String> {
+    if !mx_security.is_secure() && !host_in_sts_policy {
+        return Err(
+            "REQUIRETLS: the MX record was not DNSSEC-validated and no MTA-STS policy lists the host".into(),
+        );
+    }
+    match req.check {
+        PeerCheck::WebPki | PeerCheck::Dane { .. } | PeerCheck::Names { .. } => Ok(()),
+        PeerCheck::EncryptOnly | PeerCheck::Fingerprint { .. } => Err(format!(
+            "REQUIRETLS: the host would be authenticated by `{}`, which does not verify its certificate chain",
+            req.mechanism
+        )),
+    }
+}
+
 /// The requirement for `host` when a local policy decides for the domain.
 /// `tlsa` is the TLSA answer when DANE could apply (MX and addresses secure).
 pub fn local_host_plan(
@@ -566,6 +589,27 @@ mod tests {
         assert!(wants_tlsa(Security::Secure, Security::Secure));
         assert!(!wants_tlsa(Security::Secure, Security::Insecure));
         assert!(!wants_tlsa(Security::Insecure, Security::Secure));
+    }
+
+    #[test]
+    fn requiretls_table() {
+        let verify = requirement("mx.test", Floor::Verify);
+        let encrypt = requirement("mx.test", Floor::Encrypt);
+        let cases = [
+            (&verify, Security::Secure, false, true),
+            (&verify, Security::Insecure, true, true),
+            (&verify, Security::Insecure, false, false),
+            (&encrypt, Security::Secure, false, false),
+            (&encrypt, Security::Secure, true, false),
+        ];
+        for (req, sec, sts, want) in cases {
+            assert_eq!(
+                requiretls_ok(req, sec, sts).is_ok(),
+                want,
+                "{} {sec} {sts}",
+                req.mechanism
+            );
+        }
     }
 
     #[test]

@@ -42,6 +42,9 @@ pub struct Envelope {
     pub smtputf8: bool,
     /// Whether MAIL carried REQUIRETLS (RFC 8689).
     pub requiretls: bool,
+    /// Whether the header section has `TLS-Required: No` (RFC 8689 §5).
+    #[serde(default)]
+    pub tls_required_no: bool,
     /// DSN RET parameter (RFC 3461).
     pub ret: Option<DsnRet>,
     /// DSN ENVID parameter, decoded from xtext.
@@ -380,6 +383,7 @@ mod tests {
             body: BodyType::SevenBit,
             smtputf8: false,
             requiretls: false,
+            tls_required_no: false,
             ret: None,
             envid: None,
             recipients: vec![Recipient {

@@ -539,7 +539,17 @@ async fn deliver_domain(
         idle.get_mut(domain).and_then(|l| l.pop())
     };
     if let Some((mut session, _, req)) = pooled {
-        if session.reset().await {
+        // A pooled session was chosen for ordinary mail: REQUIRETLS and
+        // TLS-Required: No messages take the full path.
+        let special = env.requiretls || (env.tls_required_no && d.honor_tls_required_no);
+        if special {
+            ctx.idle
+                .lock()
+                .unwrap()
+                .entry(domain.to_string())
+                .or_default()
+                .push((session, Instant::now(), req));
+        } else if session.reset().await {
             if let Some(results) =
                 transact(ctx, env, message, domain, idxs, session, &req, true).await
             {
@@ -612,6 +622,12 @@ async fn deliver_domain(
     };
     let (hosts, mx_security) = hosts;
     let mut reasons: Vec<String> = Vec::new();
+    // Hosts refused because of REQUIRETLS; if that is every refusal, the message fails (5.7.30).
+    let mut requiretls_refusals = 0usize;
+    let relaxed = env.tls_required_no && d.honor_tls_required_no && !env.requiretls;
+    if relaxed {
+        tracing::info!(id = %env.id, domain, "TLS-Required: No honoured: TLS without certificate checks for this message");
+    }
     let timeouts = Timeouts {
         connect: d.connect_timeout.get(),
         command: d.command_timeout.get(),
@@ -667,8 +683,29 @@ async fn deliver_domain(
             }
         }
         let plan = match &local {
+            _ if relaxed => HostPlan::Connect(Requirement {
+                mechanism: "encrypt (TLS-Required: No)",
+                ..policy::requirement(&mx.host, crate::config::Floor::Encrypt)
+            }),
             Some(lp) => policy::local_host_plan(lp, &ascii, &mx.host, &base, tlsa),
             None => policy::host_plan(&mx.host, &base, d.floor, tlsa, rule),
+        };
+        let plan = match plan {
+            HostPlan::Connect(req) if env.requiretls => {
+                let sts_ok =
+                    matches!(rule, StsRule::Enforce(p) | StsRule::Testing(p) if p.allows(&mx.host));
+                match policy::requiretls_ok(&req, mx_security, sts_ok) {
+                    Ok(()) => HostPlan::Connect(req),
+                    Err(why) => {
+                        let reason = format!("{}: {why}", mx.host);
+                        tracing::info!(id = %env.id, domain, host = %mx.host, tls = %req.mechanism, result = "requiretls-refused", reason = %reason, "attempt");
+                        requiretls_refusals += 1;
+                        reasons.push(reason);
+                        continue;
+                    }
+                }
+            }
+            other => other,
         };
         let req = match plan {
             HostPlan::Connect(req) => req,
@@ -731,6 +768,17 @@ async fn deliver_domain(
                     }
                     reasons.push(e.reason);
                 }
+                Ok(session) if env.requiretls && !session.caps.requiretls => {
+                    let reason = format!(
+                        "{}[{}] does not offer REQUIRETLS, which the sender asked for (RFC 8689)",
+                        mx.host,
+                        addr.ip()
+                    );
+                    tracing::info!(id = %env.id, domain, host = %mx.host, addr = %addr, tls = %req.mechanism, result = "requiretls-refused", reason = %reason, "attempt");
+                    session.quit().await;
+                    requiretls_refusals += 1;
+                    reasons.push(reason);
+                }
                 Ok(session) => {
                     record(
                         ctx,
@@ -757,6 +805,7 @@ async fn deliver_domain(
             }
         }
     }
+    let only_requiretls = requiretls_refusals > 0 && requiretls_refusals == reasons.len();
     if hosts.len() > d.max_hosts_per_attempt {
         reasons.push(format!(
             "{} more MX host(s) not tried (delivery.max_hosts_per_attempt)",
@@ -768,6 +817,17 @@ async fn deliver_domain(
     } else {
         reasons.join("; ")
     };
+    if env.requiretls && only_requiretls {
+        return all(
+            idxs,
+            RcptOutcome::Failed {
+                status: "5.7.30".into(),
+                reason: format!("REQUIRETLS support required, and no MX host of {domain} could provide it: {reason}"),
+                remote: None,
+                diagnostic: None,
+            },
+        );
+    }
     all(idxs, RcptOutcome::Deferred { reason })
 }
 
@@ -890,6 +950,9 @@ async fn transact(
     }
     if env.smtputf8 {
         mail.push_str(" SMTPUTF8");
+    }
+    if env.requiretls {
+        mail.push_str(" REQUIRETLS");
     }
     if caps.dsn {
         match env.ret {

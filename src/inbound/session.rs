@@ -628,6 +628,7 @@ impl Session {
             body: tx.body,
             smtputf8: tx.smtputf8,
             requiretls: tx.requiretls,
+            tls_required_no: has_tls_required_no(&body),
             ret: tx.ret,
             envid: tx.envid,
             recipients: tx.recipients,
@@ -868,6 +869,20 @@ fn sanitize(s: &str) -> Cow<'_, str> {
     }
 }
 
+/// Whether the header section has `TLS-Required: No` (RFC 8689 §5).
+fn has_tls_required_no(msg: &[u8]) -> bool {
+    for line in msg.split(|&b| b == b'\n') {
+        if line == b"\r" || line.is_empty() {
+            break;
+        }
+        if line.len() >= 13 && line[..13].eq_ignore_ascii_case(b"tls-required:") {
+            let value = String::from_utf8_lossy(&line[13..]);
+            return value.trim().eq_ignore_ascii_case("no");
+        }
+    }
+    false
+}
+
 /// Counts Received header fields in the message's header section.
 fn count_received(msg: &[u8]) -> usize {
     let mut n = 0;
@@ -926,6 +941,24 @@ mod tests {
         );
         assert!(h.starts_with("Received: from mta__evil__ ([192.0.2.7])\r\n\tby relay.example (tlsrelay) with ESMTPS id ID1\r\n\t(version=TLSv1.3 cipher=TLS13_AES_128_GCM_SHA256)\r\n\tfor <x@example.net>;\r\n\t"), "{h}");
         assert!(h.ends_with("\r\n"));
+    }
+
+    #[test]
+    fn tls_required_header() {
+        let cases: &[(&[u8], bool)] = &[
+            (b"Subject: x\r\nTLS-Required: No\r\n\r\nbody", true),
+            (b"tls-required:   no  \r\n\r\n", true),
+            (b"TLS-Required: Yes\r\n\r\n", false),
+            (b"Subject: x\r\n\r\nTLS-Required: No\r\n", false),
+        ];
+        for (msg, want) in cases {
+            assert_eq!(
+                has_tls_required_no(msg),
+                *want,
+                "{}",
+                String::from_utf8_lossy(msg)
+            );
+        }
     }
 
     #[test]

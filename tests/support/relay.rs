@@ -33,11 +33,24 @@ pub fn config_text(
     port: u16,
     delivery_extra: &str,
 ) -> String {
+    config_text_with_server(dir, world, ca_pem, port, "", delivery_extra)
+}
+
+/// Like `config_text`, with extra TOML for the `[server]` section too.
+pub fn config_text_with_server(
+    dir: &Path,
+    world: &DnsWorld,
+    ca_pem: &Path,
+    port: u16,
+    server_extra: &str,
+    delivery_extra: &str,
+) -> String {
     format!(
         r#"[server]
 listen = ["127.0.0.1:0"]
 hostname = "relay.test"
 shutdown_grace = "5s"
+{server_extra}
 [spool]
 dir = "{spool}"
 [log]
@@ -64,6 +77,57 @@ attempts = 1
 }
 
 impl TestRelay {
+    /// Starts a relay that offers STARTTLS inbound (self-signed for relay.test);
+    /// returns it and the certificate a client must trust.
+    pub async fn start_with_inbound_tls(
+        world: &DnsWorld,
+        ca_pem: &Path,
+        port: u16,
+        delivery_extra: &str,
+    ) -> (TestRelay, rustls_pki_types::CertificateDer<'static>) {
+        let dir = Arc::new(tempfile::tempdir().unwrap());
+        let cert = super::pki::self_signed(&["relay.test"]);
+        let (chain, key) = (dir.path().join("relay.pem"), dir.path().join("relay.key"));
+        cert.write_pem(&chain, &key);
+        let server = format!(
+            "tls_cert_file = \"{}\"\ntls_key_file = \"{}\"",
+            chain.display(),
+            key.display()
+        );
+        let text =
+            config_text_with_server(dir.path(), world, ca_pem, port, &server, delivery_extra);
+        (
+            TestRelay::start_with(dir, text).await,
+            cert.leaf_der().clone(),
+        )
+    }
+
+    /// Submits over STARTTLS (needed for REQUIRETLS), trusting `root`.
+    pub async fn submit_tls(
+        &self,
+        root: rustls_pki_types::CertificateDer<'static>,
+        mail: &str,
+        to: &[&str],
+        message: &[u8],
+    ) -> String {
+        let (mut c, _) = Client::connect(self.addr).await;
+        c.cmd("EHLO client.test").await;
+        assert_eq!(c.cmd("STARTTLS").await.code, 220);
+        let mut c = c.start_tls(root, "relay.test").await;
+        c.cmd("EHLO client.test").await;
+        let r = c.cmd(mail).await;
+        assert_eq!(r.code, 250, "{r:?}");
+        for t in to {
+            let r = c.cmd(&format!("RCPT TO:<{t}>")).await;
+            assert_eq!(r.code, 250, "{r:?}");
+        }
+        assert_eq!(c.cmd("DATA").await.code, 354);
+        c.send(message).await;
+        let r = c.cmd(".").await;
+        assert_eq!(r.code, 250, "{r:?}");
+        r.text().rsplit(' ').next().unwrap().to_string()
+    }
+
     /// Starts a relay from configuration text in a fresh directory.
     pub async fn start(
         world: &DnsWorld,
