@@ -30,6 +30,16 @@ pub struct Config {
     pub mta_sts: MtaStsConfig,
     /// Local per-domain policies.
     pub policies: PoliciesConfig,
+    /// Prometheus metrics.
+    pub metrics: MetricsConfig,
+}
+
+/// The `[metrics]` section.
+#[derive(Debug, Clone, Deserialize, Default)]
+#[serde(deny_unknown_fields, default)]
+pub struct MetricsConfig {
+    /// Address of the Prometheus endpoint (`/metrics`); unset means no endpoint.
+    pub listen: Option<SocketAddr>,
 }
 
 /// The `[mta_sts]` section.

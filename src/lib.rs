@@ -15,6 +15,7 @@ pub mod dns;
 pub mod dsn;
 pub mod inbound;
 pub mod local_policy;
+pub mod metrics;
 pub mod mta_sts;
 pub mod outcome;
 pub mod policy;

@@ -220,6 +220,7 @@ impl MtaSts {
         };
         if let Some(c) = &cached {
             if c.id == record.id {
+                metrics::counter!(crate::metrics::STS_CACHE, "event" => "hit").increment(1);
                 return Lookup {
                     policy: from_cache(c),
                     record_id: Some(record.id),
@@ -227,6 +228,7 @@ impl MtaSts {
                 };
             }
         }
+        metrics::counter!(crate::metrics::STS_CACHE, "event" => "miss").increment(1);
         match self.fetch(domain).await {
             Ok((policy, text)) => {
                 let now = now_unix();
@@ -244,6 +246,7 @@ impl MtaSts {
                 }
             }
             Err(err) => {
+                metrics::counter!(crate::metrics::STS_CACHE, "event" => "fetch_error").increment(1);
                 tracing::info!(domain, error = %err.1, "MTA-STS policy fetch failed");
                 Lookup {
                     policy: cached.as_ref().and_then(from_cache),

@@ -51,6 +51,10 @@ impl Relay {
         for id in &recovery.corrupt {
             tracing::error!(id = %id, "damaged envelope moved to {}/corrupt; inspect it by hand", dir.display());
         }
+        if let Some(addr) = config.metrics.listen {
+            crate::metrics::install(addr)?;
+            tracing::info!(%addr, "metrics endpoint listening");
+        }
         let dns = Dns::new(&dns_settings(&config)).map_err(|e| e.to_string())?;
         if config.delivery.enabled {
             // In the background: a slow or unreachable resolver must not delay the listener.

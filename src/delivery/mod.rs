@@ -34,6 +34,8 @@ pub enum RcptOutcome {
     Delivered {
         /// The MX host.
         host: String,
+        /// How the host was authenticated (`dane`, `mta-sts`, `verify`, ...).
+        auth: String,
         /// Its reply after the data.
         reply: String,
     },
@@ -232,6 +234,10 @@ impl Delivery {
                 let spool = ctx.spool.clone();
                 if let Ok(Ok(on_disk)) = tokio::task::spawn_blocking(move || spool.list()).await {
                     let ids: HashSet<String> = on_disk.iter().map(|e| e.id.clone()).collect();
+                    let oldest = on_disk.iter().map(|e| e.received_at).min();
+                    metrics::gauge!(crate::metrics::QUEUE_SIZE).set(on_disk.len() as f64);
+                    metrics::gauge!(crate::metrics::QUEUE_OLDEST)
+                        .set(oldest.map_or(0, |t| (now_unix() - t).max(0)) as f64);
                     waiting.retain(|id, _| ids.contains(id));
                     for env in on_disk {
                         if !in_flight.contains(&env.id) {
@@ -321,7 +327,8 @@ async fn attempt(ctx: Arc<Context>, mut env: Envelope) -> Option<Envelope> {
         for (i, outcome) in results {
             let r = &mut env.recipients[i];
             match outcome {
-                RcptOutcome::Delivered { host, reply } => {
+                RcptOutcome::Delivered { host, reply, auth } => {
+                    metrics::counter!(crate::metrics::DELIVERIES, "result" => "delivered", "auth" => auth).increment(1);
                     r.state = RcptState::Delivered;
                     r.status = Some(reply);
                     r.last_reason = Some(format!("delivered to {host}"));
@@ -332,6 +339,7 @@ async fn attempt(ctx: Arc<Context>, mut env: Envelope) -> Option<Envelope> {
                     remote,
                     diagnostic,
                 } => {
+                    metrics::counter!(crate::metrics::DELIVERIES, "result" => "failed", "auth" => "none").increment(1);
                     r.state = RcptState::Failed;
                     r.status = Some(status.clone());
                     r.last_reason = Some(reason.clone());
@@ -346,6 +354,7 @@ async fn attempt(ctx: Arc<Context>, mut env: Envelope) -> Option<Envelope> {
                     let _ = &newly_failed;
                 }
                 RcptOutcome::Deferred { reason } => {
+                    metrics::counter!(crate::metrics::DELIVERIES, "result" => "deferred", "auth" => "none").increment(1);
                     r.last_reason = Some(reason);
                 }
             }
@@ -878,6 +887,12 @@ fn record(
         report_mail: false,
         detail: detail.to_string(),
     };
+    if let Some(r) = result {
+        metrics::counter!(crate::metrics::REFUSALS, "result_type" => r.as_str()).increment(1);
+        if r == ResultType::DnssecInvalid {
+            metrics::counter!(crate::metrics::DNSSEC_FAILURES).increment(1);
+        }
+    }
     if let Err(e) = ctx.outcomes.append(&o) {
         tracing::warn!(error = %e, "cannot record the outcome");
     }
@@ -1036,6 +1051,7 @@ async fn transact(
             let o = match &replies.data {
                 Some(r) if r.is_ok() && replies.data_sent => RcptOutcome::Delivered {
                     host: session.host.clone(),
+                    auth: req.mechanism.to_string(),
                     reply: r.one_line(),
                 },
                 Some(r) if r.is_permanent() => RcptOutcome::Failed {

@@ -651,6 +651,7 @@ impl Session {
                     requiretls = env.requiretls,
                     "accepted"
                 );
+                metrics::counter!(crate::metrics::ACCEPTED).increment(1);
                 if let Some(q) = &self.shared.queued {
                     let _ = q.send(env);
                 }

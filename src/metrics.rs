@@ -1,0 +1,52 @@
+//! Prometheus metrics: names in one place, so the dashboard and the code agree.
+//!
+//! Counters are cheap no-ops until `install` runs (`[metrics] listen` set).
+
+use std::net::SocketAddr;
+
+/// Accepted messages.
+pub const ACCEPTED: &str = "tlsrelay_messages_accepted_total";
+/// Recipients settled or deferred per attempt, by `result` and by the `auth` that carried them.
+pub const DELIVERIES: &str = "tlsrelay_deliveries_total";
+/// Hosts refused, by RFC 8460 `result_type`.
+pub const REFUSALS: &str = "tlsrelay_tls_refusals_total";
+/// DNSSEC validation failures (bogus answers) met during delivery.
+pub const DNSSEC_FAILURES: &str = "tlsrelay_dnssec_failures_total";
+/// MTA-STS cache events: `event` = hit, miss, fetch_error.
+pub const STS_CACHE: &str = "tlsrelay_mta_sts_cache_total";
+/// TLS reports: `result` = sent, failed.
+pub const TLS_REPORTS: &str = "tlsrelay_tls_reports_total";
+/// Messages in the queue.
+pub const QUEUE_SIZE: &str = "tlsrelay_queue_messages";
+/// Age of the oldest queued message, in seconds.
+pub const QUEUE_OLDEST: &str = "tlsrelay_queue_oldest_age_seconds";
+
+/// Starts the Prometheus endpoint on `addr` (needs a running tokio runtime).
+pub fn install(addr: SocketAddr) -> Result<(), String> {
+    metrics_exporter_prometheus::PrometheusBuilder::new()
+        .with_http_listener(addr)
+        .install()
+        .map_err(|e| format!("cannot start the metrics endpoint on {addr}: {e}"))?;
+    describe();
+    Ok(())
+}
+
+fn describe() {
+    metrics::describe_counter!(ACCEPTED, "Messages accepted and stored in the spool.");
+    metrics::describe_counter!(
+        DELIVERIES,
+        "Recipient results per attempt, by result and by the authentication that carried them."
+    );
+    metrics::describe_counter!(REFUSALS, "MX hosts refused, by RFC 8460 result type.");
+    metrics::describe_counter!(
+        DNSSEC_FAILURES,
+        "DNSSEC validation failures during delivery."
+    );
+    metrics::describe_counter!(
+        STS_CACHE,
+        "MTA-STS policy cache hits, misses and fetch errors."
+    );
+    metrics::describe_counter!(TLS_REPORTS, "SMTP TLS reports sent and failed.");
+    metrics::describe_gauge!(QUEUE_SIZE, "Messages in the queue.");
+    metrics::describe_gauge!(QUEUE_OLDEST, "Age of the oldest queued message in seconds.");
+}
