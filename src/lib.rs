@@ -24,3 +24,4 @@ pub mod relay;
 pub mod spool;
 pub mod sts;
 pub mod tls;
+pub mod tlsrpt;

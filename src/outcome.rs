@@ -95,6 +95,15 @@ pub struct Outcome {
     pub report_mail: bool,
     /// Plain-words detail.
     pub detail: String,
+    /// Our source address for the session, if known.
+    #[serde(default)]
+    pub sending_ip: Option<String>,
+    /// The policy as RFC 8460 §4.3 `policy-string`: MTA-STS policy lines, or TLSA records as `3 1 1 HEX`.
+    #[serde(default)]
+    pub policy_strings: Vec<String>,
+    /// The MTA-STS policy's `mx` patterns (RFC 8460 §4.3 `mx-host`).
+    #[serde(default)]
+    pub mx_patterns: Vec<String>,
 }
 
 /// Appends outcome records to the day's file.
@@ -127,6 +136,22 @@ impl OutcomeLog {
             .append(true)
             .open(self.dir.join(format!("{day}.jsonl")))?;
         f.write_all(&line)
+    }
+
+    /// The UTC days (`YYYY-MM-DD`) that have an outcome file, oldest first.
+    pub fn days(&self) -> io::Result<Vec<String>> {
+        let mut days = Vec::new();
+        for entry in fs::read_dir(&self.dir)? {
+            let name = entry?.file_name();
+            let Some(day) = name.to_str().and_then(|n| n.strip_suffix(".jsonl")) else {
+                continue;
+            };
+            if chrono::NaiveDate::parse_from_str(day, "%Y-%m-%d").is_ok() {
+                days.push(day.to_string());
+            }
+        }
+        days.sort();
+        Ok(days)
     }
 
     /// Every record of one UTC day (`YYYY-MM-DD`).

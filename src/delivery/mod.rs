@@ -886,6 +886,10 @@ fn record(
         result,
         report_mail: false,
         detail: detail.to_string(),
+        // TODO(main developer): fill these for real (RFC 8460 §4.3/§4.4).
+        sending_ip: None,
+        policy_strings: Vec::new(),
+        mx_patterns: Vec::new(),
     };
     if let Some(r) = result {
         metrics::counter!(crate::metrics::REFUSALS, "result_type" => r.as_str()).increment(1);
