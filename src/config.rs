@@ -32,6 +32,42 @@ pub struct Config {
     pub policies: PoliciesConfig,
     /// Prometheus metrics.
     pub metrics: MetricsConfig,
+    /// SMTP TLS Reporting (RFC 8460).
+    pub tls_rpt: TlsRptConfig,
+}
+
+/// The `[tls_rpt]` section.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct TlsRptConfig {
+    /// Send daily TLS reports to receiving domains that ask for them.
+    pub enabled: bool,
+    /// `organization-name` in the reports.
+    pub organization_name: String,
+    /// `contact-info`; default `postmaster@<server.hostname>`.
+    pub contact_info: Option<String>,
+    /// The submitter (`TLS-Report-Submitter`); default `server.hostname`.
+    pub submitter: Option<String>,
+    /// Sender of report mail; default `tlsrpt-noreply@<server.hostname>`.
+    pub from: Option<String>,
+    /// Reports are sent at a per-domain random time within this long after the UTC day ends.
+    pub max_delay: HumanDuration,
+    /// Extra trusted roots (PEM) for https report receivers (labs and tests).
+    pub extra_roots: Vec<PathBuf>,
+}
+
+impl Default for TlsRptConfig {
+    fn default() -> Self {
+        TlsRptConfig {
+            enabled: true,
+            organization_name: "tlsrelay".into(),
+            contact_info: None,
+            submitter: None,
+            from: None,
+            max_delay: HumanDuration(Duration::from_secs(4 * 3600)),
+            extra_roots: vec![],
+        }
+    }
 }
 
 /// The `[metrics]` section.

@@ -188,6 +188,7 @@ pub fn notice_envelope(env: &Envelope, hostname: &str, size: u64) -> Envelope {
         // RFC 8689 §4.4: a notice about a REQUIRETLS message is sent with REQUIRETLS.
         requiretls: env.requiretls,
         tls_required_no: false,
+        tls_report: false,
         ret: None,
         envid: None,
         recipients: vec![Recipient {

@@ -21,6 +21,7 @@ pub mod outcome;
 pub mod policy;
 pub mod queue;
 pub mod relay;
+pub mod reporter;
 pub mod spool;
 pub mod sts;
 pub mod tls;

@@ -56,6 +56,27 @@ enum Command {
         #[command(subcommand)]
         action: PolicyAction,
     },
+    /// TLS reporting (RFC 8460): today's and yesterday's sessions per domain.
+    Report {
+        #[command(subcommand)]
+        action: Option<ReportAction>,
+        /// Print JSON.
+        #[arg(long)]
+        json: bool,
+    },
+}
+
+#[derive(Subcommand)]
+enum ReportAction {
+    /// Send the reports of a finished day that are still due, without waiting.
+    Send {
+        /// Send now, ignoring the randomized delay.
+        #[arg(long)]
+        now: bool,
+        /// The UTC day (YYYY-MM-DD, or "today" for testing); default yesterday.
+        #[arg(long)]
+        day: Option<String>,
+    },
 }
 
 #[derive(Subcommand)]
@@ -306,6 +327,93 @@ fn run(cli: Cli) -> Result<ExitCode, String> {
                 Ok(ExitCode::SUCCESS)
             }
         },
+        Command::Report { action, json } => {
+            let config = load_config(cli.config.as_deref())?;
+            let log = tlsrelay::outcome::OutcomeLog::open(&config.spool.dir.join("outcomes"))
+                .map_err(|e| e.to_string())?;
+            match action {
+                None => {
+                    let today = chrono::Utc::now().date_naive();
+                    let mut all = serde_json::Map::new();
+                    for (label, day) in [
+                        ("current", today),
+                        ("last", today.pred_opt().unwrap_or(today)),
+                    ] {
+                        let records = log
+                            .read_day(&day.format("%Y-%m-%d").to_string())
+                            .map_err(|e| e.to_string())?;
+                        let sum = tlsrelay::reporter::summarize(&records);
+                        if json {
+                            all.insert(
+                                label.into(),
+                                serde_json::json!({"day": day.to_string(), "domains": sum}),
+                            );
+                        } else {
+                            println!("{label} period: {day} (UTC)");
+                            if sum.is_empty() {
+                                println!("  no sessions");
+                            }
+                            for (d, s) in sum {
+                                let f: Vec<String> =
+                                    s.failures.iter().map(|(k, v)| format!("{k}={v}")).collect();
+                                println!(
+                                    "  {d:<30} {:>6} ok {:>6} failed  {}",
+                                    s.successful,
+                                    s.failed,
+                                    f.join(" ")
+                                );
+                            }
+                        }
+                    }
+                    if json {
+                        println!("{}", serde_json::Value::Object(all));
+                    }
+                    Ok(ExitCode::SUCCESS)
+                }
+                Some(ReportAction::Send { now: _, day }) => {
+                    let day = match day.as_deref() {
+                        None => chrono::Utc::now().date_naive().pred_opt().unwrap(),
+                        Some("today") => chrono::Utc::now().date_naive(),
+                        Some(d) => chrono::NaiveDate::parse_from_str(d, "%Y-%m-%d")
+                            .map_err(|e| format!("--day {d}: {e}; write YYYY-MM-DD"))?,
+                    };
+                    let runtime = tokio::runtime::Runtime::new().map_err(|e| e.to_string())?;
+                    let sent = runtime.block_on(async {
+                        let dns = tlsrelay::dns::Dns::new(&tlsrelay::relay::dns_settings(&config))
+                            .map_err(|e| e.to_string())?;
+                        let spool = tlsrelay::spool::Spool::open(&config.spool.dir)
+                            .map_err(|e| e.to_string())?;
+                        let r = tlsrelay::reporter::Reporter::new(
+                            std::sync::Arc::new(config.clone()),
+                            spool,
+                            dns,
+                            None,
+                        )?;
+                        Ok::<_, String>(r.send_day(day).await)
+                    })?;
+                    if json {
+                        println!(
+                            "{}",
+                            serde_json::to_string_pretty(&sent).map_err(|e| e.to_string())?
+                        );
+                    } else {
+                        if sent.is_empty() {
+                            println!("{day}: no report due");
+                        }
+                        for s in &sent {
+                            println!(
+                                "{} {}: {}{}",
+                                s.day,
+                                s.domain,
+                                s.results.join("; "),
+                                if s.done { "" } else { " (will retry)" }
+                            );
+                        }
+                    }
+                    Ok(ExitCode::SUCCESS)
+                }
+            }
+        }
         Command::Serve => {
             let config = load_config(cli.config.as_deref())?;
             init_logging(&config.log.level);

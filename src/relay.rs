@@ -16,6 +16,7 @@ use crate::spool::Spool;
 /// A relay that is listening; `run` serves until the shutdown signal.
 pub struct Relay {
     config: Arc<Config>,
+    reporter: Option<crate::reporter::Reporter>,
     inbound: Inbound,
     delivery: Delivery,
     initial: Vec<crate::spool::Envelope>,
@@ -68,12 +69,23 @@ impl Relay {
                 }
             });
         }
-        let delivery = Delivery::new(config.clone(), spool.clone(), dns)?;
+        let delivery = Delivery::new(config.clone(), spool.clone(), dns.clone())?;
+        let reporter = if config.tls_rpt.enabled && config.delivery.enabled {
+            Some(crate::reporter::Reporter::new(
+                config.clone(),
+                spool.clone(),
+                dns,
+                Some(delivery.queue_sender()),
+            )?)
+        } else {
+            None
+        };
         let inbound = Inbound::bind(config.clone(), spool, Some(delivery.queue_sender()))
             .await
             .map_err(|e| e.to_string())?;
         Ok(Relay {
             config,
+            reporter,
             inbound,
             delivery,
             initial: recovery.queued,
@@ -100,6 +112,9 @@ impl Relay {
     /// Serves until `shutdown` turns true, then stops both halves cleanly.
     pub async fn run(self, shutdown: watch::Receiver<bool>) {
         let delivery = tokio::spawn(self.delivery.run(self.initial, shutdown.clone()));
+        if let Some(r) = self.reporter {
+            tokio::spawn(r.run(shutdown.clone()));
+        }
         self.inbound.run(shutdown).await;
         let _ = delivery.await;
     }

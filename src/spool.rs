@@ -45,6 +45,10 @@ pub struct Envelope {
     /// Whether the header section has `TLS-Required: No` (RFC 8689 §5).
     #[serde(default)]
     pub tls_required_no: bool,
+    /// Whether this is a TLS report of ours (RFC 8460): not reported on, and sent
+    /// with TLS but relaxed authentication.
+    #[serde(default)]
+    pub tls_report: bool,
     /// DSN RET parameter (RFC 3461).
     pub ret: Option<DsnRet>,
     /// DSN ENVID parameter, decoded from xtext.
@@ -384,6 +388,7 @@ mod tests {
             smtputf8: false,
             requiretls: false,
             tls_required_no: false,
+            tls_report: false,
             ret: None,
             envid: None,
             recipients: vec![Recipient {

@@ -550,7 +550,8 @@ async fn deliver_domain(
     if let Some((mut session, _, req)) = pooled {
         // A pooled session was chosen for ordinary mail: REQUIRETLS and
         // TLS-Required: No messages take the full path.
-        let special = env.requiretls || (env.tls_required_no && d.honor_tls_required_no);
+        let special =
+            env.requiretls || env.tls_report || (env.tls_required_no && d.honor_tls_required_no);
         if special {
             ctx.idle
                 .lock()
@@ -583,12 +584,14 @@ async fn deliver_domain(
                     None,
                     Some(*result),
                     words,
+                    &Facts::default(),
                 );
             }
             found.policy.map(|(p, _)| p)
         }
         _ => None,
     };
+    let sts_facts = sts.as_ref().map(Facts::sts).unwrap_or_default();
     let rule = match &sts {
         Some(p) if p.mode == Mode::Enforce => StsRule::Enforce(p),
         Some(p) if p.mode == Mode::Testing => StsRule::Testing(p),
@@ -621,6 +624,7 @@ async fn deliver_domain(
                     None,
                     Some(result),
                     &reason,
+                    &Facts::default(),
                 );
             }
             return all(idxs, RcptOutcome::Deferred { reason });
@@ -633,7 +637,10 @@ async fn deliver_domain(
     let mut reasons: Vec<String> = Vec::new();
     // Hosts refused because of REQUIRETLS; if that is every refusal, the message fails (5.7.30).
     let mut requiretls_refusals = 0usize;
-    let relaxed = env.tls_required_no && d.honor_tls_required_no && !env.requiretls;
+    // RFC 8460 §5.3 asks that reports be delivered despite TLS failures; RFC 8689 §5
+    // lets a sender waive authentication. Either way TLS itself stays mandatory.
+    let relaxed =
+        (env.tls_required_no && d.honor_tls_required_no || env.tls_report) && !env.requiretls;
     if relaxed {
         tracing::info!(id = %env.id, domain, "TLS-Required: No honoured: TLS without certificate checks for this message");
     }
@@ -669,6 +676,7 @@ async fn deliver_domain(
                     None,
                     Some(ResultType::DnssecInvalid),
                     &reason,
+                    &Facts::default(),
                 );
                 reasons.push(reason);
                 continue;
@@ -691,9 +699,14 @@ async fn deliver_domain(
                 tracing::info!(id = %env.id, domain, host = %mx.host, "MTA-STS testing mode: this host is not in the policy; enforcement would refuse it");
             }
         }
+        let tlsa_answer = tlsa.clone();
         let plan = match &local {
             _ if relaxed => HostPlan::Connect(Requirement {
-                mechanism: "encrypt (TLS-Required: No)",
+                mechanism: if env.tls_report {
+                    "encrypt (TLS report)"
+                } else {
+                    "encrypt (TLS-Required: No)"
+                },
                 ..policy::requirement(&mx.host, crate::config::Floor::Encrypt)
             }),
             Some(lp) => policy::local_host_plan(lp, &ascii, &mx.host, &base, tlsa),
@@ -732,12 +745,22 @@ async fn deliver_domain(
                 } else {
                     PolicyType::NoPolicyFound
                 };
+                let facts = match ptype {
+                    PolicyType::Sts => sts_facts.clone(),
+                    PolicyType::Tlsa => Facts::tlsa(tlsa_answer.as_ref()),
+                    PolicyType::NoPolicyFound => Facts::default(),
+                };
                 record(
-                    ctx, env, domain, &mx.host, None, ptype, None, result, &reason,
+                    ctx, env, domain, &mx.host, None, ptype, None, result, &reason, &facts,
                 );
                 reasons.push(reason);
                 continue;
             }
+        };
+        let host_facts = match req.policy {
+            PolicyType::Sts => sts_facts.clone(),
+            PolicyType::Tlsa => Facts::tlsa(tlsa_answer.as_ref()),
+            PolicyType::NoPolicyFound => Facts::default(),
         };
         for ip in addrs {
             let addr = SocketAddr::new(ip, d.port);
@@ -773,6 +796,7 @@ async fn deliver_domain(
                             Some(req.mechanism),
                             e.result,
                             &e.reason,
+                            &host_facts.clone().from(e.local.map(|a| a.ip())),
                         );
                     }
                     reasons.push(e.reason);
@@ -799,6 +823,7 @@ async fn deliver_domain(
                         Some(req.mechanism),
                         None,
                         "TLS session established and authenticated",
+                        &host_facts.clone().from(session.local_addr.map(|a| a.ip())),
                     );
                     if let Some(results) =
                         transact(ctx, env, message, domain, idxs, session, &req, false).await
@@ -858,6 +883,53 @@ async fn tlsa_for(
     (host.to_string(), Some(ctx.dns.tlsa(port, host).await))
 }
 
+/// What TLS-RPT needs to know about the policy behind an outcome (RFC 8460 §4.4).
+#[derive(Debug, Clone, Default)]
+struct Facts {
+    sending_ip: Option<String>,
+    policy_strings: Vec<String>,
+    mx_patterns: Vec<String>,
+}
+
+impl Facts {
+    /// The facts of an MTA-STS policy: its lines and mx patterns.
+    fn sts(p: &crate::sts::StsPolicy) -> Facts {
+        Facts {
+            sending_ip: None,
+            policy_strings: p
+                .text
+                .lines()
+                .map(str::to_string)
+                .filter(|l| !l.is_empty())
+                .collect(),
+            mx_patterns: p.mx_strings(),
+        }
+    }
+
+    /// The facts of a TLSA answer: its records, one per string.
+    fn tlsa(answer: Option<&crate::dns::TlsaAnswer>) -> Facts {
+        let policy_strings = match answer {
+            Some(Answer::Records { records, .. }) => records
+                .iter()
+                .map(|r| {
+                    let hex: String = r.data.iter().map(|b| format!("{b:02X}")).collect();
+                    format!("{} {} {} {hex}", r.usage, r.selector, r.matching)
+                })
+                .collect(),
+            _ => vec![],
+        };
+        Facts {
+            policy_strings,
+            ..Facts::default()
+        }
+    }
+
+    fn from(mut self, ip: Option<std::net::IpAddr>) -> Facts {
+        self.sending_ip = ip.map(|i| i.to_string());
+        self
+    }
+}
+
 fn log_domain(env: &Envelope, domain: &str, what: &str) {
     tracing::info!(id = %env.id, domain, result = %what, "attempt");
 }
@@ -873,6 +945,7 @@ fn record(
     auth: Option<&str>,
     result: Option<ResultType>,
     detail: &str,
+    facts: &Facts,
 ) {
     let o = Outcome {
         time: now_unix(),
@@ -884,12 +957,11 @@ fn record(
         auth: auth.map(str::to_string),
         tls_ok: result.is_none(),
         result,
-        report_mail: false,
+        report_mail: env.tls_report,
         detail: detail.to_string(),
-        // TODO(main developer): fill these for real (RFC 8460 §4.3/§4.4).
-        sending_ip: None,
-        policy_strings: Vec::new(),
-        mx_patterns: Vec::new(),
+        sending_ip: facts.sending_ip.clone(),
+        policy_strings: facts.policy_strings.clone(),
+        mx_patterns: facts.mx_patterns.clone(),
     };
     if let Some(r) = result {
         metrics::counter!(crate::metrics::REFUSALS, "result_type" => r.as_str()).increment(1);

@@ -104,6 +104,8 @@ pub struct HostError {
     pub result: Option<ResultType>,
     /// The server's reply, when it gave one.
     pub reply: Option<Reply>,
+    /// Our end of the connection, once connected (TLS-RPT's sending-mta-ip).
+    pub local: Option<SocketAddr>,
 }
 
 /// The transport of an outbound session.
@@ -180,6 +182,8 @@ pub struct Session {
     pub tls_version: String,
     /// Negotiated cipher suite.
     pub tls_cipher: String,
+    /// Our end of the connection.
+    pub local_addr: Option<SocketAddr>,
     /// The certificate chain the server presented.
     pub peer_certificates: Vec<rustls_pki_types::CertificateDer<'static>>,
     timeouts: Timeouts,
@@ -196,10 +200,12 @@ impl Session {
         sni: &str,
         timeouts: Timeouts,
     ) -> Result<Session, HostError> {
+        let local = std::sync::Mutex::new(None);
         let err = |reason: String, result: Option<ResultType>, reply: Option<Reply>| HostError {
             reason: format!("{host}[{}] {reason}", addr.ip()),
             result,
             reply,
+            local: *local.lock().unwrap(),
         };
         let tcp = match tokio::time::timeout(timeouts.connect, TcpStream::connect(addr)).await {
             Ok(Ok(s)) => s,
@@ -213,6 +219,7 @@ impl Session {
             }
         };
         let _ = tcp.set_nodelay(true);
+        *local.lock().unwrap() = tcp.local_addr().ok();
         let mut s = Session {
             transport: Transport::Plain(tcp),
             rbuf: Vec::new(),
@@ -222,6 +229,7 @@ impl Session {
             tls_version: String::new(),
             tls_cipher: String::new(),
             peer_certificates: Vec::new(),
+            local_addr: *local.lock().unwrap(),
             timeouts,
         };
         let io_err = |e: io::Error| err(format!("dropped the connection: {e}"), None, None);

@@ -629,6 +629,7 @@ impl Session {
             smtputf8: tx.smtputf8,
             requiretls: tx.requiretls,
             tls_required_no: has_tls_required_no(&body),
+            tls_report: false,
             ret: tx.ret,
             envid: tx.envid,
             recipients: tx.recipients,

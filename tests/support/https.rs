@@ -35,11 +35,21 @@ impl Response {
     }
 }
 
+/// One request as received.
+#[derive(Debug, Clone)]
+pub struct Request {
+    /// Request line and headers.
+    pub head: String,
+    /// The body (Content-Length bytes).
+    pub body: Vec<u8>,
+}
+
 /// A running HTTPS server.
 pub struct HttpsServer {
     addr: SocketAddr,
     response: Arc<Mutex<Response>>,
     requests: Arc<Mutex<Vec<String>>>,
+    bodies: Arc<Mutex<Vec<Request>>>,
     connections: Arc<AtomicUsize>,
     task: tokio::task::JoinHandle<()>,
 }
@@ -81,7 +91,13 @@ impl HttpsServer {
         let response = Arc::new(Mutex::new(response));
         let requests = Arc::new(Mutex::new(Vec::new()));
         let connections = Arc::new(AtomicUsize::new(0));
-        let (r, q, n) = (response.clone(), requests.clone(), connections.clone());
+        let bodies: Arc<Mutex<Vec<Request>>> = Arc::new(Mutex::new(Vec::new()));
+        let (r, q, n, b) = (
+            response.clone(),
+            requests.clone(),
+            connections.clone(),
+            bodies.clone(),
+        );
         let task = tokio::spawn(async move {
             loop {
                 let Ok((tcp, _)) = listener.accept().await else {
@@ -89,7 +105,7 @@ impl HttpsServer {
                 };
                 n.fetch_add(1, Ordering::SeqCst);
                 let acceptor = acceptor.clone();
-                let (r, q) = (r.clone(), q.clone());
+                let (r, q, b) = (r.clone(), q.clone(), b.clone());
                 tokio::spawn(async move {
                     let Ok(mut tls) = acceptor.accept(tcp).await else {
                         return;
@@ -102,13 +118,29 @@ impl HttpsServer {
                             Ok(k) => buf.extend_from_slice(&chunk[..k]),
                         }
                     }
-                    q.lock().unwrap().push(
-                        String::from_utf8_lossy(&buf)
-                            .lines()
-                            .next()
-                            .unwrap_or("")
-                            .to_string(),
-                    );
+                    let head_end = buf.windows(4).position(|w| w == b"\r\n\r\n").unwrap() + 4;
+                    let head = String::from_utf8_lossy(&buf[..head_end]).into_owned();
+                    let length: usize = head
+                        .lines()
+                        .find_map(|l| {
+                            l.to_ascii_lowercase()
+                                .strip_prefix("content-length:")
+                                .map(|v| v.trim().parse().unwrap_or(0))
+                        })
+                        .unwrap_or(0);
+                    while buf.len() < head_end + length {
+                        match tls.read(&mut chunk).await {
+                            Ok(0) | Err(_) => break,
+                            Ok(k) => buf.extend_from_slice(&chunk[..k]),
+                        }
+                    }
+                    q.lock()
+                        .unwrap()
+                        .push(head.lines().next().unwrap_or("").to_string());
+                    b.lock().unwrap().push(Request {
+                        head: head.clone(),
+                        body: buf[head_end..].to_vec(),
+                    });
                     let resp = r.lock().unwrap().clone();
                     let mut head = format!("HTTP/1.1 {}\r\nConnection: close\r\n", resp.status);
                     for (k, v) in &resp.headers {
@@ -128,6 +160,7 @@ impl HttpsServer {
             addr,
             response,
             requests,
+            bodies,
             connections,
             task,
         }
@@ -146,6 +179,11 @@ impl HttpsServer {
     /// Request lines received so far.
     pub fn requests(&self) -> Vec<String> {
         self.requests.lock().unwrap().clone()
+    }
+
+    /// Full requests (head and body) received so far.
+    pub fn full_requests(&self) -> Vec<Request> {
+        self.bodies.lock().unwrap().clone()
     }
 
     /// TCP connections accepted so far.
