@@ -23,6 +23,8 @@ use crate::tls::PeerCheck;
 pub struct Report {
     /// The domain checked (ASCII form).
     pub domain: String,
+    /// The DNSSEC self-test: "ok", or why DANE cannot work now.
+    pub dnssec_self_test: String,
     /// MX lookup: status words and DNSSEC status.
     pub mx: String,
     /// DNSSEC status of the MX answer.
@@ -123,6 +125,12 @@ pub async fn run(
     let d = &config.delivery;
     let mut report = Report {
         domain: ascii.clone(),
+        dnssec_self_test: match dns.self_test().await {
+            Ok(()) => "ok: the root DNSKEY validates".into(),
+            Err(why) => {
+                format!("FAILED: {why}; DANE cannot work, and domains that need it are deferred")
+            }
+        },
         mx: String::new(),
         mx_dnssec: None,
         mta_sts_record: None,
@@ -483,6 +491,7 @@ async fn probe_host(
 pub fn render(r: &Report) -> String {
     let mut out = String::new();
     let _ = writeln!(out, "domain:        {}", r.domain);
+    let _ = writeln!(out, "DNSSEC:        {}", r.dnssec_self_test);
     let _ = writeln!(out, "MX:            {}", r.mx);
     let _ = writeln!(
         out,

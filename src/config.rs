@@ -54,6 +54,12 @@ pub struct TlsRptConfig {
     pub max_delay: HumanDuration,
     /// Extra trusted roots (PEM) for https report receivers (labs and tests).
     pub extra_roots: Vec<PathBuf>,
+    /// PEM private key (RSA or Ed25519) to DKIM-sign report mail; unset: unsigned.
+    pub dkim_key_file: Option<PathBuf>,
+    /// DKIM selector (`s=`); required with `dkim_key_file`.
+    pub dkim_selector: Option<String>,
+    /// DKIM signing domain (`d=`); default: the domain of `from`.
+    pub dkim_domain: Option<String>,
 }
 
 impl Default for TlsRptConfig {
@@ -66,6 +72,9 @@ impl Default for TlsRptConfig {
             from: None,
             max_delay: HumanDuration(Duration::from_secs(4 * 3600)),
             extra_roots: vec![],
+            dkim_key_file: None,
+            dkim_selector: None,
+            dkim_domain: None,
         }
     }
 }
@@ -554,6 +563,12 @@ impl Config {
             return Err((
                 "queue_lifetime",
                 "delivery.queue_lifetime must be above zero, e.g. \"5d\"".into(),
+            ));
+        }
+        if self.tls_rpt.dkim_key_file.is_some() && self.tls_rpt.dkim_selector.is_none() {
+            return Err((
+                "dkim_key_file",
+                "tls_rpt.dkim_key_file needs tls_rpt.dkim_selector (the s= of the DKIM record), e.g. \"tlsrpt2026\"".into(),
             ));
         }
         if self.dns.attempts == 0 {

@@ -32,6 +32,7 @@ pub struct Reporter {
     dir: PathBuf,
     queue: Option<mpsc::UnboundedSender<Envelope>>,
     tls: Arc<rustls::ClientConfig>,
+    dkim: Option<tlsrpt::DkimReportSigner>,
 }
 
 /// What happened to one (day, domain) report.
@@ -71,7 +72,25 @@ impl Reporter {
             .map_err(|e| e.to_string())?
             .with_root_certificates(roots)
             .with_no_client_auth();
+        let dkim = match (&config.tls_rpt.dkim_key_file, &config.tls_rpt.dkim_selector) {
+            (Some(path), Some(selector)) => {
+                let pem = std::fs::read_to_string(path)
+                    .map_err(|e| format!("{}: {e}", path.display()))?;
+                let from = from_address(&config);
+                let domain = config.tls_rpt.dkim_domain.clone().unwrap_or_else(|| {
+                    from.rsplit_once('@')
+                        .map(|(_, d)| d.to_string())
+                        .unwrap_or_default()
+                });
+                Some(
+                    tlsrpt::DkimReportSigner::from_pem(&pem, &domain, selector)
+                        .map_err(|e| format!("{}: {e}", path.display()))?,
+                )
+            }
+            _ => None,
+        };
         Ok(Reporter {
+            dkim,
             dir: spool.dir().join("tlsrpt"),
             config,
             spool,
@@ -238,14 +257,13 @@ impl Reporter {
         to: &str,
         gz: &[u8],
     ) -> Result<String, String> {
-        let from = self
-            .config
-            .tls_rpt
-            .from
-            .clone()
-            .unwrap_or_else(|| format!("tlsrpt-noreply@{}", self.config.server.hostname));
-        let msg = tlsrpt::report_message(report, domain, submitter, &from, &[to], gz)
+        let from = from_address(&self.config);
+        let mut msg = tlsrpt::report_message(report, domain, submitter, &from, &[to], gz)
             .map_err(|e| format!("mailto:{to}: {e}"))?;
+        if let Some(signer) = &self.dkim {
+            use tlsrpt::ReportSigner;
+            msg = signer.sign(&msg).map_err(|e| format!("mailto:{to}: {e}"))?;
+        }
         let now = spool::now_unix();
         let env = Envelope {
             id: spool::new_queue_id(),
@@ -330,6 +348,15 @@ impl Reporter {
         (domain, &self.config.server.hostname).hash(&mut h);
         (h.finish() % max) as i64
     }
+}
+
+/// The sender of report mail.
+fn from_address(config: &Config) -> String {
+    config
+        .tls_rpt
+        .from
+        .clone()
+        .unwrap_or_else(|| format!("tlsrpt-noreply@{}", config.server.hostname))
 }
 
 /// Per domain: sessions and failures by result type, for `tlsrelay report`.

@@ -109,6 +109,10 @@ async fn check_explains_each_domain() {
     .unwrap();
     assert_eq!(code, 0, "{out}");
     assert!(out.contains("1 MX host(s), DNSSEC secure"), "{out}");
+    assert!(
+        out.contains("DNSSEC:        ok: the root DNSKEY validates"),
+        "{out}"
+    );
     assert!(out.contains("3 1 1"), "{out}");
     assert!(out.contains("(usable)"), "{out}");
     assert!(

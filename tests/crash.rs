@@ -172,3 +172,81 @@ async fn sigterm_stops_cleanly_with_exit_0() {
     let status = relay.child.wait().unwrap();
     assert!(status.success(), "{status:?}");
 }
+
+#[tokio::test]
+async fn sighup_reloads_policies_and_keeps_the_old_set_on_a_bad_file() {
+    let dir = tempfile::tempdir().unwrap();
+    let port = free_port();
+    let policies = dir.path().join("policies");
+    std::fs::create_dir(&policies).unwrap();
+    std::fs::write(
+        policies.join("a.toml"),
+        "[[policy]]\ndomain = \"a.test\"\nlevel = \"encrypt\"\n",
+    )
+    .unwrap();
+    let config = write_config(dir.path(), port);
+    let mut text = std::fs::read_to_string(&config).unwrap();
+    text.push_str(&format!("[policies]\ndir = \"{}\"\n", policies.display()));
+    std::fs::write(&config, text).unwrap();
+    let log = dir.path().join("stderr.log");
+    let child = Command::new(env!("CARGO_BIN_EXE_tlsrelay"))
+        .args(["serve", "--config"])
+        .arg(&config)
+        .env("NO_COLOR", "1")
+        .stderr(std::fs::File::create(&log).unwrap())
+        .stdout(Stdio::null())
+        .spawn()
+        .unwrap();
+    let mut relay = Relay {
+        child,
+        addr: format!("127.0.0.1:{port}").parse().unwrap(),
+    };
+    let deadline = Instant::now() + Duration::from_secs(20);
+    while tokio::net::TcpStream::connect(relay.addr).await.is_err() {
+        assert!(Instant::now() < deadline);
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    let hup = |pid: u32| unsafe { libc::kill(pid as i32, libc::SIGHUP) };
+    let wait_for = |needle: &'static str| {
+        let log = log.clone();
+        async move {
+            let deadline = Instant::now() + Duration::from_secs(10);
+            loop {
+                let text = std::fs::read_to_string(&log).unwrap_or_default();
+                if text.contains(needle) {
+                    return text;
+                }
+                assert!(
+                    Instant::now() < deadline,
+                    "no {needle:?} in the log:\n{text}"
+                );
+                tokio::time::sleep(Duration::from_millis(50)).await;
+            }
+        }
+    };
+    std::fs::write(
+        policies.join("b.toml"),
+        "[[policy]]\ndomain = \"b.test\"\nlevel = \"verify\"\n",
+    )
+    .unwrap();
+    hup(relay.child.id());
+    let text = wait_for("local policies reloaded").await;
+    assert!(text.contains("count=2"), "{text}");
+    std::fs::write(
+        policies.join("c.toml"),
+        "[[policy]]\ndomain = \"c.test\"\nlevel = \"may\"\n",
+    )
+    .unwrap();
+    hup(relay.child.id());
+    let text = wait_for("local policies not reloaded").await;
+    assert!(
+        text.contains("c.toml:3"),
+        "the error names the file and line: {text}"
+    );
+    // Still serving.
+    let (mut c, g) = Client::connect(relay.addr).await;
+    assert_eq!(g.code, 220);
+    assert_eq!(c.cmd("QUIT").await.code, 221);
+    relay.child.kill().unwrap();
+    relay.child.wait().unwrap();
+}

@@ -100,7 +100,14 @@ async fn mixed_run_produces_exact_reports_by_https_and_mail() {
         .a("mx.org.test", "127.0.7.99")
         .start()
         .await;
-    let extra = format!("retry_schedule = [\"1h\"]\n[tls_rpt]\nmax_delay = \"1h\"\norganization_name = \"Test Org\"\nextra_roots = [\"{}\"]", root.display());
+    let dkim_key = rcgen::KeyPair::generate_for(&rcgen::PKCS_ED25519).unwrap();
+    let dkim_path = dir.path().join("dkim.pem");
+    std::fs::write(&dkim_path, dkim_key.serialize_pem()).unwrap();
+    let extra = format!(
+        "retry_schedule = [\"1h\"]\n[tls_rpt]\nmax_delay = \"1h\"\norganization_name = \"Test Org\"\nextra_roots = [\"{}\"]\nfrom = \"tlsrpt@relay.test\"\ndkim_key_file = \"{}\"\ndkim_selector = \"rpt\"",
+        root.display(),
+        dkim_path.display()
+    );
     let relay = TestRelay::start(&world, &root, port, &extra).await;
     // Two messages to rpt.test: with both MXs' order, each attempt hits mx1 (DANE ok);
     // a third message is to bad.test.
@@ -208,6 +215,24 @@ async fn mixed_run_produces_exact_reports_by_https_and_mail() {
     );
     assert!(mail.contains("application/tlsrpt+gzip"), "{mail}");
     assert!(org.received()[0].tls.is_some(), "report mail goes over TLS");
+    assert!(
+        mail.starts_with("DKIM-Signature: "),
+        "report mail is DKIM-signed: {mail}"
+    );
+    let dkim = mail
+        .split("\r\n")
+        .take_while(|l| !l.starts_with("From:"))
+        .collect::<String>();
+    assert!(
+        dkim.contains("d=relay.test")
+            && dkim.contains("s=rpt")
+            && dkim.contains("a=ed25519-sha256"),
+        "{dkim}"
+    );
+    assert!(
+        dkim.contains("tls-report-domain") || dkim.contains("TLS-Report-Domain"),
+        "{dkim}"
+    );
 
     // Sending again sends nothing (markers), and the report mail's own delivery is
     // recorded as report mail, so org.test gets no report of its own.
