@@ -319,6 +319,11 @@ impl MtaSts {
             .tls_backend_preconfigured((*self.tls).clone())
             .redirect(reqwest::redirect::Policy::none())
             .https_only(true)
+            .user_agent(concat!(
+                "tlsrelay/",
+                env!("CARGO_PKG_VERSION"),
+                " (MTA-STS)"
+            ))
             .timeout(self.settings.timeout)
             .resolve_to_addrs(&host, &sockets)
             .no_proxy()

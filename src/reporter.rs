@@ -230,6 +230,11 @@ impl Reporter {
             .tls_backend_preconfigured((*self.tls).clone())
             .redirect(reqwest::redirect::Policy::none())
             .https_only(true)
+            .user_agent(concat!(
+                "tlsrelay/",
+                env!("CARGO_PKG_VERSION"),
+                " (TLS-RPT)"
+            ))
             .timeout(Duration::from_secs(60))
             .resolve_to_addrs(&host, &addrs)
             .no_proxy()

@@ -8,7 +8,7 @@ use std::time::Duration;
 
 use support::dns_world::{DnsWorld, ZoneKind};
 use support::mx::{free_port, Mitm, MxOptions, MxServer};
-use support::pki::{self, KeyKind, LeafOptions, TestCa};
+use support::pki::{self, KeyKind, LeafOptions, TestCa, TrustedCa};
 use support::relay::TestRelay;
 use tlsrelay::outcome::ResultType;
 use tlsrelay::spool::RcptState;
@@ -24,23 +24,8 @@ fn message(tag: &str) -> Vec<u8> {
     .into_bytes()
 }
 
-/// A CA whose root the relay trusts, written to a file.
-struct Pki {
-    ca: TestCa,
-    _dir: tempfile::TempDir,
-    root: std::path::PathBuf,
-}
-
-fn pki() -> Pki {
-    let ca = TestCa::new("tlsrelay test CA");
-    let dir = tempfile::tempdir().unwrap();
-    let root = dir.path().join("ca.pem");
-    ca.write_root_pem(&root);
-    Pki {
-        ca,
-        _dir: dir,
-        root,
-    }
+fn pki() -> TrustedCa {
+    TrustedCa::new("tlsrelay test CA")
 }
 
 /// The sender's own domain, whose MX collects DSNs.

@@ -9,7 +9,7 @@ use std::time::Duration;
 use support::dns_world::{DnsWorld, ZoneKind};
 use support::https::{HttpsServer, Response};
 use support::mx::{free_port, MxOptions, MxServer};
-use support::pki::{self, TestCa};
+use support::pki::{self, TrustedCa};
 use support::relay::TestRelay;
 use tlsrelay::mta_sts::{FetchSettings, MtaSts, Source};
 use tlsrelay::outcome::ResultType;
@@ -21,22 +21,8 @@ fn ip(s: &str) -> IpAddr {
     s.parse().unwrap()
 }
 
-struct Setup {
-    ca: TestCa,
-    _dir: tempfile::TempDir,
-    root: std::path::PathBuf,
-}
-
-fn setup() -> Setup {
-    let ca = TestCa::new("sts test CA");
-    let dir = tempfile::tempdir().unwrap();
-    let root = dir.path().join("ca.pem");
-    ca.write_root_pem(&root);
-    Setup {
-        ca,
-        _dir: dir,
-        root,
-    }
+fn setup() -> TrustedCa {
+    TrustedCa::new("sts test CA")
 }
 
 fn world(id: &str) -> support::dns_world::DnsWorldBuilder {
@@ -46,7 +32,7 @@ fn world(id: &str) -> support::dns_world::DnsWorldBuilder {
         .a("mta-sts.sts.test", "127.0.3.30")
 }
 
-fn engine(world: &DnsWorld, s: &Setup, port: u16, cache: &std::path::Path) -> MtaSts {
+fn engine(world: &DnsWorld, s: &TrustedCa, port: u16, cache: &std::path::Path) -> MtaSts {
     MtaSts::new(
         world.dns(),
         FetchSettings {

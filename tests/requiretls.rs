@@ -7,29 +7,15 @@ use std::time::Duration;
 
 use support::dns_world::{DnsWorld, DnsWorldBuilder, ZoneKind};
 use support::mx::{free_port, MxOptions, MxServer};
-use support::pki::{self, TestCa};
+use support::pki::{self, TestCa, TrustedCa};
 use support::relay::TestRelay;
 
 fn ip(s: &str) -> IpAddr {
     s.parse().unwrap()
 }
 
-struct Pki {
-    ca: TestCa,
-    _dir: tempfile::TempDir,
-    root: std::path::PathBuf,
-}
-
-fn pki() -> Pki {
-    let ca = TestCa::new("requiretls CA");
-    let dir = tempfile::tempdir().unwrap();
-    let root = dir.path().join("ca.pem");
-    ca.write_root_pem(&root);
-    Pki {
-        ca,
-        _dir: dir,
-        root,
-    }
+fn pki() -> TrustedCa {
+    TrustedCa::new("requiretls CA")
 }
 
 /// The sender's domain, signed, whose MX offers REQUIRETLS, so that a DSN about a

@@ -582,3 +582,27 @@ impl rustls::sign::Signer for RsaCrateSigner {
         self.scheme
     }
 }
+
+/// A test CA whose root is also written to a PEM file, for configurations that trust it.
+pub struct TrustedCa {
+    /// The CA.
+    pub ca: TestCa,
+    /// The root certificate's PEM file.
+    pub root: std::path::PathBuf,
+    _dir: tempfile::TempDir,
+}
+
+impl TrustedCa {
+    /// A new CA named `name`, its root written to a temporary file.
+    pub fn new(name: &str) -> TrustedCa {
+        let ca = TestCa::new(name);
+        let dir = tempfile::tempdir().expect("tempdir");
+        let root = dir.path().join("ca.pem");
+        ca.write_root_pem(&root);
+        TrustedCa {
+            ca,
+            root,
+            _dir: dir,
+        }
+    }
+}
