@@ -64,7 +64,7 @@ impl Relay {
                 match probe.self_test().await {
                     Ok(()) => tracing::info!("DNSSEC self-test passed: the root DNSKEY validates"),
                     Err(why) => tracing::error!(
-                        "DNSSEC self-test failed: {why}. DANE cannot work; domains that need it are deferred, never downgraded"
+                        "{why}; domains that need DANE are deferred, never downgraded"
                     ),
                 }
             });
