@@ -128,7 +128,7 @@ pub async fn run(
         dnssec_self_test: match dns.self_test().await {
             Ok(()) => "ok: the root DNSKEY validates".into(),
             Err(why) => {
-                format!("FAILED: {why}; DANE cannot work, and domains that need it are deferred")
+                format!("FAILED: {why}; domains that need DANE are deferred")
             }
         },
         mx: String::new(),
