@@ -150,6 +150,15 @@ impl Delivery {
     /// (at most `server.shutdown_grace`).
     pub async fn run(mut self, initial: Vec<Envelope>, mut shutdown: watch::Receiver<bool>) {
         let ctx = self.ctx.clone();
+        if !ctx.config.delivery.enabled {
+            // Accept-and-keep mode: nothing is attempted, nothing is read back.
+            tracing::info!(
+                queued = initial.len(),
+                "delivery is disabled ([delivery] enabled = false); messages stay queued"
+            );
+            let _ = shutdown.wait_for(|v| *v).await;
+            return;
+        }
         let scan_every = ctx
             .config
             .delivery
