@@ -1,28 +1,23 @@
 //! tlsrelay: an outbound SMTP relay that delivers mail only over authenticated,
 //! forward-secret TLS.
 //!
-//! The modules follow a message's path: [`inbound`] accepts it, [`spool`] keeps it
-//! durable, [`delivery`] carries it out, with every TLS decision taken in
-//! [`policy`] (fed by [`dns`], [`mta_sts`] and [`local_policy`]) and carried out by
-//! [`tls`] and [`dane`]; [`outcome`] records what happened and [`dsn`] tells the
-//! sender. [`check`] and [`queue`] are the operator's views.
+//! The modules follow a message's path and show the layers: [`model`] holds the
+//! pure types, [`protocol`] the grammars; [`inbound`] accepts a message, [`spool`]
+//! keeps it durable, [`delivery`] carries it out. For each recipient domain,
+//! [`resolve`] gathers the facts (DNS, MTA-STS), [`policy`] turns them into a plan
+//! (pure), and [`tls`] carries out each host's requirement. [`reporting`] records
+//! and reports what happened; [`ops`] holds the operator's views.
+#![warn(missing_docs)]
 
-pub mod check;
 pub mod config;
-pub mod dane;
 pub mod delivery;
-pub mod dns;
-pub mod dsn;
 pub mod inbound;
-pub mod local_policy;
-pub mod metrics;
-pub mod mta_sts;
-pub mod outcome;
+pub mod model;
+pub mod ops;
 pub mod policy;
-pub mod queue;
+pub mod protocol;
 pub mod relay;
-pub mod reporter;
+pub mod reporting;
+pub mod resolve;
 pub mod spool;
-pub mod sts;
 pub mod tls;
-pub mod tlsrpt;

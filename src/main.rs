@@ -209,12 +209,14 @@ fn run(cli: Cli) -> Result<ExitCode, String> {
             }
             let spool = Spool::open(dir).map_err(|e| format!("{}: {e}", dir.display()))?;
             let out = match action {
-                QueueAction::List { json } => tlsrelay::queue::list(&spool, json),
-                QueueAction::Show { id, json } => tlsrelay::queue::show(&spool, &id, json),
-                QueueAction::Retry { id, all: _ } => tlsrelay::queue::retry(&spool, id.as_deref()),
-                QueueAction::Delete { id } => tlsrelay::queue::delete(&spool, &id),
+                QueueAction::List { json } => tlsrelay::ops::queue::list(&spool, json),
+                QueueAction::Show { id, json } => tlsrelay::ops::queue::show(&spool, &id, json),
+                QueueAction::Retry { id, all: _ } => {
+                    tlsrelay::ops::queue::retry(&spool, id.as_deref())
+                }
+                QueueAction::Delete { id } => tlsrelay::ops::queue::delete(&spool, &id),
                 QueueAction::Bounce { id } => {
-                    tlsrelay::queue::bounce(&spool, &id, &config.server.hostname)
+                    tlsrelay::ops::queue::bounce(&spool, &id, &config.server.hostname)
                 }
             }
             .map_err(|e| e.to_string())?;
@@ -231,7 +233,7 @@ fn run(cli: Cli) -> Result<ExitCode, String> {
             let report = runtime.block_on(async {
                 let (dns, sts, policies) = engines(&config)?;
                 Ok::<_, String>(
-                    tlsrelay::check::run(&config, &dns, &sts, &policies, &domain, probe).await,
+                    tlsrelay::ops::check::run(&config, &dns, &sts, &policies, &domain, probe).await,
                 )
             })?;
             if json {
@@ -240,7 +242,7 @@ fn run(cli: Cli) -> Result<ExitCode, String> {
                     serde_json::to_string_pretty(&report).map_err(|e| e.to_string())?
                 );
             } else {
-                print!("{}", tlsrelay::check::render(&report));
+                print!("{}", tlsrelay::ops::check::render(&report));
             }
             Ok(if report.deliverable {
                 ExitCode::SUCCESS
@@ -298,7 +300,7 @@ fn run(cli: Cli) -> Result<ExitCode, String> {
             PolicyAction::ImportPostfix { file } => {
                 let text = std::fs::read_to_string(&file)
                     .map_err(|e| format!("{}: {e}", file.display()))?;
-                let (toml, skipped) = tlsrelay::local_policy::import_postfix(&text);
+                let (toml, skipped) = tlsrelay::policy::local::import_postfix(&text);
                 print!("{toml}");
                 for s in &skipped {
                     eprintln!(
@@ -319,7 +321,7 @@ fn run(cli: Cli) -> Result<ExitCode, String> {
                     return Ok(ExitCode::SUCCESS);
                 };
                 let set =
-                    tlsrelay::local_policy::PolicySet::load_dir(dir).map_err(|e| e.to_string())?;
+                    tlsrelay::policy::local::PolicySet::load_dir(dir).map_err(|e| e.to_string())?;
                 for p in set.iter() {
                     println!("{:<30} {:<12} {}", p.domain, p.level.as_str(), p.source);
                 }
@@ -329,8 +331,9 @@ fn run(cli: Cli) -> Result<ExitCode, String> {
         },
         Command::Report { action, json } => {
             let config = load_config(cli.config.as_deref())?;
-            let log = tlsrelay::outcome::OutcomeLog::open(&config.spool.dir.join("outcomes"))
-                .map_err(|e| e.to_string())?;
+            let log =
+                tlsrelay::reporting::outcome::OutcomeLog::open(&config.spool.dir.join("outcomes"))
+                    .map_err(|e| e.to_string())?;
             match action {
                 None => {
                     let today = chrono::Utc::now().date_naive();
@@ -342,7 +345,7 @@ fn run(cli: Cli) -> Result<ExitCode, String> {
                         let records = log
                             .read_day(&day.format("%Y-%m-%d").to_string())
                             .map_err(|e| e.to_string())?;
-                        let sum = tlsrelay::reporter::summarize(&records);
+                        let sum = tlsrelay::reporting::reporter::summarize(&records);
                         if json {
                             all.insert(
                                 label.into(),
@@ -379,11 +382,13 @@ fn run(cli: Cli) -> Result<ExitCode, String> {
                     };
                     let runtime = tokio::runtime::Runtime::new().map_err(|e| e.to_string())?;
                     let sent = runtime.block_on(async {
-                        let dns = tlsrelay::dns::Dns::new(&tlsrelay::relay::dns_settings(&config))
-                            .map_err(|e| e.to_string())?;
+                        let dns = tlsrelay::resolve::dns::Dns::new(&tlsrelay::relay::dns_settings(
+                            &config,
+                        ))
+                        .map_err(|e| e.to_string())?;
                         let spool = tlsrelay::spool::Spool::open(&config.spool.dir)
                             .map_err(|e| e.to_string())?;
-                        let r = tlsrelay::reporter::Reporter::new(
+                        let r = tlsrelay::reporting::reporter::Reporter::new(
                             std::sync::Arc::new(config.clone()),
                             spool,
                             dns,
@@ -429,24 +434,29 @@ fn engines(
     config: &Config,
 ) -> Result<
     (
-        tlsrelay::dns::Dns,
-        tlsrelay::mta_sts::MtaSts,
-        tlsrelay::local_policy::PolicySet,
+        tlsrelay::resolve::dns::Dns,
+        tlsrelay::resolve::mta_sts::MtaSts,
+        tlsrelay::policy::local::PolicySet,
     ),
     String,
 > {
-    let dns = tlsrelay::dns::Dns::new(&tlsrelay::relay::dns_settings(config))
+    let dns = tlsrelay::resolve::dns::Dns::new(&tlsrelay::relay::dns_settings(config))
         .map_err(|e| e.to_string())?;
-    let settings = tlsrelay::mta_sts::FetchSettings {
+    let settings = tlsrelay::resolve::mta_sts::FetchSettings {
         port: config.mta_sts.https_port,
         extra_roots: config.mta_sts.extra_roots.clone(),
         timeout: config.mta_sts.fetch_timeout.get(),
     };
-    let sts =
-        tlsrelay::mta_sts::MtaSts::new(dns.clone(), settings, &config.spool.dir.join("mta-sts"))?;
+    let sts = tlsrelay::resolve::mta_sts::MtaSts::new(
+        dns.clone(),
+        settings,
+        &config.spool.dir.join("mta-sts"),
+    )?;
     let policies = match &config.policies.dir {
-        Some(dir) => tlsrelay::local_policy::PolicySet::load_dir(dir).map_err(|e| e.to_string())?,
-        None => tlsrelay::local_policy::PolicySet::empty(),
+        Some(dir) => {
+            tlsrelay::policy::local::PolicySet::load_dir(dir).map_err(|e| e.to_string())?
+        }
+        None => tlsrelay::policy::local::PolicySet::empty(),
     };
     Ok((dns, sts, policies))
 }

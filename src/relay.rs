@@ -9,14 +9,14 @@ use tokio::sync::watch;
 
 use crate::config::Config;
 use crate::delivery::Delivery;
-use crate::dns::{Dns, DnsSettings};
 use crate::inbound::Inbound;
+use crate::resolve::dns::{Dns, DnsSettings};
 use crate::spool::Spool;
 
 /// A relay that is listening; `run` serves until the shutdown signal.
 pub struct Relay {
     config: Arc<Config>,
-    reporter: Option<crate::reporter::Reporter>,
+    reporter: Option<crate::reporting::reporter::Reporter>,
     inbound: Inbound,
     delivery: Delivery,
     initial: Vec<crate::spool::Envelope>,
@@ -53,7 +53,7 @@ impl Relay {
             tracing::error!(id = %id, "damaged envelope moved to {}/corrupt; inspect it by hand", dir.display());
         }
         if let Some(addr) = config.metrics.listen {
-            crate::metrics::install(addr)?;
+            crate::reporting::metrics::install(addr)?;
             tracing::info!(%addr, "metrics endpoint listening");
         }
         let dns = Dns::new(&dns_settings(&config)).map_err(|e| e.to_string())?;
@@ -71,7 +71,7 @@ impl Relay {
         }
         let delivery = Delivery::new(config.clone(), spool.clone(), dns.clone())?;
         let reporter = if config.tls_rpt.enabled && config.delivery.enabled {
-            Some(crate::reporter::Reporter::new(
+            Some(crate::reporting::reporter::Reporter::new(
                 config.clone(),
                 spool.clone(),
                 dns,
@@ -125,7 +125,7 @@ pub struct Reloader {
     config_path: Option<std::path::PathBuf>,
     policies_dir: Option<std::path::PathBuf>,
     slot: crate::delivery::PolicySlot,
-    mta_sts: Option<Arc<crate::mta_sts::MtaSts>>,
+    mta_sts: Option<Arc<crate::resolve::mta_sts::MtaSts>>,
 }
 
 impl Reloader {
@@ -140,7 +140,7 @@ impl Reloader {
             }
         }
         if let Some(dir) = &self.policies_dir {
-            match crate::local_policy::PolicySet::load_dir(dir) {
+            match crate::policy::local::PolicySet::load_dir(dir) {
                 Ok(set) => {
                     tracing::info!(dir = %dir.display(), count = set.len(), "local policies reloaded");
                     *self.slot.write().unwrap() = Arc::new(set);

@@ -210,5 +210,5 @@ fn import_postfix_lists_what_it_cannot_carry_over() {
     let pdir = dir.path().join("p");
     std::fs::create_dir(&pdir).unwrap();
     std::fs::write(pdir.join("imported.toml"), toml.as_bytes()).unwrap();
-    assert!(tlsrelay::local_policy::PolicySet::load_dir(&pdir).is_ok());
+    assert!(tlsrelay::policy::local::PolicySet::load_dir(&pdir).is_ok());
 }

@@ -10,7 +10,7 @@ use support::dns_world::{DnsWorld, DnsWorldBuilder, RecordType, ZoneKind};
 use support::mx::{free_port, MxOptions, MxServer};
 use support::pki::{CertChain, IntermediateOptions, LeafOptions, TestCa};
 use support::relay::TestRelay;
-use tlsrelay::outcome::{PolicyType, ResultType};
+use tlsrelay::reporting::outcome::{PolicyType, ResultType};
 use tlsrelay::spool::RcptState;
 
 fn sha256(b: &[u8]) -> Vec<u8> {

@@ -10,7 +10,7 @@ use support::dns_world::{DnsWorld, ZoneKind};
 use support::mx::{free_port, Mitm, MxOptions, MxServer};
 use support::pki::{self, KeyKind, LeafOptions, TestCa, TrustedCa};
 use support::relay::TestRelay;
-use tlsrelay::outcome::ResultType;
+use tlsrelay::reporting::outcome::ResultType;
 use tlsrelay::spool::RcptState;
 
 fn ip(s: &str) -> IpAddr {

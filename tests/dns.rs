@@ -1,4 +1,4 @@
-//! Integration tests of `tlsrelay::dns` against a signed DNS world on loopback
+//! Integration tests of `tlsrelay::resolve::dns` against a signed DNS world on loopback
 //! (real UDP/TCP sockets, hickory-server answering, hickory-resolver validating).
 
 mod support;
@@ -7,7 +7,7 @@ use std::net::IpAddr;
 use std::time::{Duration, Instant};
 
 use support::dns_world::{foreign_anchor_text, DnsWorld, RecordType, ZoneKind};
-use tlsrelay::dns::{
+use tlsrelay::resolve::dns::{
     AddrAnswer, Answer, Dns, DnsSettings, DnsSetupError, MxAnswer, MxHost, Security, Tlsa, Txt,
 };
 

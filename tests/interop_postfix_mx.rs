@@ -30,7 +30,7 @@ use support::dns_world::{DnsWorld, ZoneKind};
 use support::mx::free_port;
 use support::pki::TestCa;
 use support::relay::TestRelay;
-use tlsrelay::outcome::ResultType;
+use tlsrelay::reporting::outcome::ResultType;
 use tlsrelay::spool::RcptState;
 
 const POSTFIX: &str = "/usr/sbin/postfix";

@@ -9,7 +9,7 @@ use support::dns_world::{DnsWorld, ZoneKind};
 use support::mx::{free_port, MxOptions, MxServer, TlsVersions};
 use support::pki::{self, TestCa};
 use support::relay::TestRelay;
-use tlsrelay::outcome::ResultType;
+use tlsrelay::reporting::outcome::ResultType;
 
 fn ip(s: &str) -> IpAddr {
     s.parse().unwrap()

@@ -11,9 +11,9 @@ use support::https::{HttpsServer, Response};
 use support::mx::{free_port, MxOptions, MxServer};
 use support::pki::{self, TrustedCa};
 use support::relay::TestRelay;
-use tlsrelay::mta_sts::{FetchSettings, MtaSts, Source};
-use tlsrelay::outcome::ResultType;
-use tlsrelay::sts::Mode;
+use tlsrelay::protocol::sts::Mode;
+use tlsrelay::reporting::outcome::ResultType;
+use tlsrelay::resolve::mta_sts::{FetchSettings, MtaSts, Source};
 
 const ENFORCE: &str = "version: STSv1\r\nmode: enforce\r\nmx: mx1.sts.test\r\nmx: *.backup.sts.test\r\nmax_age: 86400\r\n";
 

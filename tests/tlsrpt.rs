@@ -14,7 +14,7 @@ use support::mx::{free_port, MxOptions, MxServer};
 use support::pki::{self, TestCa};
 use support::relay::{config_text, TestRelay};
 use tlsrelay::config::Config;
-use tlsrelay::reporter::Reporter;
+use tlsrelay::reporting::reporter::Reporter;
 
 fn ip(s: &str) -> IpAddr {
     s.parse().unwrap()

@@ -5,7 +5,7 @@
 //! recipient domains concurrently and writes each domain's result to the spool as
 //! soon as it is known, so a crash or restart re-sends as little as possible.
 
-pub mod smtp;
+pub mod client;
 
 use std::collections::{HashMap, HashSet};
 use std::net::SocketAddr;
@@ -16,16 +16,16 @@ use tokio::sync::{mpsc, watch, OwnedSemaphorePermit, Semaphore};
 use tokio::task::JoinSet;
 
 use crate::config::Config;
-use crate::dns::{Answer, Dns};
-use crate::dsn;
-use crate::local_policy::PolicySet;
-use crate::mta_sts::{FetchSettings, MtaSts};
-use crate::outcome::{Outcome, OutcomeLog, PolicyType, ResultType};
+use crate::policy::local::PolicySet;
 use crate::policy::{self, HostPlan, MxPlan, Requirement, StsRule};
+use crate::protocol::dsn;
+use crate::protocol::sts::Mode;
+use crate::reporting::outcome::{Outcome, OutcomeLog, PolicyType, ResultType};
+use crate::resolve::dns::{Answer, Dns};
+use crate::resolve::mta_sts::{FetchSettings, MtaSts};
 use crate::spool::{self, now_unix, Envelope, RcptState, Spool};
-use crate::sts::Mode;
 use crate::tls::ClientTls;
-use smtp::{Reply, Session, Timeouts};
+use client::{Reply, Session, Timeouts};
 
 /// What became of one recipient in one attempt.
 #[derive(Debug, Clone, PartialEq)]
@@ -244,8 +244,9 @@ impl Delivery {
                 if let Ok(Ok(on_disk)) = tokio::task::spawn_blocking(move || spool.list()).await {
                     let ids: HashSet<String> = on_disk.iter().map(|e| e.id.clone()).collect();
                     let oldest = on_disk.iter().map(|e| e.received_at).min();
-                    metrics::gauge!(crate::metrics::QUEUE_SIZE).set(on_disk.len() as f64);
-                    metrics::gauge!(crate::metrics::QUEUE_OLDEST)
+                    metrics::gauge!(crate::reporting::metrics::QUEUE_SIZE)
+                        .set(on_disk.len() as f64);
+                    metrics::gauge!(crate::reporting::metrics::QUEUE_OLDEST)
                         .set(oldest.map_or(0, |t| (now_unix() - t).max(0)) as f64);
                     waiting.retain(|id, _| ids.contains(id));
                     for env in on_disk {
@@ -337,7 +338,7 @@ async fn attempt(ctx: Arc<Context>, mut env: Envelope) -> Option<Envelope> {
             let r = &mut env.recipients[i];
             match outcome {
                 RcptOutcome::Delivered { host, reply, auth } => {
-                    metrics::counter!(crate::metrics::DELIVERIES, "result" => "delivered", "auth" => auth).increment(1);
+                    metrics::counter!(crate::reporting::metrics::DELIVERIES, "result" => "delivered", "auth" => auth).increment(1);
                     r.state = RcptState::Delivered;
                     r.status = Some(reply);
                     r.last_reason = Some(format!("delivered to {host}"));
@@ -348,7 +349,7 @@ async fn attempt(ctx: Arc<Context>, mut env: Envelope) -> Option<Envelope> {
                     remote,
                     diagnostic,
                 } => {
-                    metrics::counter!(crate::metrics::DELIVERIES, "result" => "failed", "auth" => "none").increment(1);
+                    metrics::counter!(crate::reporting::metrics::DELIVERIES, "result" => "failed", "auth" => "none").increment(1);
                     r.state = RcptState::Failed;
                     r.status = Some(status.clone());
                     r.last_reason = Some(reason.clone());
@@ -363,7 +364,7 @@ async fn attempt(ctx: Arc<Context>, mut env: Envelope) -> Option<Envelope> {
                     let _ = &newly_failed;
                 }
                 RcptOutcome::Deferred { reason } => {
-                    metrics::counter!(crate::metrics::DELIVERIES, "result" => "deferred", "auth" => "none").increment(1);
+                    metrics::counter!(crate::reporting::metrics::DELIVERIES, "result" => "deferred", "auth" => "none").increment(1);
                     r.last_reason = Some(reason);
                 }
             }
@@ -880,7 +881,7 @@ async fn tlsa_for(
     ctx: &Context,
     host: &str,
     canonical: &str,
-) -> (String, Option<crate::dns::TlsaAnswer>) {
+) -> (String, Option<crate::resolve::dns::TlsaAnswer>) {
     let port = ctx.config.delivery.port;
     tracing::debug!(host, canonical, "TLSA base domain candidates");
     if !canonical.is_empty() && !canonical.eq_ignore_ascii_case(host) {
@@ -902,7 +903,7 @@ struct Facts {
 
 impl Facts {
     /// The facts of an MTA-STS policy: its lines and mx patterns.
-    fn sts(p: &crate::sts::StsPolicy) -> Facts {
+    fn sts(p: &crate::protocol::sts::StsPolicy) -> Facts {
         Facts {
             sending_ip: None,
             policy_strings: p
@@ -916,7 +917,7 @@ impl Facts {
     }
 
     /// The facts of a TLSA answer: its records, one per string.
-    fn tlsa(answer: Option<&crate::dns::TlsaAnswer>) -> Facts {
+    fn tlsa(answer: Option<&crate::resolve::dns::TlsaAnswer>) -> Facts {
         let policy_strings = match answer {
             Some(Answer::Records { records, .. }) => records
                 .iter()
@@ -973,9 +974,10 @@ fn record(
         mx_patterns: facts.mx_patterns.clone(),
     };
     if let Some(r) = result {
-        metrics::counter!(crate::metrics::REFUSALS, "result_type" => r.as_str()).increment(1);
+        metrics::counter!(crate::reporting::metrics::REFUSALS, "result_type" => r.as_str())
+            .increment(1);
         if r == ResultType::DnssecInvalid {
-            metrics::counter!(crate::metrics::DNSSEC_FAILURES).increment(1);
+            metrics::counter!(crate::reporting::metrics::DNSSEC_FAILURES).increment(1);
         }
     }
     if let Err(e) = ctx.outcomes.append(&o) {

@@ -652,7 +652,7 @@ impl Session {
                     requiretls = env.requiretls,
                     "accepted"
                 );
-                metrics::counter!(crate::metrics::ACCEPTED).increment(1);
+                metrics::counter!(crate::reporting::metrics::ACCEPTED).increment(1);
                 if let Some(q) = &self.shared.queued {
                     let _ = q.send(env);
                 }

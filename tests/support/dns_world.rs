@@ -46,7 +46,7 @@ use hickory_server::store::in_memory::InMemoryZoneHandler;
 use hickory_server::zone_handler::{AxfrPolicy, Catalog, MessageResponseBuilder, ZoneType};
 use hickory_server::Server;
 use rustls_pki_types::PrivatePkcs8KeyDer;
-use tlsrelay::dns::{Dns, DnsSettings};
+use tlsrelay::resolve::dns::{Dns, DnsSettings};
 
 /// TTL of every record the builder makes.
 const TTL: u32 = 60;

@@ -228,7 +228,7 @@ impl TestRelay {
     }
 
     /// Every outcome record written so far.
-    pub fn outcomes(&self) -> Vec<tlsrelay::outcome::Outcome> {
+    pub fn outcomes(&self) -> Vec<tlsrelay::reporting::outcome::Outcome> {
         let dir = self.dir.path().join("spool/outcomes");
         let mut all = Vec::new();
         if let Ok(rd) = std::fs::read_dir(&dir) {

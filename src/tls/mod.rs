@@ -3,6 +3,8 @@
 //! Always the ring provider, TLS 1.2 and 1.3 only; rustls offers only
 //! forward-secret key exchanges, so every session tlsrelay makes has them.
 
+pub mod dane;
+
 use std::path::Path;
 use std::sync::Arc;
 
@@ -99,7 +101,7 @@ pub enum PeerCheck {
     /// leaf must carry one of `names`.
     Dane {
         /// The usable TLSA records.
-        records: Vec<crate::dns::Tlsa>,
+        records: Vec<crate::resolve::dns::Tlsa>,
         /// The TLSA base domain and the MX host name.
         names: Vec<String>,
     },
@@ -174,7 +176,7 @@ impl ClientTls {
         match check {
             PeerCheck::WebPki => self.webpki_verifier.clone(),
             PeerCheck::EncryptOnly => self.encrypt_verifier.clone(),
-            PeerCheck::Dane { records, names } => Arc::new(crate::dane::DaneVerifier::new(
+            PeerCheck::Dane { records, names } => Arc::new(crate::tls::dane::DaneVerifier::new(
                 records.clone(),
                 names.clone(),
                 provider(),
@@ -528,8 +530,8 @@ impl<'a> Iterator for Der<'a> {
 }
 
 /// The RFC 8460 result type and plain words for a failed TLS handshake.
-pub fn classify_tls_error(err: &std::io::Error) -> (crate::outcome::ResultType, String) {
-    use crate::outcome::ResultType as R;
+pub fn classify_tls_error(err: &std::io::Error) -> (crate::reporting::outcome::ResultType, String) {
+    use crate::reporting::outcome::ResultType as R;
     use rustls::CertificateError as C;
     let Some(tls) = err
         .get_ref()

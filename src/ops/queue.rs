@@ -202,7 +202,7 @@ pub fn bounce(spool: &Spool, id: &str, hostname: &str) -> io::Result<String> {
         );
         r.state = RcptState::Failed;
         r.status = Some("5.0.0".into());
-        statuses.push(crate::dsn::RecipientStatus {
+        statuses.push(crate::protocol::dsn::RecipientStatus {
             address: r.address.clone(),
             orcpt: r.orcpt.clone(),
             status: "5.0.0".into(),
@@ -216,14 +216,14 @@ pub fn bounce(spool: &Spool, id: &str, hostname: &str) -> io::Result<String> {
     let dsn_id = if env.sender.is_empty() || statuses.is_empty() {
         None
     } else {
-        let body = crate::dsn::build(
+        let body = crate::protocol::dsn::build(
             hostname,
             &env,
             &message,
-            crate::dsn::Kind::Failure,
+            crate::protocol::dsn::Kind::Failure,
             &statuses,
         );
-        let notice = crate::dsn::notice_envelope(&env, hostname, body.len() as u64);
+        let notice = crate::protocol::dsn::notice_envelope(&env, hostname, body.len() as u64);
         spool.store(&notice, &body)?;
         Some(notice.id)
     };

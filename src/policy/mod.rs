@@ -5,12 +5,14 @@
 //! authenticated. The TLS layer only carries the `Requirement` out. No path here
 //! leads to plaintext: the weakest outcome is `encrypt`, chosen by the operator.
 
+pub mod local;
+
 use rand::seq::SliceRandom;
 
 use crate::config::Floor;
-use crate::dns::{Answer, MxAnswer, MxHost, Security, TlsaAnswer};
-use crate::local_policy::{Fingerprint, Level, LocalPolicy, MinTls};
-use crate::outcome::{PolicyType, ResultType};
+use crate::model::dns::{Answer, MxAnswer, MxHost, Security, TlsaAnswer};
+use crate::policy::local::{Fingerprint, Level, LocalPolicy, MinTls};
+use crate::reporting::outcome::{PolicyType, ResultType};
 use crate::tls::PeerCheck;
 
 /// What to do for one recipient domain after its MX lookup.
@@ -166,9 +168,9 @@ pub enum StsRule<'a> {
     /// No policy, or `mode: none`.
     Absent,
     /// `mode: enforce`: unlisted MX hosts are not contacted; WebPKI for the MX name.
-    Enforce(&'a crate::sts::StsPolicy),
+    Enforce(&'a crate::protocol::sts::StsPolicy),
     /// `mode: testing`: the floor applies; failures are only reported.
-    Testing(&'a crate::sts::StsPolicy),
+    Testing(&'a crate::protocol::sts::StsPolicy),
 }
 
 /// What applies when DANE does not: MTA-STS in enforce mode, or the floor.
@@ -220,7 +222,10 @@ pub fn host_plan(
             security: Security::Secure,
             ..
         } => {
-            let usable: Vec<_> = records.into_iter().filter(crate::dane::usable).collect();
+            let usable: Vec<_> = records
+                .into_iter()
+                .filter(crate::tls::dane::usable)
+                .collect();
             if usable.is_empty() {
                 // RFC 7672 §2.2: unusable records mean no DANE authentication, TLS still mandatory.
                 return without_dane(host, floor, sts);
@@ -508,7 +513,7 @@ mod tests {
 
     #[test]
     fn dane_table() {
-        use crate::dns::Tlsa;
+        use crate::resolve::dns::Tlsa;
         let t = |u, s, m| Tlsa {
             usage: u,
             selector: s,

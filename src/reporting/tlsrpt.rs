@@ -1,7 +1,7 @@
 //! SMTP TLS Reporting (RFC 8460): daily aggregate reports built from the outcome log.
 //!
 //! Delivery already records every TLS session attempt in RFC 8460 terms
-//! ([`crate::outcome`]); this module only adds them up. The flow for one finished
+//! ([`crate::reporting::outcome`]); this module only adds them up. The flow for one finished
 //! UTC day `D` and one policy domain `P`:
 //!
 //! 1. [`pending_reports`] lists `(D, P)` pairs with sessions and no marker.
@@ -31,7 +31,7 @@ use mail_auth::flate2::{write::GzEncoder, Compression};
 use mail_auth::report::tlsrpt as rpt;
 pub use mail_auth::report::tlsrpt::TlsReport;
 
-use crate::outcome::{Outcome, OutcomeLog, PolicyType, ResultType};
+use crate::reporting::outcome::{Outcome, OutcomeLog, PolicyType, ResultType};
 
 /// The media type of a gzipped report (RFC 8460 §5, §6).
 pub const GZIP_MEDIA_TYPE: &str = "application/tlsrpt+gzip";

@@ -14,7 +14,7 @@ use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt, ReadBuf};
 use tokio::net::TcpStream;
 use tokio_rustls::client::TlsStream;
 
-use crate::outcome::ResultType;
+use crate::reporting::outcome::ResultType;
 
 /// One SMTP reply.
 #[derive(Debug, Clone, PartialEq, Eq)]

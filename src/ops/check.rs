@@ -11,11 +11,11 @@ use std::net::SocketAddr;
 use serde::Serialize;
 
 use crate::config::Config;
-use crate::dns::{Answer, Dns, Security};
-use crate::local_policy::PolicySet;
-use crate::mta_sts::MtaSts;
+use crate::policy::local::PolicySet;
 use crate::policy::{self, HostPlan, MxPlan, StsRule};
-use crate::sts::Mode;
+use crate::protocol::sts::Mode;
+use crate::resolve::dns::{Answer, Dns, Security};
+use crate::resolve::mta_sts::MtaSts;
 use crate::tls::PeerCheck;
 
 /// Everything `check` found, also its JSON form.
@@ -279,7 +279,7 @@ pub async fn run(
                             r.usage,
                             r.selector,
                             r.matching,
-                            if crate::dane::usable(r) {
+                            if crate::tls::dane::usable(r) {
                                 "usable"
                             } else {
                                 "unusable for SMTP"
@@ -374,12 +374,12 @@ async fn probe_host(
     host: &str,
     addr: SocketAddr,
     req: Option<&policy::Requirement>,
-    tlsa: Option<&crate::dns::TlsaAnswer>,
+    tlsa: Option<&crate::resolve::dns::TlsaAnswer>,
     base: &str,
-    sts: Option<&crate::sts::StsPolicy>,
+    sts: Option<&crate::protocol::sts::StsPolicy>,
 ) -> ProbeReport {
     let d = &config.delivery;
-    let timeouts = crate::delivery::smtp::Timeouts {
+    let timeouts = crate::delivery::client::Timeouts {
         connect: d.connect_timeout.get(),
         command: d
             .command_timeout
@@ -391,7 +391,7 @@ async fn probe_host(
         .map(|r| r.sni.clone())
         .unwrap_or_else(|| host.to_string());
     // Connect with the encrypt-only check to see the chain, then judge it offline by every rule.
-    let session = crate::delivery::smtp::Session::open(
+    let session = crate::delivery::client::Session::open(
         host,
         addr,
         config.helo_name(),
@@ -452,7 +452,7 @@ async fn probe_host(
     {
         let usable: Vec<_> = records
             .iter()
-            .filter(|r| crate::dane::usable(r))
+            .filter(|r| crate::tls::dane::usable(r))
             .cloned()
             .collect();
         if !usable.is_empty() {

@@ -18,7 +18,7 @@ use rustls::crypto::CryptoProvider;
 use rustls::{CertificateError, OtherError};
 use rustls_pki_types::{CertificateDer, ServerName, UnixTime};
 
-use crate::dns::Tlsa;
+use crate::resolve::dns::Tlsa;
 
 /// Whether a TLSA record is one tlsrelay can use for SMTP (RFC 7672 §3.1):
 /// usage 2 or 3, selector 0 or 1, matching type 0, 1 or 2.

@@ -18,10 +18,10 @@ use serde::Serialize;
 use tokio::sync::{mpsc, watch};
 
 use crate::config::Config;
-use crate::dns::{Answer, Dns};
-use crate::outcome::{Outcome, OutcomeLog};
+use crate::reporting::outcome::{Outcome, OutcomeLog};
+use crate::reporting::tlsrpt::{self, Rua};
+use crate::resolve::dns::{Answer, Dns};
 use crate::spool::{self, Envelope, RcptState, Recipient, Spool};
-use crate::tlsrpt::{self, Rua};
 
 /// Sends TLS reports.
 pub struct Reporter {
@@ -204,9 +204,11 @@ impl Reporter {
         }
         if all_ok {
             sent.done = tlsrpt::mark_done(&self.dir, day, domain, &sent.results.join("; ")).is_ok();
-            metrics::counter!(crate::metrics::TLS_REPORTS, "result" => "sent").increment(1);
+            metrics::counter!(crate::reporting::metrics::TLS_REPORTS, "result" => "sent")
+                .increment(1);
         } else {
-            metrics::counter!(crate::metrics::TLS_REPORTS, "result" => "failed").increment(1);
+            metrics::counter!(crate::reporting::metrics::TLS_REPORTS, "result" => "failed")
+                .increment(1);
         }
         tracing::info!(day = %day, domain, results = %sent.results.join("; "), done = sent.done, "TLS report");
         sent

@@ -26,10 +26,6 @@
 //! where rejecting would gain nothing. Callers must keep a cached, unexpired
 //! policy when a fresh record or policy does not parse.
 
-use std::net::{Ipv4Addr, Ipv6Addr};
-
-use hickory_resolver::proto::rr::Name;
-
 /// The largest `max_age` RFC 8461 §3.2 allows: 31557600 seconds (one year).
 pub const MAX_AGE_LIMIT: u64 = 31_557_600;
 
@@ -213,125 +209,7 @@ impl Mode {
     }
 }
 
-/// One `mx` pattern: a host name, or `*.` plus a domain (matches exactly one leftmost label).
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub struct MxPattern {
-    /// The normalised pattern: lower case, A-labels, no trailing dot.
-    text: String,
-    /// Whether the pattern starts with `*.`.
-    wildcard: bool,
-}
-
-/// Normalises a host name to lower-case A-labels without a trailing dot, or
-/// says why it is not a host name.
-fn normalise_host(s: &str) -> Result<String, String> {
-    let name = s.strip_suffix('.').unwrap_or(s);
-    if name.is_empty() {
-        return Err("empty name".into());
-    }
-    if name.starts_with('[') || name.ends_with(']') {
-        return Err("address literals are not allowed; a host name is required".into());
-    }
-    if name.parse::<Ipv4Addr>().is_ok() || name.parse::<Ipv6Addr>().is_ok() {
-        return Err("IP addresses are not allowed; a host name is required".into());
-    }
-    if let Some(c) = name.chars().find(|c| c.is_control() || c.is_whitespace()) {
-        return Err(format!("character {c:?} is not allowed"));
-    }
-    let mut labels = Vec::new();
-    for label in name.split('.') {
-        if label.is_empty() {
-            return Err("empty label".into());
-        }
-        // ASCII characters must be letters, digits or hyphens, in U-labels too
-        // (this also keeps "\" escapes away from the IDNA conversion).
-        if let Some(c) = label
-            .chars()
-            .find(|c| c.is_ascii() && !c.is_ascii_alphanumeric() && *c != '-')
-        {
-            return Err(if c == '*' {
-                "\"*\" is only allowed as the whole leftmost label (\"*.\" prefix)".to_string()
-            } else {
-                format!("character {c:?} is not allowed in label {label:?}")
-            });
-        }
-        let ascii = if label.is_ascii() {
-            label.to_ascii_lowercase()
-        } else {
-            let a = Name::from_utf8(label)
-                .map_err(|_| {
-                    format!("label {label:?} is not a valid IDN (IDNA conversion failed)")
-                })?
-                .to_ascii();
-            let a = a.strip_suffix('.').unwrap_or(&a).to_ascii_lowercase();
-            if a.is_empty() || !a.bytes().all(|b| b.is_ascii_alphanumeric() || b == b'-') {
-                return Err(format!("label {label:?} is not a single IDN label"));
-            }
-            a
-        };
-        if ascii.len() > 63 {
-            return Err(format!("label {label:?} is longer than 63 octets"));
-        }
-        if ascii.starts_with('-') || ascii.ends_with('-') {
-            return Err(format!("label {label:?} begins or ends with \"-\""));
-        }
-        labels.push(ascii);
-    }
-    let last = labels.last().expect("at least one label");
-    if last.bytes().all(|b| b.is_ascii_digit()) {
-        return Err(format!(
-            "all-numeric top-level label {last:?} (an IP address?); a host name is required"
-        ));
-    }
-    let out = labels.join(".");
-    if out.len() > 253 {
-        return Err("name is longer than 253 octets".into());
-    }
-    Ok(out)
-}
-
-impl MxPattern {
-    /// Parses a pattern (a host name or `*.domain`; U-labels allowed, trailing dot ignored).
-    pub fn parse(s: &str) -> Result<Self, StsError> {
-        let err = |why: String| StsError(format!("mx pattern {s:?}: {why}"));
-        let (wildcard, base) = match s.strip_prefix("*.") {
-            Some(base) => (true, base),
-            None => (false, s),
-        };
-        let base = normalise_host(base).map_err(err)?;
-        let text = if wildcard { format!("*.{base}") } else { base };
-        if text.len() > 253 {
-            return Err(err("pattern is longer than 253 octets".into()));
-        }
-        Ok(MxPattern { text, wildcard })
-    }
-
-    /// Whether `host` matches (case-insensitive, trailing dots ignored, IDNs compared as A-labels).
-    pub fn matches(&self, host: &str) -> bool {
-        let Ok(host) = normalise_host(host) else {
-            return false;
-        };
-        if self.wildcard {
-            match host.split_once('.') {
-                Some((_, parent)) => parent == &self.text[2..],
-                None => false,
-            }
-        } else {
-            host == self.text
-        }
-    }
-
-    /// The normalised pattern: lower case, A-labels, no trailing dot.
-    pub fn as_str(&self) -> &str {
-        &self.text
-    }
-}
-
-impl std::fmt::Display for MxPattern {
-    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.write_str(&self.text)
-    }
-}
+pub use crate::model::domain::MxPattern;
 
 /// A parsed policy (RFC 8461 §3.2).
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -459,7 +337,10 @@ pub fn parse_policy(body: &str) -> Result<StsPolicy, StsError> {
                 let v: u64 = value.parse().expect("at most 10 digits");
                 max_age = Some(v.min(MAX_AGE_LIMIT));
             }
-            "mx" => mx.push(MxPattern::parse(value).map_err(|e| err(e.0))?),
+            "mx" => mx.push(
+                MxPattern::parse(value)
+                    .map_err(|e| err(format!("mx pattern {value:?}: {}", e.why)))?,
+            ),
             _ => {
                 // An extension, or a later duplicate of version, mode or
                 // max_age (ignored, RFC 8461 §3.2). Either way it must be a
@@ -1085,7 +966,7 @@ mod tests {
         ];
         for (input, sub) in bad {
             let e = MxPattern::parse(input).expect_err(input);
-            assert!(e.0.contains(sub), "{input}: error {:?} lacks {sub:?}", e.0);
+            assert!(e.to_string().contains(sub), "{input}: error {:?} lacks {sub:?}", e.to_string());
         }
     }
 

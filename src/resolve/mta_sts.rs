@@ -1,6 +1,6 @@
 //! MTA-STS (RFC 8461): discovery, HTTPS policy fetch, and the on-disk cache.
 //!
-//! The parsers and the MX matcher live in [`crate::sts`]; this module does the
+//! The parsers and the MX matcher live in [`crate::protocol::sts`]; this module does the
 //! I/O. The fetch follows §3.3 strictly: the certificate must be WebPKI-valid for
 //! `mta-sts.<domain>`, redirects are not followed, only 200 counts, the media type
 //! must be `text/plain`, and the body is capped while it is read. The cache
@@ -16,10 +16,10 @@ use std::time::Duration;
 
 use serde::{Deserialize, Serialize};
 
-use crate::dns::{Answer, Dns};
-use crate::outcome::ResultType;
+use crate::protocol::sts::{self, StsPolicy};
+use crate::reporting::outcome::ResultType;
+use crate::resolve::dns::{Answer, Dns};
 use crate::spool::now_unix;
-use crate::sts::{self, StsPolicy};
 
 /// Largest policy body accepted (RFC 8461 §3.3 suggests 64 KiB).
 pub const MAX_POLICY_BYTES: usize = 64 * 1024;
@@ -220,7 +220,8 @@ impl MtaSts {
         };
         if let Some(c) = &cached {
             if c.id == record.id {
-                metrics::counter!(crate::metrics::STS_CACHE, "event" => "hit").increment(1);
+                metrics::counter!(crate::reporting::metrics::STS_CACHE, "event" => "hit")
+                    .increment(1);
                 return Lookup {
                     policy: from_cache(c),
                     record_id: Some(record.id),
@@ -228,7 +229,7 @@ impl MtaSts {
                 };
             }
         }
-        metrics::counter!(crate::metrics::STS_CACHE, "event" => "miss").increment(1);
+        metrics::counter!(crate::reporting::metrics::STS_CACHE, "event" => "miss").increment(1);
         match self.fetch(domain).await {
             Ok((policy, text)) => {
                 let now = now_unix();
@@ -246,7 +247,8 @@ impl MtaSts {
                 }
             }
             Err(err) => {
-                metrics::counter!(crate::metrics::STS_CACHE, "event" => "fetch_error").increment(1);
+                metrics::counter!(crate::reporting::metrics::STS_CACHE, "event" => "fetch_error")
+                    .increment(1);
                 tracing::info!(domain, error = %err.1, "MTA-STS policy fetch failed");
                 Lookup {
                     policy: cached.as_ref().and_then(from_cache),

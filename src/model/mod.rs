@@ -1,0 +1,4 @@
+//! Pure types shared by every layer: no I/O, no async, no TLS configuration.
+
+pub mod dns;
+pub mod domain;

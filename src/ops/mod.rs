@@ -1,0 +1,4 @@
+//! The operator's views: the queue commands and `tlsrelay check`.
+
+pub mod check;
+pub mod queue;

@@ -1,0 +1,6 @@
+//! What tlsrelay tells others: outcome records, TLS reports (RFC 8460) and metrics.
+
+pub mod metrics;
+pub mod outcome;
+pub mod reporter;
+pub mod tlsrpt;

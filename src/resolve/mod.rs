@@ -1,0 +1,5 @@
+//! What delivery learns from the outside world before it connects: DNS answers
+//! with their DNSSEC status, MTA-STS policies, and the facts of one domain gathered together.
+
+pub mod dns;
+pub mod mta_sts;
