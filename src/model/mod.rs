@@ -2,3 +2,7 @@
 
 pub mod dns;
 pub mod domain;
+pub mod mechanism;
+pub mod rcpt;
+pub mod rfc8460;
+pub mod status;

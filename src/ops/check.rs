@@ -12,11 +12,11 @@ use serde::Serialize;
 
 use crate::config::Config;
 use crate::policy::local::PolicySet;
+use crate::policy::PeerCheck;
 use crate::policy::{self, HostPlan, MxPlan, StsRule};
 use crate::protocol::sts::Mode;
 use crate::resolve::dns::{Answer, Dns, Security};
 use crate::resolve::mta_sts::MtaSts;
-use crate::tls::PeerCheck;
 
 /// Everything `check` found, also its JSON form.
 #[derive(Debug, Serialize)]

@@ -6,6 +6,9 @@
 //! leads to plaintext: the weakest outcome is `encrypt`, chosen by the operator.
 
 pub mod local;
+pub mod requirement;
+
+pub use requirement::{PeerCheck, Requirement};
 
 use rand::seq::SliceRandom;
 
@@ -13,7 +16,6 @@ use crate::config::Floor;
 use crate::model::dns::{Answer, MxAnswer, MxHost, Security, TlsaAnswer};
 use crate::policy::local::{Fingerprint, Level, LocalPolicy, MinTls};
 use crate::reporting::outcome::{PolicyType, ResultType};
-use crate::tls::PeerCheck;
 
 /// What to do for one recipient domain after its MX lookup.
 #[derive(Debug, Clone, PartialEq)]
@@ -107,23 +109,6 @@ fn shuffle_equal_preferences(hosts: &mut [MxHost]) {
         hosts[start..end].shuffle(&mut rng);
         start = end;
     }
-}
-
-/// How one MX host must be authenticated, decided before connecting.
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub struct Requirement {
-    /// The MX host name.
-    pub host: String,
-    /// The name sent as SNI and checked in the certificate (the TLSA base domain under DANE).
-    pub sni: String,
-    /// What the TLS layer must check.
-    pub check: PeerCheck,
-    /// Which rule decided it, for the log (`tls=verify`) and metrics.
-    pub mechanism: &'static str,
-    /// The RFC 8460 policy type in force.
-    pub policy: PolicyType,
-    /// Offer TLS 1.3 only (a local policy's `min_tls = "1.3"`).
-    pub tls13_only: bool,
 }
 
 /// The requirement for host `host` under the floor (no DANE, MTA-STS or local policy applies).

@@ -966,7 +966,11 @@ mod tests {
         ];
         for (input, sub) in bad {
             let e = MxPattern::parse(input).expect_err(input);
-            assert!(e.to_string().contains(sub), "{input}: error {:?} lacks {sub:?}", e.to_string());
+            let shown = format!("mx pattern {input:?}: {}", e.why);
+            assert!(
+                shown.contains(sub),
+                "{input}: error {shown:?} lacks {sub:?}"
+            );
         }
     }
 

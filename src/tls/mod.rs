@@ -9,6 +9,8 @@ use std::path::Path;
 use std::sync::Arc;
 
 use rustls::crypto::CryptoProvider;
+
+use crate::policy::PeerCheck;
 use rustls_pki_types::pem::PemObject;
 use rustls_pki_types::{CertificateDer, PrivateKeyDer};
 
@@ -88,40 +90,6 @@ pub fn server_config(cert: &Path, key_file: &Path) -> Result<rustls::ServerConfi
                 key_file.display()
             )
         })
-}
-
-/// How an outbound TLS session must authenticate the MX host.
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub enum PeerCheck {
-    /// WebPKI: the chain leads to a trusted root and names the MX host.
-    WebPki,
-    /// TLS required; the certificate is not checked (beyond key strength).
-    EncryptOnly,
-    /// DANE: the chain must match one of these (usable) TLSA records; a DANE-TA
-    /// leaf must carry one of `names`.
-    Dane {
-        /// The usable TLSA records.
-        records: Vec<crate::resolve::dns::Tlsa>,
-        /// The TLSA base domain and the MX host name.
-        names: Vec<String>,
-    },
-    /// A local policy's `verify`/`secure`: a chain to the roots (or to the
-    /// policy's own CA file), and a leaf carrying one of `names` (`.x` = any
-    /// subdomain of x).
-    Names {
-        /// Acceptable names.
-        names: Vec<String>,
-        /// A CA file replacing the usual roots.
-        ca_file: Option<std::path::PathBuf>,
-    },
-    /// A local policy's `fingerprint`: the leaf certificate or its public key
-    /// must have one of these SHA-256 digests; no chain or name checks.
-    Fingerprint {
-        /// SHA-256 digests of the whole certificate.
-        cert: Vec<[u8; 32]>,
-        /// SHA-256 digests of the SubjectPublicKeyInfo.
-        spki: Vec<[u8; 32]>,
-    },
 }
 
 /// Builds the outbound client configurations (one per kind of check).

@@ -1,0 +1,46 @@
+//! What became of one recipient in one delivery attempt.
+
+use crate::model::mechanism::Mechanism;
+use crate::model::status::EnhancedStatus;
+
+/// The result for one recipient of one attempt.
+#[derive(Debug, Clone, PartialEq)]
+pub enum RcptResult {
+    /// Accepted by `host`.
+    Delivered {
+        /// The MX host.
+        host: String,
+        /// How the host was authenticated.
+        mechanism: Mechanism,
+        /// Its reply after the data.
+        reply: String,
+    },
+    /// Permanently failed.
+    Failed {
+        /// Enhanced status code.
+        status: EnhancedStatus,
+        /// Plain words.
+        reason: String,
+        /// The host whose reply decided it.
+        remote: Option<String>,
+        /// That reply.
+        diagnostic: Option<String>,
+    },
+    /// Not delivered this time; retried later.
+    Deferred {
+        /// Plain words, naming every host tried and why it was not used.
+        reason: String,
+    },
+}
+
+impl RcptResult {
+    /// A permanent failure decided locally (no remote reply).
+    pub fn failed(status: EnhancedStatus, reason: impl Into<String>) -> RcptResult {
+        RcptResult::Failed {
+            status,
+            reason: reason.into(),
+            remote: None,
+            diagnostic: None,
+        }
+    }
+}
