@@ -49,6 +49,8 @@ use hickory_resolver::proto::rr::Name;
 use rustls_pki_types::pem::PemObject;
 use rustls_pki_types::CertificateDer;
 use serde::Deserialize;
+
+use crate::policy::requirement::CaCerts;
 use toml::Spanned;
 
 /// How a local policy authenticates the MX hosts of its domain.
@@ -224,6 +226,8 @@ pub struct LocalPolicy {
     pub fingerprints: Vec<Fingerprint>,
     /// verify/secure: trust only the CA certificates in this PEM file instead of Mozilla's roots.
     pub ca_file: Option<PathBuf>,
+    /// The certificates of `ca_file`, read once when the policy is loaded.
+    pub ca: Option<CaCerts>,
     /// Lowest TLS version accepted.
     pub min_tls: MinTls,
     /// MX host patterns allowed (`*.x` = one label below x); empty = every MX host.
@@ -531,13 +535,17 @@ fn parse(
                     Some(dir) if p.is_relative() => dir.join(p),
                     _ => p,
                 };
-                if check_files {
-                    check_ca_file(&p).map_err(|e| err(at(c.span()), e))?;
-                }
-                Some(p)
+                // Not read (parse_file): an empty trust set, so such a policy fails closed.
+                let certs = if check_files {
+                    check_ca_file(&p).map_err(|e| err(at(c.span()), e))?
+                } else {
+                    Vec::new()
+                };
+                Some((p, CaCerts::from(certs)))
             }
             None => None,
         };
+        let (ca_file, ca) = ca_file.unzip();
 
         let min_tls = match &raw.min_tls {
             None => MinTls::Tls12,
@@ -577,6 +585,7 @@ fn parse(
                 match_names,
                 fingerprints,
                 ca_file,
+                ca,
                 min_tls,
                 mx,
                 source: format!("{}:{}", path.display(), domain_line),
@@ -588,7 +597,7 @@ fn parse(
 }
 
 /// Checks that a CA file holds at least one PEM certificate usable as a trust anchor.
-fn check_ca_file(path: &Path) -> Result<(), String> {
+fn check_ca_file(path: &Path) -> Result<Vec<CertificateDer<'static>>, String> {
     let shown = path.display();
     let bytes = std::fs::read(path).map_err(|e| {
         format!("ca_file {shown} cannot be read ({e}); give a PEM file with the CA certificates to trust for this domain")
@@ -609,7 +618,7 @@ fn check_ca_file(path: &Path) -> Result<(), String> {
             )
         })?;
     }
-    Ok(())
+    Ok(certs)
 }
 
 /// The 1-based line holding byte `offset` of `text`.
@@ -1188,6 +1197,8 @@ level = "encrypt"
                 ],
                 fingerprints: vec![],
                 ca_file: Some(PathBuf::from("/etc/tlsrelay/policies/bank-ca.pem")),
+                // Not read by parse_file: an empty trust set (fails closed).
+                ca: Some(CaCerts::from(Vec::new())),
                 min_tls: MinTls::Tls13,
                 mx: vec![
                     "mx1.partner-bank.example".into(),

@@ -335,14 +335,14 @@ pub fn local_host_plan(
         Level::Verify => with(
             PeerCheck::Names {
                 names: lp.required_names(domain, host),
-                ca_file: lp.ca_file.clone(),
+                ca: lp.ca.clone(),
             },
             "policy-verify",
         ),
         Level::Secure => with(
             PeerCheck::Names {
                 names: lp.required_names(domain, host),
-                ca_file: lp.ca_file.clone(),
+                ca: lp.ca.clone(),
             },
             "policy-secure",
         ),

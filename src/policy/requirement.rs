@@ -2,6 +2,9 @@
 
 use crate::model::rfc8460::PolicyType;
 
+/// Trust anchors read from a local policy's `ca_file`.
+pub type CaCerts = std::sync::Arc<[rustls_pki_types::CertificateDer<'static>]>;
+
 /// How an outbound TLS session must authenticate the MX host.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum PeerCheck {
@@ -23,8 +26,8 @@ pub enum PeerCheck {
     Names {
         /// Acceptable names.
         names: Vec<String>,
-        /// A CA file replacing the usual roots.
-        ca_file: Option<std::path::PathBuf>,
+        /// CA certificates replacing the usual roots (a policy's `ca_file`, read at load).
+        ca: Option<CaCerts>,
     },
     /// A local policy's `fingerprint`: the leaf certificate or its public key
     /// must have one of these SHA-256 digests; no chain or name checks.

@@ -149,16 +149,17 @@ impl ClientTls {
                 names.clone(),
                 provider(),
             )),
-            PeerCheck::Names { names, ca_file } => {
-                let roots = match ca_file {
+            PeerCheck::Names { names, ca } => {
+                let roots = match ca {
                     None => Ok(self.roots.clone()),
-                    Some(path) => load_certs(path).and_then(|certs| {
+                    Some(certs) => {
                         let mut store = rustls::RootCertStore::empty();
-                        for c in certs {
-                            store.add(c).map_err(|e| e.to_string())?;
-                        }
-                        Ok(Arc::new(store))
-                    }),
+                        certs
+                            .iter()
+                            .try_for_each(|c| store.add(c.clone()))
+                            .map(|()| Arc::new(store))
+                            .map_err(|e| e.to_string())
+                    }
                 };
                 let inner = roots.and_then(|r| {
                     rustls::client::WebPkiServerVerifier::builder_with_provider(r, provider())
