@@ -50,7 +50,7 @@ impl ResultType {
 }
 
 /// The RFC 8460 policy type an attempt ran under.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize)]
+#[derive(Default, Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize)]
 #[serde(rename_all = "kebab-case")]
 pub enum PolicyType {
     /// DANE TLSA records.
@@ -58,5 +58,6 @@ pub enum PolicyType {
     /// An MTA-STS policy.
     Sts,
     /// Neither (the floor or a local policy).
+    #[default]
     NoPolicyFound,
 }

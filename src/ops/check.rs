@@ -1,7 +1,7 @@
 //! `tlsrelay check DOMAIN`: what tlsrelay would do for a domain, and why.
 //!
-//! It asks the same DNS, reads the same policies and runs the same decision
-//! functions as delivery, so its verdict is the relay's verdict. `--probe` also
+//! It is delivery's gather and plan ([`Sources::plan_for`]) followed by a
+//! rendering, so its verdict is the relay's verdict. `--probe` also
 //! connects to each host, does STARTTLS without sending mail, and checks the
 //! presented chain against DANE, MTA-STS and the floor.
 
@@ -10,13 +10,26 @@ use std::net::SocketAddr;
 
 use serde::Serialize;
 
-use crate::config::Config;
+use std::time::Duration;
+
+use rustls_pki_types::CertificateDer;
+
+use crate::config::{Config, Floor};
+use crate::delivery::client::{HostError, Session, Timeouts};
+use crate::model::dns::{Answer, Security};
+use crate::model::domain::Domain;
+use crate::model::mechanism::TlsDemand;
+use crate::policy::facts::{DomainFacts, HostFacts};
 use crate::policy::local::PolicySet;
-use crate::policy::PeerCheck;
-use crate::policy::{self, HostPlan, MxPlan, StsRule};
+use crate::policy::plan::tlsa_string;
+use crate::policy::{
+    plan_domain, DomainPlan, HostStep, MxPlan, PeerCheck, Requirement, SkipCause, Target,
+};
 use crate::protocol::sts::Mode;
-use crate::resolve::dns::{Answer, Dns, Security};
+use crate::resolve::dns::Dns;
+use crate::resolve::gather::Gatherer;
 use crate::resolve::mta_sts::MtaSts;
+use crate::tls::ClientTls;
 
 /// Everything `check` found, also its JSON form.
 #[derive(Debug, Serialize)]
@@ -75,6 +88,8 @@ pub struct HostReport {
     pub tlsa: Vec<String>,
     /// What the TLSA lookup said.
     pub tlsa_status: String,
+    /// The name sent as SNI and checked (the TLSA base domain under DANE), when the host is contacted.
+    pub sni: Option<String>,
     /// The requirement tlsrelay would apply, or why the host is skipped.
     pub requirement: String,
     /// Whether the host would be contacted.
@@ -106,8 +121,34 @@ pub struct ProbeReport {
     pub satisfies_requirement: bool,
 }
 
-fn sec(s: Security) -> String {
-    s.to_string()
+/// Where `check` reads its facts: the same sources delivery uses.
+pub struct Sources<'a> {
+    /// The configuration (port, floor, host limit, whether MTA-STS is on).
+    pub config: &'a Config,
+    /// The validating resolver.
+    pub dns: &'a Dns,
+    /// The MTA-STS engine.
+    pub sts: &'a MtaSts,
+    /// The local policies.
+    pub policies: &'a PolicySet,
+}
+
+impl Sources<'_> {
+    /// The facts and the plan for `domain`, by the same gather and plan as delivery.
+    pub async fn plan_for(&self, domain: &Domain) -> (DomainFacts, DomainPlan) {
+        let d = &self.config.delivery;
+        let facts = Gatherer {
+            dns: self.dns,
+            mta_sts: self.config.mta_sts.enabled.then_some(self.sts),
+            policies: self.policies,
+            port: d.port,
+            max_hosts: d.max_hosts_per_attempt,
+        }
+        .gather(domain)
+        .await;
+        let plan = plan_domain(&facts, d.floor, TlsDemand::Standard);
+        (facts, plan)
+    }
 }
 
 /// Runs the check.
@@ -119,31 +160,92 @@ pub async fn run(
     domain: &str,
     probe: bool,
 ) -> Report {
-    let ascii = hickory_resolver::proto::rr::Name::from_utf8(domain)
-        .map(|n| n.to_ascii().trim_end_matches('.').to_lowercase())
-        .unwrap_or_else(|_| domain.to_lowercase());
-    let d = &config.delivery;
-    let mut report = Report {
-        domain: ascii.clone(),
-        dnssec_self_test: match dns.self_test().await {
-            Ok(()) => "ok: the root DNSKEY validates".into(),
-            Err(why) => {
-                format!("FAILED: {why}; domains that need DANE are deferred")
-            }
-        },
-        mx: String::new(),
-        mx_dnssec: None,
-        mta_sts_record: None,
-        mta_sts_policy: None,
-        mta_sts_error: None,
-        tls_rpt: None,
-        local_policy: None,
-        hosts: vec![],
-        deliverable: false,
-        verdict: String::new(),
+    let self_test = match dns.self_test().await {
+        Ok(()) => "ok: the root DNSKEY validates".into(),
+        Err(why) => format!("FAILED: {why}; domains that need DANE are deferred"),
     };
-    let local = policies.lookup(&ascii);
-    report.local_policy = local.map(|p| {
+    let domain = match Domain::parse(domain) {
+        Ok(d) => d,
+        Err(e) => return Report::empty(domain, self_test, format!("cannot check: {e}")),
+    };
+    let src = Sources {
+        config,
+        dns,
+        sts,
+        policies,
+    };
+    let (facts, plan) = src.plan_for(&domain).await;
+    let mut report = Report::empty(domain.as_str(), self_test, String::new());
+    report.tls_rpt = tls_rpt_record(dns, &domain).await;
+    describe_policies(&mut report, &facts);
+    let steps = match plan {
+        DomainPlan::Fail { status, reason } => {
+            report.mx = format!("permanent failure {status}: {reason}");
+            report.verdict = report.mx.clone();
+            return report;
+        }
+        DomainPlan::Defer { reason, .. } => {
+            report.mx = format!("deferred: {reason}");
+            report.verdict = report.mx.clone();
+            return report;
+        }
+        DomainPlan::Hosts { steps, .. } => steps,
+    };
+    describe_mx(&mut report, &facts);
+    let tls = crate::tls::ClientTls::new(&config.delivery.extra_roots).ok();
+    for (hf, step) in facts.hosts.iter().zip(&steps) {
+        let mut h = host_report(hf, step);
+        if let (true, Some(tls), HostStep::Connect(t)) = (probe, &tls, step) {
+            let ctx = ProbeContext {
+                config,
+                tls,
+                facts: &facts,
+                host: hf,
+            };
+            h.probe = Some(ctx.probe(t).await);
+        }
+        report.hosts.push(h);
+    }
+    conclude(&mut report, probe);
+    report
+}
+
+impl Report {
+    /// A report with nothing found yet.
+    fn empty(domain: &str, dnssec_self_test: String, verdict: String) -> Report {
+        Report {
+            domain: domain.to_string(),
+            dnssec_self_test,
+            mx: String::new(),
+            mx_dnssec: None,
+            mta_sts_record: None,
+            mta_sts_policy: None,
+            mta_sts_error: None,
+            tls_rpt: None,
+            local_policy: None,
+            hosts: vec![],
+            deliverable: false,
+            verdict,
+        }
+    }
+}
+
+/// The `_smtp._tls` record(s), if any.
+async fn tls_rpt_record(dns: &Dns, domain: &Domain) -> Option<String> {
+    let Answer::Records { records, .. } = dns.txt(&format!("_smtp._tls.{domain}")).await else {
+        return None;
+    };
+    let texts: Vec<String> = records
+        .iter()
+        .map(|r| String::from_utf8_lossy(&r.joined()).into_owned())
+        .filter(|t| t.starts_with("v=TLSRPTv1"))
+        .collect();
+    (!texts.is_empty()).then(|| texts.join(" | "))
+}
+
+/// The local policy and MTA-STS as gathered.
+fn describe_policies(report: &mut Report, facts: &DomainFacts) {
+    report.local_policy = facts.local.as_ref().map(|p| {
         format!(
             "{} (level {}, from {})",
             p.domain,
@@ -151,189 +253,141 @@ pub async fn run(
             p.source
         )
     });
-    if let Answer::Records { records, .. } = dns.txt(&format!("_smtp._tls.{ascii}")).await {
-        let texts: Vec<String> = records
-            .iter()
-            .map(|r| String::from_utf8_lossy(&r.joined()).into_owned())
-            .filter(|t| t.starts_with("v=TLSRPTv1"))
-            .collect();
-        if !texts.is_empty() {
-            report.tls_rpt = Some(texts.join(" | "));
-        }
-    }
-    let lookup = sts.lookup(&ascii).await;
-    report.mta_sts_record = lookup.record_id.clone();
-    report.mta_sts_error = lookup
-        .error
-        .as_ref()
-        .map(|(t, w)| format!("{}: {w}", t.as_str()));
-    let sts_policy = lookup.policy.as_ref().map(|(p, _)| p.clone());
-    if let Some((p, source)) = &lookup.policy {
-        report.mta_sts_policy = Some(StsSummary {
-            mode: match p.mode {
-                Mode::Enforce => "enforce",
-                Mode::Testing => "testing",
-                Mode::None => "none",
-            }
-            .into(),
-            mx: p.mx_strings(),
-            max_age: p.max_age,
-            source: format!("{source:?}").to_lowercase(),
-        });
-    }
-    let rule = match (&sts_policy, local) {
-        (_, Some(_)) => StsRule::Absent,
-        (Some(p), None) if p.mode == Mode::Enforce => StsRule::Enforce(p),
-        (Some(p), None) if p.mode == Mode::Testing => StsRule::Testing(p),
-        _ => StsRule::Absent,
-    };
-    let answer = dns.mx(&ascii).await;
-    let (hosts, mx_security) = match policy::plan_mx(&ascii, answer) {
-        MxPlan::Fail { status, reason } => {
-            report.mx = format!("permanent failure {status}: {reason}");
-            report.verdict = report.mx.clone();
-            return report;
-        }
-        MxPlan::Defer { reason, .. } => {
-            report.mx = format!("deferred: {reason}");
-            report.verdict = report.mx.clone();
-            return report;
-        }
-        MxPlan::Hosts {
-            hosts,
-            security,
-            implicit,
-        } => {
-            report.mx = if implicit {
-                format!("no MX records; the domain itself is the mail host (implicit MX, DNSSEC {security})")
-            } else {
-                format!("{} MX host(s), DNSSEC {security}", hosts.len())
-            };
-            report.mx_dnssec = Some(sec(security));
-            (hosts, security)
-        }
-    };
-    let tls_cfg = crate::tls::ClientTls::new(&d.extra_roots).ok();
-    for mx in hosts.iter().take(d.max_hosts_per_attempt) {
-        let mut h = HostReport {
-            preference: mx.preference,
-            host: mx.host.clone(),
-            addresses: vec![],
-            address_dnssec: String::new(),
-            tlsa: vec![],
-            tlsa_status: String::new(),
-            requirement: String::new(),
-            usable: false,
-            probe: None,
-        };
-        let (addrs, addr_sec, canonical) = match dns.addresses(&mx.host).await {
-            Answer::Records {
-                records,
-                security,
-                owner,
-            } => (records, security, owner),
-            other => {
-                h.address_dnssec = match other {
-                    Answer::Bogus(w) => format!("bogus: {w}"),
-                    Answer::TempFail(w) => format!("lookup failed: {w}"),
-                    _ => "no address records".into(),
-                };
-                h.requirement = "skipped: no usable address".into();
-                report.hosts.push(h);
-                continue;
-            }
-        };
-        h.addresses = addrs.iter().map(|a| a.to_string()).collect();
-        h.address_dnssec = sec(addr_sec);
-        let (base, tlsa) = if policy::wants_tlsa(mx_security, addr_sec) {
-            let t = dns.tlsa(d.port, &canonical).await;
-            let t = if canonical != mx.host
-                && matches!(t, Answer::NoRecords { .. } | Answer::NxDomain { .. })
-            {
-                dns.tlsa(d.port, &mx.host).await
-            } else {
-                t
-            };
-            (
-                if canonical != mx.host {
-                    canonical.clone()
-                } else {
-                    mx.host.clone()
-                },
-                Some(t),
-            )
+    report.mta_sts_record = facts.sts.record_id.clone();
+    report.mta_sts_error = (facts.sts.error.as_ref()).map(|(t, w)| format!("{}: {w}", t.as_str()));
+    report.mta_sts_policy = facts.sts.policy.as_ref().map(|p| StsSummary {
+        mode: p.mode.as_str().into(),
+        mx: p.mx_strings(),
+        max_age: p.max_age,
+        source: facts.sts.source.clone().unwrap_or_default(),
+    });
+}
+
+/// The MX answer in words.
+fn describe_mx(report: &mut Report, facts: &DomainFacts) {
+    if let MxPlan::Hosts {
+        hosts,
+        security,
+        implicit,
+    } = &facts.mx
+    {
+        report.mx = if *implicit {
+            format!("no MX records; the domain itself is the mail host (implicit MX, DNSSEC {security})")
         } else {
-            h.tlsa_status = "not looked up: the MX answer or the addresses are not DNSSEC-secure, so DANE cannot apply".into();
-            (mx.host.clone(), None)
+            format!("{} MX host(s), DNSSEC {security}", hosts.len())
         };
-        if let Some(t) = &tlsa {
-            h.tlsa_status = match t {
-                Answer::Records {
-                    records, security, ..
-                } => {
-                    for r in records {
-                        let hex: String =
-                            r.data.iter().take(8).map(|b| format!("{b:02x}")).collect();
-                        h.tlsa.push(format!(
-                            "{} {} {} {hex}… ({})",
-                            r.usage,
-                            r.selector,
-                            r.matching,
-                            if crate::tls::dane::usable(r) {
-                                "usable"
-                            } else {
-                                "unusable for SMTP"
-                            }
-                        ));
-                    }
-                    format!("{} record(s), DNSSEC {security}", records.len())
-                }
-                Answer::NoRecords { security } | Answer::NxDomain { security } => {
-                    format!("none (DNSSEC {security})")
-                }
-                Answer::Bogus(w) => format!("bogus: {w}"),
-                Answer::TempFail(w) => format!("lookup failed: {w}"),
-            };
-        }
-        let plan = match local {
-            Some(lp) => policy::local_host_plan(lp, &ascii, &mx.host, &base, tlsa.clone()),
-            None => policy::host_plan(&mx.host, &base, d.floor, tlsa.clone(), rule),
-        };
-        let req = match plan {
-            HostPlan::Connect(req) => {
-                h.usable = true;
-                h.requirement = describe(&req.check, req.mechanism, &req.sni);
-                Some(req)
-            }
-            HostPlan::Skip { reason, .. } => {
-                h.requirement = format!("not contacted: {reason}");
-                None
-            }
-        };
-        if probe {
-            if let (Some(tls), Some(ip)) = (&tls_cfg, addrs.first()) {
-                let addr = SocketAddr::new(*ip, d.port);
-                h.probe = Some(
-                    probe_host(
-                        config,
-                        tls,
-                        &mx.host,
-                        addr,
-                        req.as_ref(),
-                        tlsa.as_ref(),
-                        &base,
-                        sts_policy.as_ref(),
-                    )
-                    .await,
-                );
-            }
-        }
-        report.hosts.push(h);
+        report.mx_dnssec = Some(security.to_string());
     }
+}
+
+/// One host's facts and its step of the plan.
+fn host_report(hf: &HostFacts, step: &HostStep) -> HostReport {
+    let mut h = HostReport {
+        preference: hf.mx.preference,
+        host: hf.mx.host.clone(),
+        addresses: vec![],
+        address_dnssec: String::new(),
+        tlsa: vec![],
+        tlsa_status: String::new(),
+        sni: None,
+        requirement: String::new(),
+        usable: false,
+        probe: None,
+    };
+    match &hf.addresses {
+        Answer::Records {
+            records, security, ..
+        } => {
+            h.addresses = records.iter().map(|a| a.to_string()).collect();
+            h.address_dnssec = security.to_string();
+        }
+        Answer::Bogus(w) => h.address_dnssec = format!("bogus: {w}"),
+        Answer::TempFail(w) => h.address_dnssec = format!("lookup failed: {w}"),
+        _ => h.address_dnssec = "no address records".into(),
+    }
+    (h.tlsa, h.tlsa_status) = describe_tlsa(hf);
+    match step {
+        HostStep::Connect(t) => {
+            h.usable = true;
+            h.sni = Some(t.req.sni.clone());
+            h.requirement = describe(&t.req);
+        }
+        HostStep::Skip(s) if s.cause == SkipCause::Dns => {
+            h.requirement = "skipped: no usable address".into();
+        }
+        HostStep::Skip(s) => h.requirement = format!("not contacted: {}", s.reason),
+    }
+    h
+}
+
+/// The TLSA records (each marked usable or not) and the lookup's status.
+fn describe_tlsa(hf: &HostFacts) -> (Vec<String>, String) {
+    let Some(t) = &hf.tlsa else {
+        let why = "not looked up: the MX answer or the addresses are not DNSSEC-secure, so DANE cannot apply";
+        return (vec![], why.into());
+    };
+    match &t.answer {
+        Answer::Records {
+            records, security, ..
+        } => {
+            let lines = records
+                .iter()
+                .map(|r| {
+                    let use_ = if crate::tls::dane::usable(r) {
+                        "usable"
+                    } else {
+                        "unusable for SMTP"
+                    };
+                    format!("{} ({use_}) at {}", tlsa_string(r), t.base)
+                })
+                .collect();
+            (
+                lines,
+                format!("{} record(s), DNSSEC {security}", records.len()),
+            )
+        }
+        Answer::NoRecords { security } | Answer::NxDomain { security } => {
+            (vec![], format!("none (DNSSEC {security})"))
+        }
+        Answer::Bogus(w) => (vec![], format!("bogus: {w}")),
+        Answer::TempFail(w) => (vec![], format!("lookup failed: {w}")),
+    }
+}
+
+/// The requirement in words.
+fn describe(req: &Requirement) -> String {
+    let m = req.auth_label();
+    let sni = &req.sni;
+    match &req.check {
+        PeerCheck::WebPki => format!("{m}: TLS with a certificate WebPKI-valid for {sni}"),
+        PeerCheck::EncryptOnly => format!("{m}: TLS required, certificate not checked"),
+        PeerCheck::Dane { records, names } => format!(
+            "{m}: TLS authenticated by {} usable TLSA record(s); SNI {sni}; DANE-TA names: {}",
+            records.len(),
+            names.join(", ")
+        ),
+        PeerCheck::Names { names, ca } => format!(
+            "{m}: TLS with a certificate naming one of {} that chains to {}",
+            names.join(", "),
+            if ca.is_some() {
+                "the policy's CA file"
+            } else {
+                "the trusted roots"
+            }
+        ),
+        PeerCheck::Fingerprint { cert, spki } => format!(
+            "{m}: TLS with a pinned certificate ({} certificate and {} public-key SHA-256 pin(s))",
+            cert.len(),
+            spki.len()
+        ),
+    }
+}
+
+/// Whether tlsrelay can deliver, and the verdict in words.
+fn conclude(report: &mut Report, probe: bool) {
+    let ascii = report.domain.clone();
     let usable = report.hosts.iter().filter(|h| h.usable).count();
-    let probed_ok = report
-        .hosts
-        .iter()
+    let probed_ok = (report.hosts.iter())
         .filter(|h| h.probe.as_ref().is_some_and(|p| p.satisfies_requirement))
         .count();
     report.deliverable = if probe { probed_ok > 0 } else { usable > 0 };
@@ -351,140 +405,127 @@ pub async fn run(
             format!("tlsrelay cannot deliver to {ascii} now: no MX host passed the live check")
         }
     };
-    report
 }
 
-fn describe(check: &PeerCheck, mechanism: &str, sni: &str) -> String {
-    match check {
-        PeerCheck::WebPki => format!("{mechanism}: TLS with a certificate WebPKI-valid for {sni}"),
-        PeerCheck::EncryptOnly => format!("{mechanism}: TLS required, certificate not checked"),
-        PeerCheck::Dane { records, names } => format!(
-            "{mechanism}: TLS authenticated by {} usable TLSA record(s); DANE-TA names: {}",
-            records.len(),
-            names.join(", ")
-        ),
-        other => format!("{mechanism}: {other:?}"),
-    }
+/// What a probe of one host needs.
+struct ProbeContext<'a> {
+    config: &'a Config,
+    tls: &'a ClientTls,
+    facts: &'a DomainFacts,
+    host: &'a HostFacts,
 }
 
-#[allow(clippy::too_many_arguments)]
-async fn probe_host(
-    config: &Config,
-    tls: &crate::tls::ClientTls,
-    host: &str,
-    addr: SocketAddr,
-    req: Option<&policy::Requirement>,
-    tlsa: Option<&crate::resolve::dns::TlsaAnswer>,
-    base: &str,
-    sts: Option<&crate::protocol::sts::StsPolicy>,
-) -> ProbeReport {
-    let d = &config.delivery;
-    let timeouts = crate::delivery::client::Timeouts {
-        connect: d.connect_timeout.get(),
-        command: d
-            .command_timeout
-            .get()
-            .min(std::time::Duration::from_secs(30)),
-        data: d.data_timeout.get(),
-    };
-    let sni = req
-        .map(|r| r.sni.clone())
-        .unwrap_or_else(|| host.to_string());
-    // Connect with the encrypt-only check to see the chain, then judge it offline by every rule.
-    let session = crate::delivery::client::Session::open(
-        host,
-        addr,
-        config.helo_name(),
-        tls.config(&PeerCheck::EncryptOnly),
-        &sni,
-        timeouts,
-    )
-    .await;
-    let mut p = ProbeReport {
-        address: addr.to_string(),
-        result: String::new(),
-        tls_version: None,
-        cipher: None,
-        chain: vec![],
-        dane: None,
-        mta_sts: None,
-        floor: String::new(),
-        satisfies_requirement: false,
-    };
-    let session = match session {
-        Ok(s) => s,
-        Err(e) => {
-            p.result = e.reason;
-            p.floor = "not reached".into();
-            return p;
-        }
-    };
-    p.result = "STARTTLS and handshake completed".into();
-    p.tls_version = Some(session.tls_version.clone());
-    p.cipher = Some(session.tls_cipher.clone());
-    let chain = session.peer_certificates.clone();
-    for c in &chain {
-        let fp: String = ring::digest::digest(&ring::digest::SHA256, c.as_ref())
-            .as_ref()
-            .iter()
-            .map(|b| format!("{b:02x}"))
-            .collect();
-        let names = webpki::EndEntityCert::try_from(c)
-            .map(|ee| {
-                ee.valid_dns_names()
-                    .map(str::to_string)
-                    .collect::<Vec<_>>()
-                    .join(", ")
-            })
-            .unwrap_or_default();
-        p.chain.push(format!("sha256:{fp} names: [{names}]"));
-    }
-    session.quit().await;
-    let judge = |check: &PeerCheck, name: &str| match tls.evaluate(check, &chain, name) {
-        Ok(()) => "satisfied".to_string(),
-        Err(e) => format!("not satisfied: {e}"),
-    };
-    if let Some(Answer::Records {
-        records,
-        security: Security::Secure,
-        ..
-    }) = tlsa
-    {
-        let usable: Vec<_> = records
-            .iter()
-            .filter(|r| crate::tls::dane::usable(r))
-            .cloned()
-            .collect();
-        if !usable.is_empty() {
-            let mut names = vec![base.to_string()];
-            if base != host {
-                names.push(host.to_string());
+impl ProbeContext<'_> {
+    /// Connects to the host's first address with the encrypt-only check to see
+    /// the chain, then judges the chain offline by every rule.
+    async fn probe(&self, t: &Target) -> ProbeReport {
+        let addr = SocketAddr::new(t.addrs[0], self.config.delivery.port);
+        let mut p = ProbeReport {
+            address: addr.to_string(),
+            result: String::new(),
+            tls_version: None,
+            cipher: None,
+            chain: vec![],
+            dane: None,
+            mta_sts: None,
+            floor: String::new(),
+            satisfies_requirement: false,
+        };
+        let session = match self.open(addr, &t.req.sni).await {
+            Ok(s) => s,
+            Err(e) => {
+                p.result = e.reason;
+                p.floor = "not reached".into();
+                return p;
             }
-            p.dane = Some(judge(
-                &PeerCheck::Dane {
-                    records: usable,
-                    names,
-                },
-                base,
-            ));
-        }
+        };
+        p.result = "STARTTLS and handshake completed".into();
+        p.tls_version = Some(session.tls_version.clone());
+        p.cipher = Some(session.tls_cipher.clone());
+        let chain = session.peer_certificates.clone();
+        session.quit().await;
+        p.chain = chain.iter().map(describe_cert).collect();
+        self.judge(&mut p, &chain, t);
+        p
     }
-    if let Some(policy) = sts {
-        if policy.mode != Mode::None {
+
+    /// STARTTLS with the encrypt-only check, so that any chain is seen.
+    async fn open(&self, addr: SocketAddr, sni: &str) -> Result<Session, HostError> {
+        let d = &self.config.delivery;
+        let timeouts = Timeouts {
+            connect: d.connect_timeout.get(),
+            command: d.command_timeout.get().min(Duration::from_secs(30)),
+            data: d.data_timeout.get(),
+        };
+        let tls = self.tls.config(&PeerCheck::EncryptOnly);
+        let helo = self.config.helo_name();
+        Session::open(&self.host.mx.host, addr, helo, tls, sni, timeouts).await
+    }
+
+    /// The chain against DANE, MTA-STS, the floor and the planned requirement.
+    fn judge(&self, p: &mut ProbeReport, chain: &[CertificateDer<'static>], t: &Target) {
+        let host = self.host.mx.host.as_str();
+        let judge = |check: &PeerCheck, name: &str| match self.tls.evaluate(check, chain, name) {
+            Ok(()) => "satisfied".to_string(),
+            Err(e) => format!("not satisfied: {e}"),
+        };
+        if let Some(tf) = &self.host.tlsa {
+            if let Answer::Records {
+                records,
+                security: Security::Secure,
+                ..
+            } = &tf.answer
+            {
+                let usable: Vec<_> = (records.iter())
+                    .filter(|r| crate::tls::dane::usable(r))
+                    .cloned()
+                    .collect();
+                if !usable.is_empty() {
+                    let mut names = vec![tf.base.clone()];
+                    if tf.base != host {
+                        names.push(host.to_string());
+                    }
+                    let check = PeerCheck::Dane {
+                        records: usable,
+                        names,
+                    };
+                    p.dane = Some(judge(&check, &tf.base));
+                }
+            }
+        }
+        if let Some(policy) = self
+            .facts
+            .sts
+            .policy
+            .as_ref()
+            .filter(|p| p.mode != Mode::None)
+        {
             p.mta_sts = Some(if policy.allows(host) {
                 judge(&PeerCheck::WebPki, host)
             } else {
                 "not satisfied: host not listed in the policy".into()
             });
         }
+        let floor = match self.config.delivery.floor {
+            Floor::Verify => PeerCheck::WebPki,
+            Floor::Encrypt => PeerCheck::EncryptOnly,
+        };
+        p.floor = judge(&floor, host);
+        p.satisfies_requirement = self.tls.evaluate(&t.req.check, chain, &t.req.sni).is_ok();
     }
-    let floor_check = match d.floor {
-        crate::config::Floor::Verify => PeerCheck::WebPki,
-        crate::config::Floor::Encrypt => PeerCheck::EncryptOnly,
-    };
-    p.floor = judge(&floor_check, host);
-    p.satisfies_requirement = req.is_some_and(|r| tls.evaluate(&r.check, &chain, &r.sni).is_ok());
-    p
+}
+
+/// A certificate as `sha256:HEX names: [..]`.
+fn describe_cert(c: &CertificateDer<'_>) -> String {
+    let fp: String = ring::digest::digest(&ring::digest::SHA256, c.as_ref())
+        .as_ref()
+        .iter()
+        .map(|b| format!("{b:02x}"))
+        .collect();
+    let names = webpki::EndEntityCert::try_from(c)
+        .map(|ee| ee.valid_dns_names().collect::<Vec<_>>().join(", "))
+        .unwrap_or_default();
+    format!("sha256:{fp} names: [{names}]")
 }
 
 /// The report in plain words, for people.

@@ -1,5 +1,6 @@
 //! What the TLS layer must prove about one MX host before any mail is sent.
 
+use crate::model::mechanism::Mechanism;
 use crate::model::rfc8460::PolicyType;
 
 /// Trust anchors read from a local policy's `ca_file`.
@@ -49,9 +50,22 @@ pub struct Requirement {
     /// What the TLS layer must check.
     pub check: PeerCheck,
     /// Which rule decided it, for the log (`tls=verify`) and metrics.
-    pub mechanism: &'static str,
+    pub mechanism: Mechanism,
+    /// Why certificate checks were waived for this message (`TLS-Required: No`, a TLS report).
+    pub waiver: Option<&'static str>,
     /// The RFC 8460 policy type in force.
     pub policy: PolicyType,
     /// Offer TLS 1.3 only (a local policy's `min_tls = "1.3"`).
     pub tls13_only: bool,
+}
+
+impl Requirement {
+    /// The authentication as logged and recorded: the mechanism, and the waiver if any
+    /// (`encrypt (TLS-Required: No)`).
+    pub fn auth_label(&self) -> String {
+        match self.waiver {
+            Some(w) => format!("{} ({w})", self.mechanism),
+            None => self.mechanism.to_string(),
+        }
+    }
 }

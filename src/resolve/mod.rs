@@ -2,4 +2,5 @@
 //! with their DNSSEC status, MTA-STS policies, and the facts of one domain gathered together.
 
 pub mod dns;
+pub mod gather;
 pub mod mta_sts;

@@ -1,0 +1,171 @@
+//! The scheduler: keeps due messages moving, picks up what changed on disk,
+//! and stops gracefully.
+
+use std::collections::{HashMap, HashSet};
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use tokio::sync::watch;
+use tokio::task::JoinSet;
+
+use super::attempt::attempt;
+use super::{Context, Delivery};
+use crate::reporting::metrics as names;
+use crate::resolve::mta_sts::MtaSts;
+use crate::spool::{now_unix, Envelope};
+
+/// Messages waiting for their next attempt, and attempts in flight.
+struct Queue {
+    waiting: HashMap<String, Envelope>,
+    in_flight: HashSet<String>,
+    tasks: JoinSet<(String, Option<Envelope>)>,
+}
+
+impl Delivery {
+    /// Delivers until `shutdown` turns true, then lets attempts in flight finish
+    /// (at most `server.shutdown_grace`).
+    pub async fn run(mut self, initial: Vec<Envelope>, mut shutdown: watch::Receiver<bool>) {
+        let ctx = self.ctx.clone();
+        if !ctx.config.delivery.enabled {
+            // Accept-and-keep mode: nothing is attempted, nothing is read back.
+            tracing::info!(
+                queued = initial.len(),
+                "delivery is disabled ([delivery] enabled = false); messages stay queued"
+            );
+            let _ = shutdown.wait_for(|v| *v).await;
+            return;
+        }
+        if let Some(sts) = ctx.mta_sts.clone() {
+            spawn_sts_refresh(&ctx, sts, shutdown.clone());
+        }
+        let scan_every =
+            (ctx.config.delivery.queue_scan_interval.get()).max(Duration::from_millis(200));
+        let mut q = Queue {
+            waiting: initial.into_iter().map(|e| (e.id.clone(), e)).collect(),
+            in_flight: HashSet::new(),
+            tasks: JoinSet::new(),
+        };
+        let mut last_scan = Instant::now();
+        loop {
+            q.start_due(&ctx);
+            let to_scan = scan_every.saturating_sub(last_scan.elapsed());
+            let sleep = q.until_next().min(to_scan.max(Duration::from_millis(50)));
+            tokio::select! {
+                _ = shutdown.wait_for(|v| *v) => break,
+                Some(env) = self.incoming.recv() => q.add(env),
+                Some(done) = q.tasks.join_next(), if !q.tasks.is_empty() => {
+                    if let Ok((id, env)) = done {
+                        q.finished(id, env);
+                    }
+                }
+                _ = tokio::time::sleep(sleep) => {}
+            }
+            if last_scan.elapsed() >= scan_every {
+                last_scan = Instant::now();
+                ctx.pool
+                    .close_idle(ctx.config.delivery.connection_reuse_time.get())
+                    .await;
+                q.rescan(&ctx).await;
+            }
+        }
+        q.drain(&ctx).await;
+        ctx.pool.close_idle(Duration::ZERO).await;
+    }
+}
+
+impl Queue {
+    /// Starts an attempt for every due message.
+    fn start_due(&mut self, ctx: &Arc<Context>) {
+        let now = now_unix();
+        let due: Vec<String> = (self.waiting.values())
+            .filter(|e| e.next_attempt <= now)
+            .map(|e| e.id.clone())
+            .collect();
+        for id in due {
+            let env = self.waiting.remove(&id).expect("listed above");
+            self.in_flight.insert(id.clone());
+            let ctx = ctx.clone();
+            self.tasks
+                .spawn(async move { (id, attempt(ctx, env).await) });
+        }
+    }
+
+    /// How long until the next waiting message is due (a long time when none waits).
+    fn until_next(&self) -> Duration {
+        let now = now_unix();
+        (self.waiting.values())
+            .map(|e| e.next_attempt)
+            .min()
+            .map_or(Duration::from_secs(3600), |t| {
+                Duration::from_secs((t - now).max(1) as u64)
+            })
+    }
+
+    /// A message announced by the inbound server (or a DSN).
+    fn add(&mut self, env: Envelope) {
+        if !self.in_flight.contains(&env.id) {
+            self.waiting.insert(env.id.clone(), env);
+        }
+    }
+
+    /// An attempt ended; the envelope is kept when recipients remain.
+    fn finished(&mut self, id: String, env: Option<Envelope>) {
+        self.in_flight.remove(&id);
+        if let Some(env) = env {
+            self.waiting.insert(id, env);
+        }
+    }
+
+    /// The disk is the truth: picks up `queue retry`, `queue delete` and DSNs.
+    async fn rescan(&mut self, ctx: &Context) {
+        let spool = ctx.spool.clone();
+        let Ok(Ok(on_disk)) = tokio::task::spawn_blocking(move || spool.list()).await else {
+            return;
+        };
+        let ids: HashSet<String> = on_disk.iter().map(|e| e.id.clone()).collect();
+        let oldest = on_disk.iter().map(|e| e.received_at).min();
+        metrics::gauge!(names::QUEUE_SIZE).set(on_disk.len() as f64);
+        metrics::gauge!(names::QUEUE_OLDEST)
+            .set(oldest.map_or(0, |t| (now_unix() - t).max(0)) as f64);
+        self.waiting.retain(|id, _| ids.contains(id));
+        for env in on_disk {
+            self.add(env);
+        }
+    }
+
+    /// Lets attempts in flight finish, within `server.shutdown_grace`.
+    async fn drain(&mut self, ctx: &Context) {
+        if !self.tasks.is_empty() {
+            tracing::info!(
+                attempts = self.tasks.len(),
+                "waiting for delivery attempts in flight"
+            );
+        }
+        let grace = ctx.config.server.shutdown_grace.get();
+        let all = async { while self.tasks.join_next().await.is_some() {} };
+        if tokio::time::timeout(grace, all).await.is_err() {
+            self.tasks.abort_all();
+        }
+    }
+}
+
+/// Refreshes MTA-STS policies close to expiry every `mta_sts.refresh_interval`.
+fn spawn_sts_refresh(ctx: &Context, sts: Arc<MtaSts>, mut stop: watch::Receiver<bool>) {
+    let every = (ctx.config.mta_sts.refresh_interval.get()).max(Duration::from_secs(60));
+    let parallel = ctx.config.mta_sts.refresh_parallel;
+    tokio::spawn(async move {
+        loop {
+            let stopping = tokio::select! {
+                _ = stop.changed() => true,
+                _ = tokio::time::sleep(every) => false,
+            };
+            if stopping || *stop.borrow() {
+                return;
+            }
+            let n = sts.refresh_expiring(every * 2, parallel).await;
+            if n > 0 {
+                tracing::info!(policies = n, "MTA-STS policies close to expiry refreshed");
+            }
+        }
+    });
+}

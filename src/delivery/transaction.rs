@@ -1,0 +1,327 @@
+//! One mail transaction on an open, authenticated session: the commands sent
+//! and what the replies mean for each recipient.
+
+use super::client::{Reply, Session, TransactionReplies};
+use super::execute::Job;
+use super::Context;
+use crate::model::mechanism::TlsDemand;
+use crate::model::rcpt::RcptResult;
+use crate::model::status::EnhancedStatus;
+use crate::policy::Requirement;
+use crate::spool::{BodyType, DsnRet, Envelope};
+
+/// Runs the transaction on an open session. None when the session broke before
+/// any recipient was settled (the caller tries elsewhere). The session goes
+/// back to the pool, or is closed.
+pub(super) async fn transact(
+    ctx: &Context,
+    job: &Job<'_>,
+    mut session: Session,
+    req: &Requirement,
+    reused: bool,
+) -> Option<Vec<(usize, RcptResult)>> {
+    let where_ = format!("{}[{}]", session.host, session.addr.ip());
+    if let Some((status, why)) = refuse_before_mail(job.env, &session) {
+        let result = RcptResult::Failed {
+            status,
+            reason: format!("{where_} {why}"),
+            remote: Some(session.host.clone()),
+            diagnostic: None,
+        };
+        session.quit().await;
+        return Some(job.all(result));
+    }
+    let mail = mail_command(job.env, &session, job.demand);
+    let rcpts = rcpt_commands(job.env, job.idxs, session.caps.dsn);
+    let replies = match session.transaction(&mail, &rcpts, job.message).await {
+        Ok(r) => r,
+        Err(e) => {
+            tracing::info!(id = %job.env.id, domain = %job.domain, host = %session.host, error = %e, reused, "session failed during the transaction");
+            return None;
+        }
+    };
+    let results = interpret(&replies, job.idxs, &session.host, &where_, req);
+    log_transaction(job, &session, req, reused, &replies, &results);
+    if ctx.config.delivery.connection_reuse_time.get().is_zero() {
+        session.quit().await;
+    } else {
+        ctx.pool.put(job.domain, session, req.clone());
+    }
+    Some(results)
+}
+
+/// A reason to fail the recipients without sending MAIL: the host cannot take this message.
+fn refuse_before_mail(env: &Envelope, session: &Session) -> Option<(EnhancedStatus, String)> {
+    if env.smtputf8 && !session.caps.smtputf8 {
+        return Some((
+            EnhancedStatus::NO_SMTPUTF8,
+            "does not support SMTPUTF8, which this message needs".into(),
+        ));
+    }
+    let limit = session.caps.size.filter(|&l| l > 0 && env.size > l)?;
+    Some((
+        EnhancedStatus::TOO_BIG,
+        format!(
+            "accepts at most {limit} bytes; the message has {}",
+            env.size
+        ),
+    ))
+}
+
+/// MAIL FROM with the parameters the host offers and the message carries.
+fn mail_command(env: &Envelope, session: &Session, demand: TlsDemand) -> String {
+    let caps = &session.caps;
+    let mut mail = format!("MAIL FROM:<{}>", env.sender);
+    if caps.size.is_some() {
+        mail.push_str(&format!(" SIZE={}", env.size));
+    }
+    if env.body == BodyType::EightBitMime && caps.eightbitmime {
+        mail.push_str(" BODY=8BITMIME");
+    }
+    if env.smtputf8 {
+        mail.push_str(" SMTPUTF8");
+    }
+    if demand == TlsDemand::RequireTls {
+        mail.push_str(" REQUIRETLS");
+    }
+    if caps.dsn {
+        match env.ret {
+            Some(DsnRet::Full) => mail.push_str(" RET=FULL"),
+            Some(DsnRet::Hdrs) => mail.push_str(" RET=HDRS"),
+            None => {}
+        }
+        if let Some(envid) = &env.envid {
+            mail.push_str(&format!(" ENVID={}", xtext(envid)));
+        }
+    }
+    mail
+}
+
+/// RCPT TO for each recipient, with NOTIFY and ORCPT when the host offers DSN.
+fn rcpt_commands(env: &Envelope, idxs: &[usize], dsn: bool) -> Vec<String> {
+    idxs.iter()
+        .map(|&i| {
+            let r = &env.recipients[i];
+            let mut c = format!("RCPT TO:<{}>", r.address);
+            if dsn {
+                if !r.notify.is_empty() {
+                    c.push_str(&format!(" NOTIFY={}", r.notify.join(",").to_uppercase()));
+                }
+                if let Some(o) = &r.orcpt {
+                    c.push_str(&format!(" ORCPT=rfc822;{}", xtext(o)));
+                }
+            }
+            c
+        })
+        .collect()
+}
+
+/// xtext (RFC 3461 §4): `+HH` for `+`, `=`, and bytes outside 33..=126.
+fn xtext(s: &str) -> String {
+    let mut out = String::new();
+    for b in s.bytes() {
+        if (33..=126).contains(&b) && b != b'+' && b != b'=' {
+            out.push(b as char);
+        } else {
+            out.push_str(&format!("+{b:02X}"));
+        }
+    }
+    out
+}
+
+/// What the replies mean for each recipient `idxs[k]`.
+fn interpret(
+    replies: &TransactionReplies,
+    idxs: &[usize],
+    host: &str,
+    where_: &str,
+    req: &Requirement,
+) -> Vec<(usize, RcptResult)> {
+    let judge = |r: &Reply, what: &str| -> Option<RcptResult> {
+        if r.is_ok() {
+            None
+        } else if r.is_permanent() {
+            Some(RcptResult::Failed {
+                status: r
+                    .enhanced()
+                    .and_then(|s| EnhancedStatus::parse(&s))
+                    .unwrap_or(EnhancedStatus::PERMANENT),
+                reason: format!("{where_} refused the {what}: {}", r.one_line()),
+                remote: Some(host.to_string()),
+                diagnostic: Some(r.one_line()),
+            })
+        } else {
+            Some(RcptResult::Deferred {
+                reason: format!("{where_} deferred the {what}: {}", r.one_line()),
+            })
+        }
+    };
+    let mail = replies.mail.as_ref().expect("MAIL always has a reply");
+    if let Some(o) = judge(mail, "sender") {
+        return idxs.iter().map(|&i| (i, o.clone())).collect();
+    }
+    let mut results = Vec::new();
+    let mut accepted = Vec::new();
+    for (&i, r) in idxs.iter().zip(&replies.rcpts) {
+        match judge(r, "recipient") {
+            Some(o) => results.push((i, o)),
+            None => accepted.push(i),
+        }
+    }
+    if !accepted.is_empty() {
+        let o = match &replies.data {
+            Some(r) if r.is_ok() && replies.data_sent => RcptResult::Delivered {
+                host: host.to_string(),
+                mechanism: req.mechanism,
+                reply: r.one_line(),
+            },
+            Some(r) => judge(r, "message").unwrap_or_else(|| RcptResult::Deferred {
+                reason: format!("{where_} accepted DATA but the message was not sent"),
+            }),
+            None => RcptResult::Deferred {
+                reason: format!("{where_} gave no reply to the message"),
+            },
+        };
+        results.extend(accepted.into_iter().map(|i| (i, o.clone())));
+    }
+    results
+}
+
+/// The log line of a transaction.
+fn log_transaction(
+    job: &Job<'_>,
+    session: &Session,
+    req: &Requirement,
+    reused: bool,
+    replies: &TransactionReplies,
+    results: &[(usize, RcptResult)],
+) {
+    let delivered = results
+        .iter()
+        .filter(|(_, o)| matches!(o, RcptResult::Delivered { .. }))
+        .count();
+    tracing::info!(
+        id = %job.env.id,
+        domain = %job.domain,
+        host = %session.host,
+        addr = %session.addr,
+        tls = %req.auth_label(),
+        version = %session.tls_version,
+        cipher = %session.tls_cipher,
+        reused,
+        delivered,
+        of = job.idxs.len(),
+        result = %replies.data.as_ref().or(replies.mail.as_ref()).map(Reply::one_line).unwrap_or_default(),
+        "attempt"
+    );
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::model::mechanism::Mechanism;
+    use crate::model::rfc8460::PolicyType;
+    use crate::policy::PeerCheck;
+
+    fn reply(code: u16, text: &str) -> Reply {
+        Reply {
+            code,
+            lines: vec![text.to_string()],
+        }
+    }
+
+    fn req() -> Requirement {
+        Requirement {
+            host: "mx.test".into(),
+            sni: "mx.test".into(),
+            check: PeerCheck::WebPki,
+            mechanism: Mechanism::Verify,
+            waiver: None,
+            policy: PolicyType::NoPolicyFound,
+            tls13_only: false,
+        }
+    }
+
+    #[test]
+    fn xtext_encoding() {
+        assert_eq!(xtext("a+b=c d@x"), "a+2Bb+3Dc+20d@x");
+        assert_eq!(xtext("plain"), "plain");
+    }
+
+    /// Short names for the results: D delivered, F<status> failed, T deferred.
+    fn short(results: &[(usize, RcptResult)]) -> String {
+        let one = |(i, r): &(usize, RcptResult)| match r {
+            RcptResult::Delivered { .. } => format!("{i}:D"),
+            RcptResult::Failed { status, .. } => format!("{i}:F{status}"),
+            RcptResult::Deferred { .. } => format!("{i}:T"),
+        };
+        results.iter().map(one).collect::<Vec<_>>().join(" ")
+    }
+
+    #[test]
+    fn replies_table() {
+        let ok = reply(250, "2.0.0 ok");
+        let cases: Vec<(Reply, Vec<Reply>, Option<Reply>, bool, &str)> = vec![
+            (
+                ok.clone(),
+                vec![ok.clone(), ok.clone()],
+                Some(ok.clone()),
+                true,
+                "0:D 1:D",
+            ),
+            (
+                reply(550, "5.7.1 no"),
+                vec![],
+                None,
+                false,
+                "0:F5.7.1 1:F5.7.1",
+            ),
+            (reply(451, "later"), vec![], None, false, "0:T 1:T"),
+            (
+                ok.clone(),
+                vec![reply(550, "5.1.1 unknown"), ok.clone()],
+                Some(ok.clone()),
+                true,
+                "0:F5.1.1 1:D",
+            ),
+            (
+                ok.clone(),
+                vec![reply(452, "4.2.2 full"), ok.clone()],
+                Some(reply(554, "no")),
+                true,
+                "0:T 1:F5.0.0",
+            ),
+            (
+                ok.clone(),
+                vec![ok.clone(), ok.clone()],
+                Some(reply(451, "4.3.0 try")),
+                true,
+                "0:T 1:T",
+            ),
+            (
+                ok.clone(),
+                vec![ok.clone(), ok.clone()],
+                None,
+                true,
+                "0:T 1:T",
+            ),
+            (
+                ok.clone(),
+                vec![reply(550, "x"), reply(550, "y")],
+                None,
+                false,
+                "0:F5.0.0 1:F5.0.0",
+            ),
+        ];
+        for (mail, rcpts, data, data_sent, want) in cases {
+            let replies = TransactionReplies {
+                mail: Some(mail),
+                rcpts,
+                data,
+                data_sent,
+            };
+            let got = interpret(&replies, &[0, 1], "mx.test", "mx.test[192.0.2.1]", &req());
+            assert_eq!(short(&got), want);
+        }
+    }
+}

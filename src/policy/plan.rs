@@ -1,0 +1,317 @@
+//! The plan for one recipient domain: a pure function of the gathered facts and
+//! the message's TLS demand.
+//!
+//! Delivery carries a plan out; `tlsrelay check` shows it. Both get it from
+//! [`plan_domain`], so they cannot disagree.
+
+use std::net::IpAddr;
+
+use crate::config::Floor;
+use crate::model::dns::{Answer, Security, TlsaAnswer};
+use crate::model::mechanism::TlsDemand;
+use crate::model::rfc8460::{PolicyType, ResultType};
+use crate::model::status::EnhancedStatus;
+use crate::policy::facts::{DomainFacts, HostFacts};
+use crate::policy::host::{host_plan, local_host_plan, requiretls_ok, HostPlan, StsRule};
+use crate::policy::mx::MxPlan;
+use crate::policy::requirement::Requirement;
+use crate::protocol::sts::{Mode, StsPolicy};
+
+/// What to do for one recipient domain.
+#[derive(Debug, Clone, PartialEq)]
+pub enum DomainPlan {
+    /// Fail the recipients now: no retry can help.
+    Fail {
+        /// Enhanced status code.
+        status: EnhancedStatus,
+        /// Plain words for the bounce.
+        reason: String,
+    },
+    /// Try again later without contacting any host.
+    Defer {
+        /// Plain words for the log, the queue and the delay notice.
+        reason: String,
+        /// The RFC 8460 result to record, if one applies.
+        result: Option<ResultType>,
+    },
+    /// Walk these hosts in order.
+    Hosts {
+        /// One step per MX host looked at.
+        steps: Vec<HostStep>,
+        /// DNSSEC status of the MX answer.
+        mx_security: Security,
+        /// MX hosts beyond `delivery.max_hosts_per_attempt`, not looked at.
+        untried: usize,
+    },
+}
+
+/// One MX host in the plan.
+#[derive(Debug, Clone, PartialEq)]
+pub enum HostStep {
+    /// Connect to its addresses under a requirement.
+    Connect(Target),
+    /// Do not contact it in this attempt.
+    Skip(Skipped),
+}
+
+/// A host to connect to.
+#[derive(Debug, Clone, PartialEq)]
+pub struct Target {
+    /// Its addresses, in the order DNS gave them.
+    pub addrs: Vec<IpAddr>,
+    /// What its TLS session must prove.
+    pub req: Requirement,
+    /// What TLS-RPT records about sessions with it.
+    pub report: ReportFacts,
+    /// Something the operator should know (an MTA-STS `testing` policy that does not list the host).
+    pub note: Option<String>,
+}
+
+/// A host not contacted, and why.
+#[derive(Debug, Clone, PartialEq)]
+pub struct Skipped {
+    /// The MX host.
+    pub host: String,
+    /// Plain words.
+    pub reason: String,
+    /// The RFC 8460 result to record; none when nothing is reported (e.g. no address).
+    pub result: Option<ResultType>,
+    /// What TLS-RPT records about the refusal.
+    pub report: ReportFacts,
+    /// Which kind of rule skipped it.
+    pub cause: SkipCause,
+}
+
+/// Why a host is skipped.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum SkipCause {
+    /// Its addresses could not be found or trusted.
+    Dns,
+    /// DANE, MTA-STS or a local policy forbids contacting it.
+    Policy,
+    /// It cannot carry a REQUIRETLS message (RFC 8689).
+    RequireTls,
+}
+
+/// What TLS-RPT needs to know about the policy behind an outcome (RFC 8460 §4.4).
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct ReportFacts {
+    /// The policy type in force.
+    pub policy: PolicyType,
+    /// The policy strings: TLSA records, or the MTA-STS policy's lines.
+    pub policy_strings: Vec<String>,
+    /// The MTA-STS policy's mx patterns.
+    pub mx_patterns: Vec<String>,
+}
+
+impl ReportFacts {
+    /// The facts of an MTA-STS policy: its lines and mx patterns.
+    fn sts(p: Option<&StsPolicy>) -> ReportFacts {
+        let Some(p) = p else {
+            return ReportFacts::of(PolicyType::Sts);
+        };
+        ReportFacts {
+            policy: PolicyType::Sts,
+            policy_strings: p
+                .text
+                .lines()
+                .filter(|l| !l.is_empty())
+                .map(str::to_string)
+                .collect(),
+            mx_patterns: p.mx_strings(),
+        }
+    }
+
+    /// The facts of a TLSA answer: its records, one per string.
+    fn tlsa(answer: Option<&TlsaAnswer>) -> ReportFacts {
+        let policy_strings = match answer {
+            Some(Answer::Records { records, .. }) => records.iter().map(tlsa_string).collect(),
+            _ => vec![],
+        };
+        ReportFacts {
+            policy: PolicyType::Tlsa,
+            policy_strings,
+            mx_patterns: vec![],
+        }
+    }
+
+    /// Facts with nothing but a policy type.
+    fn of(policy: PolicyType) -> ReportFacts {
+        ReportFacts {
+            policy,
+            ..ReportFacts::default()
+        }
+    }
+}
+
+/// A TLSA record as RFC 8460 §4.4 writes it: `usage selector matching HEX`.
+pub fn tlsa_string(r: &crate::model::dns::Tlsa) -> String {
+    let hex: String = r.data.iter().map(|b| format!("{b:02X}")).collect();
+    format!("{} {} {} {hex}", r.usage, r.selector, r.matching)
+}
+
+/// The rules that do not change from host to host of one domain.
+struct Rules<'a> {
+    facts: &'a DomainFacts,
+    floor: Floor,
+    demand: TlsDemand,
+    sts: StsRule<'a>,
+    mx_security: Security,
+}
+
+/// Plans one attempt at a domain.
+pub fn plan_domain(facts: &DomainFacts, floor: Floor, demand: TlsDemand) -> DomainPlan {
+    let mx_security = match &facts.mx {
+        MxPlan::Fail { status, reason } => {
+            return DomainPlan::Fail {
+                status: *status,
+                reason: reason.clone(),
+            }
+        }
+        MxPlan::Defer { reason, result } => {
+            return DomainPlan::Defer {
+                reason: reason.clone(),
+                result: *result,
+            }
+        }
+        MxPlan::Hosts { security, .. } => *security,
+    };
+    let rules = Rules {
+        facts,
+        floor,
+        demand,
+        sts: sts_rule(facts),
+        mx_security,
+    };
+    DomainPlan::Hosts {
+        steps: facts.hosts.iter().map(|h| rules.step(h)).collect(),
+        mx_security,
+        untried: facts.untried,
+    }
+}
+
+/// The MTA-STS rule: none when a local policy decides.
+fn sts_rule(facts: &DomainFacts) -> StsRule<'_> {
+    match (&facts.local, &facts.sts.policy) {
+        (None, Some(p)) if p.mode == Mode::Enforce => StsRule::Enforce(p),
+        (None, Some(p)) if p.mode == Mode::Testing => StsRule::Testing(p),
+        _ => StsRule::Absent,
+    }
+}
+
+impl Rules<'_> {
+    /// The step for one host.
+    fn step(&self, h: &HostFacts) -> HostStep {
+        let host = h.mx.host.as_str();
+        let addrs = match &h.addresses {
+            Answer::Records { records, .. } => records.clone(),
+            other => return HostStep::Skip(address_skip(host, other)),
+        };
+        let (base, tlsa) = match &h.tlsa {
+            Some(t) => (t.base.as_str(), Some(t.answer.clone())),
+            None => (host, None),
+        };
+        let plan = match &self.facts.local {
+            _ if self.demand.waives_authentication() => HostPlan::Connect(self.waived(host)),
+            Some(lp) => local_host_plan(lp, self.facts.domain.as_str(), host, base, tlsa.clone()),
+            None => host_plan(host, base, self.floor, tlsa.clone(), self.sts),
+        };
+        match plan {
+            HostPlan::Connect(req) => self.connect(host, addrs, req, tlsa.as_ref()),
+            HostPlan::Skip { reason, result } => HostStep::Skip(Skipped {
+                host: host.to_string(),
+                reason,
+                result,
+                report: self.skip_report(result, tlsa.as_ref()),
+                cause: SkipCause::Policy,
+            }),
+        }
+    }
+
+    /// A requirement without certificate checks, for a message that waived them.
+    fn waived(&self, host: &str) -> Requirement {
+        Requirement {
+            waiver: self.demand.waiver(),
+            ..crate::policy::host::requirement(host, Floor::Encrypt)
+        }
+    }
+
+    /// A host to connect to, unless REQUIRETLS forbids it.
+    fn connect(
+        &self,
+        host: &str,
+        addrs: Vec<IpAddr>,
+        req: Requirement,
+        tlsa: Option<&TlsaAnswer>,
+    ) -> HostStep {
+        let listed = match self.sts {
+            StsRule::Enforce(p) | StsRule::Testing(p) => p.allows(host),
+            StsRule::Absent => false,
+        };
+        if self.demand == TlsDemand::RequireTls {
+            if let Err(why) = requiretls_ok(&req, self.mx_security, listed) {
+                return HostStep::Skip(Skipped {
+                    host: host.to_string(),
+                    reason: format!("{host}: {why}"),
+                    result: None,
+                    report: ReportFacts::of(req.policy),
+                    cause: SkipCause::RequireTls,
+                });
+            }
+        }
+        let note = (matches!(self.sts, StsRule::Testing(_)) && !listed).then(|| {
+            format!(
+                "MTA-STS testing mode: {host} is not in the policy; enforcement would refuse it"
+            )
+        });
+        let report = match req.policy {
+            PolicyType::Sts => ReportFacts::sts(self.facts.sts.policy.as_ref()),
+            PolicyType::Tlsa => ReportFacts::tlsa(tlsa),
+            PolicyType::NoPolicyFound => ReportFacts::default(),
+        };
+        HostStep::Connect(Target {
+            addrs,
+            req,
+            report,
+            note,
+        })
+    }
+
+    /// The policy a refusal is reported under (RFC 8460 §4.3).
+    fn skip_report(&self, result: Option<ResultType>, tlsa: Option<&TlsaAnswer>) -> ReportFacts {
+        if self.facts.local.is_some() {
+            ReportFacts::default()
+        } else if matches!(
+            result,
+            Some(ResultType::DnssecInvalid | ResultType::TlsaInvalid)
+        ) {
+            ReportFacts::tlsa(tlsa)
+        } else if matches!(self.sts, StsRule::Enforce(_)) {
+            ReportFacts::sts(self.facts.sts.policy.as_ref())
+        } else {
+            ReportFacts::default()
+        }
+    }
+}
+
+/// Why a host whose addresses are missing or untrusted is skipped.
+fn address_skip(host: &str, answer: &Answer<IpAddr>) -> Skipped {
+    let (reason, result) = match answer {
+        Answer::Bogus(why) => (
+            format!("DNSSEC validation of the addresses of {host} failed: {why}"),
+            Some(ResultType::DnssecInvalid),
+        ),
+        Answer::TempFail(why) => (
+            format!("address lookup for {host} failed temporarily: {why}"),
+            None,
+        ),
+        _ => (format!("{host} has no address records"), None),
+    };
+    Skipped {
+        host: host.to_string(),
+        reason,
+        result,
+        report: ReportFacts::default(),
+        cause: SkipCause::Dns,
+    }
+}

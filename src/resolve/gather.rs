@@ -1,0 +1,134 @@
+//! Gather: every DNS answer and policy that decides how one recipient domain
+//! is reached, collected into one [`DomainFacts`] value before anything connects.
+//!
+//! Delivery and `tlsrelay check` both call [`Gatherer::gather`] and then the pure
+//! [`crate::policy::plan_domain`], so the relay's verdict and `check`'s are one.
+
+use tokio::task::JoinSet;
+
+use crate::model::dns::{Answer, MxHost, Security};
+use crate::model::domain::Domain;
+use crate::policy::facts::{DomainFacts, HostFacts, StsFacts, TlsaFacts};
+use crate::policy::local::PolicySet;
+use crate::policy::{plan_mx, wants_tlsa, MxPlan};
+use crate::resolve::dns::Dns;
+use crate::resolve::mta_sts::{MtaSts, Source};
+
+/// The sources of facts, borrowed for one gathering.
+pub struct Gatherer<'a> {
+    /// The validating resolver.
+    pub dns: &'a Dns,
+    /// The MTA-STS engine, when enabled.
+    pub mta_sts: Option<&'a MtaSts>,
+    /// The local policies in force.
+    pub policies: &'a PolicySet,
+    /// The SMTP port (TLSA records live at `_port._tcp.host`).
+    pub port: u16,
+    /// How many MX hosts one attempt looks at (`delivery.max_hosts_per_attempt`).
+    pub max_hosts: usize,
+}
+
+impl Gatherer<'_> {
+    /// Collects the facts for `domain`: local policy, MTA-STS, MX, and per host its addresses and TLSA.
+    pub async fn gather(&self, domain: &Domain) -> DomainFacts {
+        let local = self.policies.lookup(domain.as_str()).cloned();
+        let sts = match (&local, self.mta_sts) {
+            (None, Some(engine)) => sts_facts(engine, domain).await,
+            _ => StsFacts::default(),
+        };
+        let mx = plan_mx(domain.as_str(), self.dns.mx(domain.as_str()).await);
+        let (hosts, untried) = match &mx {
+            MxPlan::Hosts {
+                hosts, security, ..
+            } => {
+                let n = hosts.len().min(self.max_hosts);
+                let facts = self.hosts(&hosts[..n], *security).await;
+                (facts, hosts.len() - n)
+            }
+            _ => (vec![], 0),
+        };
+        DomainFacts {
+            domain: domain.clone(),
+            local,
+            sts,
+            mx,
+            hosts,
+            untried,
+        }
+    }
+
+    /// The facts of each host, looked up concurrently, in the order given.
+    async fn hosts(&self, hosts: &[MxHost], mx_security: Security) -> Vec<HostFacts> {
+        let mut set = JoinSet::new();
+        for (i, mx) in hosts.iter().enumerate() {
+            let (dns, mx, port) = (self.dns.clone(), mx.clone(), self.port);
+            set.spawn(async move { (i, host_facts(&dns, mx, mx_security, port).await) });
+        }
+        let mut out: Vec<(usize, HostFacts)> = Vec::with_capacity(hosts.len());
+        while let Some(done) = set.join_next().await {
+            out.push(done.expect("host lookups do not panic"));
+        }
+        out.sort_by_key(|(i, _)| *i);
+        out.into_iter().map(|(_, f)| f).collect()
+    }
+}
+
+/// What MTA-STS says for the domain.
+async fn sts_facts(engine: &MtaSts, domain: &Domain) -> StsFacts {
+    let found = engine.lookup(domain.as_str()).await;
+    let (policy, source) = match found.policy {
+        Some((p, s)) => (
+            Some(p),
+            Some(
+                match s {
+                    Source::Fetched => "fetched",
+                    Source::Cached => "cached",
+                }
+                .to_string(),
+            ),
+        ),
+        None => (None, None),
+    };
+    StsFacts {
+        policy,
+        source,
+        record_id: found.record_id,
+        error: found.error,
+    }
+}
+
+/// One host's addresses, and its TLSA records when DANE can apply (RFC 7672 §2.2).
+async fn host_facts(dns: &Dns, mx: MxHost, mx_security: Security, port: u16) -> HostFacts {
+    let addresses = dns.addresses(&mx.host).await;
+    let tlsa = match &addresses {
+        Answer::Records {
+            security, owner, ..
+        } if wants_tlsa(mx_security, *security) => {
+            Some(tlsa_facts(dns, &mx.host, owner, port).await)
+        }
+        _ => None,
+    };
+    HostFacts {
+        mx,
+        addresses,
+        tlsa,
+    }
+}
+
+/// The TLSA answer and base domain (RFC 7672 §2.2.2): the host's secure CNAME
+/// target when it has TLSA records (or its lookup is in doubt), else the host name.
+async fn tlsa_facts(dns: &Dns, host: &str, canonical: &str, port: u16) -> TlsaFacts {
+    if !canonical.is_empty() && !canonical.eq_ignore_ascii_case(host) {
+        let answer = dns.tlsa(port, canonical).await;
+        if !matches!(answer, Answer::NoRecords { .. } | Answer::NxDomain { .. }) {
+            return TlsaFacts {
+                base: canonical.to_ascii_lowercase(),
+                answer,
+            };
+        }
+    }
+    TlsaFacts {
+        base: host.to_string(),
+        answer: dns.tlsa(port, host).await,
+    }
+}
