@@ -43,17 +43,38 @@ const DOMAINS: &[(&str, &str)] = &[
     // has: the base (and SNI) is the host name. `check` used to show the target.
     ("cname.test", "connect mx.cname.test sni=mx.cname.test dane"),
     // TLSA at the CNAME target: the target is the base and the SNI.
-    ("cnamet.test", "connect mx.cnamet.test sni=real.cnamet.test dane"),
-    ("unusable.test", "connect mx.unusable.test sni=mx.unusable.test verify"),
-    ("plain.test", "connect mx.plain.test sni=mx.plain.test verify"),
-    ("sts.test", "connect mx.sts.test sni=mx.sts.test mta-sts; skip rogue.sts.test"),
-    ("local.test", "connect mx.local.test sni=mx.local.test local"),
-    ("multi.test", "skip noaddr.multi.test; connect mx2.multi.test sni=mx2.multi.test dane"),
+    (
+        "cnamet.test",
+        "connect mx.cnamet.test sni=real.cnamet.test dane",
+    ),
+    (
+        "unusable.test",
+        "connect mx.unusable.test sni=mx.unusable.test verify",
+    ),
+    (
+        "plain.test",
+        "connect mx.plain.test sni=mx.plain.test verify",
+    ),
+    (
+        "sts.test",
+        "connect mx.sts.test sni=mx.sts.test mta-sts; skip rogue.sts.test",
+    ),
+    (
+        "local.test",
+        "connect mx.local.test sni=mx.local.test local",
+    ),
+    (
+        "multi.test",
+        "skip noaddr.multi.test; connect mx2.multi.test sni=mx2.multi.test dane",
+    ),
     ("sf.test", "skip mx.sf.test"),
     ("bogus.test", "defer"),
     ("nullmx.test", "fail 5.1.10"),
     ("nowhere.test", "fail 5.1.2"),
-    ("implicit.test", "connect implicit.test sni=implicit.test verify"),
+    (
+        "implicit.test",
+        "connect implicit.test sni=implicit.test verify",
+    ),
 ];
 
 /// A plan in the short form of `DOMAINS`.
@@ -252,7 +273,20 @@ async fn check_shows_the_sni_delivery_sends_for_a_cname_mx() {
         timeout: Duration::from_secs(2),
     };
     let sts = MtaSts::new(dns.clone(), settings, &root.path().join("sts")).unwrap();
-    let report = check::run(&config, &dns, &sts, &PolicySet::empty(), "cname.test", false).await;
+    let report = check::run(
+        &config,
+        &dns,
+        &sts,
+        &PolicySet::empty(),
+        "cname.test",
+        false,
+    )
+    .await;
     assert_eq!(report.hosts[0].sni, wire_sni, "{report:?}");
+    // The DANE-TA names are delivery's too: the base (the host name), not the target.
+    assert!(
+        (report.hosts[0].requirement).ends_with("DANE-TA names: mx.cname.test"),
+        "{report:?}"
+    );
     assert!(report.deliverable, "{report:?}");
 }

@@ -200,27 +200,44 @@ impl Session {
         sni: &str,
         timeouts: Timeouts,
     ) -> Result<Session, HostError> {
-        let local = std::sync::Mutex::new(None);
-        let err = |reason: String, result: Option<ResultType>, reply: Option<Reply>| HostError {
+        let mut s = Session::connect(host, addr, timeouts).await?;
+        s.until_starttls(helo).await?;
+        s.handshake(tls, sni).await?;
+        let ehlo = s.command_or_drop(&format!("EHLO {helo}")).await?;
+        if !ehlo.is_ok() {
+            let text = ehlo.one_line();
+            let why = format!("refused EHLO after STARTTLS ({text})");
+            return Err(s.error(why, None, Some(ehlo)));
+        }
+        s.caps = Capabilities::from_ehlo(&ehlo);
+        Ok(s)
+    }
+
+    /// A TCP connection to `addr`, not yet greeted.
+    async fn connect(
+        host: &str,
+        addr: SocketAddr,
+        timeouts: Timeouts,
+    ) -> Result<Session, HostError> {
+        let failed = |reason: String| HostError {
             reason: format!("{host}[{}] {reason}", addr.ip()),
-            result,
-            reply,
-            local: *local.lock().unwrap(),
+            result: None,
+            reply: None,
+            local: None,
         };
         let tcp = match tokio::time::timeout(timeouts.connect, TcpStream::connect(addr)).await {
             Ok(Ok(s)) => s,
-            Ok(Err(e)) => return Err(err(format!("refused the connection: {e}"), None, None)),
+            Ok(Err(e)) => return Err(failed(format!("refused the connection: {e}"))),
             Err(_) => {
-                return Err(err(
-                    format!("did not answer within {:?}", timeouts.connect),
-                    None,
-                    None,
-                ))
+                return Err(failed(format!(
+                    "did not answer within {:?}",
+                    timeouts.connect
+                )))
             }
         };
         let _ = tcp.set_nodelay(true);
-        *local.lock().unwrap() = tcp.local_addr().ok();
-        let mut s = Session {
+        Ok(Session {
+            local_addr: tcp.local_addr().ok(),
             transport: Transport::Plain(tcp),
             rbuf: Vec::new(),
             host: host.to_string(),
@@ -229,105 +246,109 @@ impl Session {
             tls_version: String::new(),
             tls_cipher: String::new(),
             peer_certificates: Vec::new(),
-            local_addr: *local.lock().unwrap(),
             timeouts,
-        };
-        let io_err = |e: io::Error| err(format!("dropped the connection: {e}"), None, None);
-        let greeting = s.read_reply(timeouts.command).await.map_err(io_err)?;
+        })
+    }
+
+    /// Greeting, EHLO and STARTTLS in clear: the only commands ever sent before TLS.
+    async fn until_starttls(&mut self, helo: &str) -> Result<(), HostError> {
+        let greeting =
+            (self.read_reply(self.timeouts.command).await).map_err(|e| self.dropped(e))?;
         if greeting.code != 220 {
             let text = greeting.one_line();
-            return Err(err(format!("greeted with {text}"), None, Some(greeting)));
+            return Err(self.error(format!("greeted with {text}"), None, Some(greeting)));
         }
-        let ehlo = s
-            .command(&format!("EHLO {helo}"), timeouts.command)
-            .await
-            .map_err(io_err)?;
+        let no_tls = Some(ResultType::StarttlsNotSupported);
+        let ehlo = self.command_or_drop(&format!("EHLO {helo}")).await?;
         if !ehlo.is_ok() {
             let text = ehlo.one_line();
-            return Err(err(
-                format!("refused EHLO ({text}), so STARTTLS is impossible; tlsrelay never delivers without TLS"),
-                Some(ResultType::StarttlsNotSupported),
-                Some(ehlo),
-            ));
+            let why = format!("refused EHLO ({text}), so STARTTLS is impossible; tlsrelay never delivers without TLS");
+            return Err(self.error(why, no_tls, Some(ehlo)));
         }
         if !Capabilities::from_ehlo(&ehlo).starttls {
-            let _ = s.command("QUIT", timeouts.command).await;
-            return Err(err(
-                "did not offer STARTTLS; tlsrelay never delivers without TLS".into(),
-                Some(ResultType::StarttlsNotSupported),
-                None,
-            ));
+            let _ = self.command("QUIT", self.timeouts.command).await;
+            let why = "did not offer STARTTLS; tlsrelay never delivers without TLS";
+            return Err(self.error(why.into(), no_tls, None));
         }
-        let reply = s
-            .command("STARTTLS", timeouts.command)
-            .await
-            .map_err(io_err)?;
+        let reply = self.command_or_drop("STARTTLS").await?;
         if reply.code != 220 {
             let text = reply.one_line();
-            return Err(err(
-                format!("refused STARTTLS ({text}); tlsrelay never delivers without TLS"),
-                Some(ResultType::StarttlsNotSupported),
-                Some(reply),
-            ));
+            let why = format!("refused STARTTLS ({text}); tlsrelay never delivers without TLS");
+            return Err(self.error(why, no_tls, Some(reply)));
         }
         // Anything the server sent after its 220 came in clear: discard it.
-        s.rbuf.clear();
-        let Transport::Plain(tcp) = std::mem::replace(&mut s.transport, Transport::Closed) else {
+        self.rbuf.clear();
+        Ok(())
+    }
+
+    /// The TLS handshake, checked by `tls` for the name `sni`.
+    async fn handshake(
+        &mut self,
+        tls: Arc<rustls::ClientConfig>,
+        sni: &str,
+    ) -> Result<(), HostError> {
+        let invalid = Some(ResultType::ValidationFailure);
+        let Ok(name) = ServerName::try_from(sni.to_string()) else {
+            return Err(self.error(format!("has a name unusable for TLS: {sni}"), invalid, None));
+        };
+        let Transport::Plain(tcp) = std::mem::replace(&mut self.transport, Transport::Closed)
+        else {
             unreachable!("the transport is plain before STARTTLS");
         };
-        let name = ServerName::try_from(sni.to_string()).map_err(|_| {
-            err(
-                format!("has a name unusable for TLS: {sni}"),
-                Some(ResultType::ValidationFailure),
-                None,
-            )
-        })?;
         let connector = tokio_rustls::TlsConnector::from(tls);
-        let tls = match tokio::time::timeout(timeouts.command, connector.connect(name, tcp)).await {
-            Ok(Ok(t)) => t,
-            Ok(Err(e)) => {
-                let (kind, words) = crate::tls::classify_tls_error(&e);
-                return Err(err(words, Some(kind), None));
-            }
-            Err(_) => {
-                return Err(err(
-                    "did not complete the TLS handshake in time".into(),
-                    Some(ResultType::ValidationFailure),
-                    None,
-                ))
-            }
-        };
-        {
-            let (_, c) = tls.get_ref();
-            s.tls_version = match c.protocol_version() {
-                Some(rustls::ProtocolVersion::TLSv1_3) => "TLSv1.3".into(),
-                Some(rustls::ProtocolVersion::TLSv1_2) => "TLSv1.2".into(),
-                other => format!("{other:?}"),
+        let stream =
+            match tokio::time::timeout(self.timeouts.command, connector.connect(name, tcp)).await {
+                Ok(Ok(t)) => t,
+                Ok(Err(e)) => {
+                    let (kind, words) = crate::tls::classify_tls_error(&e);
+                    return Err(self.error(words, Some(kind), None));
+                }
+                Err(_) => {
+                    let why = "did not complete the TLS handshake in time";
+                    return Err(self.error(why.into(), invalid, None));
+                }
             };
-            s.tls_cipher = c
-                .negotiated_cipher_suite()
-                .map(|cs| format!("{:?}", cs.suite()))
-                .unwrap_or_default();
-            s.peer_certificates = c
-                .peer_certificates()
-                .map(|certs| certs.iter().map(|c| c.clone().into_owned()).collect())
-                .unwrap_or_default();
+        self.note_tls(stream.get_ref().1);
+        self.transport = Transport::Tls(Box::new(stream));
+        Ok(())
+    }
+
+    /// Keeps what the handshake negotiated, for logs, reports and `check`.
+    fn note_tls(&mut self, c: &rustls::ClientConnection) {
+        self.tls_version = match c.protocol_version() {
+            Some(rustls::ProtocolVersion::TLSv1_3) => "TLSv1.3".into(),
+            Some(rustls::ProtocolVersion::TLSv1_2) => "TLSv1.2".into(),
+            other => format!("{other:?}"),
+        };
+        self.tls_cipher = c
+            .negotiated_cipher_suite()
+            .map(|cs| format!("{:?}", cs.suite()))
+            .unwrap_or_default();
+        self.peer_certificates = c
+            .peer_certificates()
+            .map(|certs| certs.iter().map(|c| c.clone().into_owned()).collect())
+            .unwrap_or_default();
+    }
+
+    /// A command whose reply must come; a broken connection is a host error.
+    async fn command_or_drop(&mut self, line: &str) -> Result<Reply, HostError> {
+        let t = self.timeouts.command;
+        self.command(line, t).await.map_err(|e| self.dropped(e))
+    }
+
+    /// The host dropped the connection.
+    fn dropped(&self, e: io::Error) -> HostError {
+        self.error(format!("dropped the connection: {e}"), None, None)
+    }
+
+    /// A host error naming this host and address.
+    fn error(&self, reason: String, result: Option<ResultType>, reply: Option<Reply>) -> HostError {
+        HostError {
+            reason: format!("{}[{}] {reason}", self.host, self.addr.ip()),
+            result,
+            reply,
+            local: self.local_addr,
         }
-        s.transport = Transport::Tls(Box::new(tls));
-        let ehlo = s
-            .command(&format!("EHLO {helo}"), timeouts.command)
-            .await
-            .map_err(io_err)?;
-        if !ehlo.is_ok() {
-            let text = ehlo.one_line();
-            return Err(err(
-                format!("refused EHLO after STARTTLS ({text})"),
-                None,
-                Some(ehlo),
-            ));
-        }
-        s.caps = Capabilities::from_ehlo(&ehlo);
-        Ok(s)
     }
 
     async fn write(&mut self, bytes: &[u8]) -> io::Result<()> {

@@ -570,44 +570,49 @@ pub fn render(r: &Report) -> String {
         r.tls_rpt.as_deref().unwrap_or("none")
     );
     for h in &r.hosts {
-        let _ = writeln!(out, "\nMX {} {}", h.preference, h.host);
-        let _ = writeln!(
-            out,
-            "  addresses:   {} (DNSSEC {})",
-            h.addresses.join(", "),
-            h.address_dnssec
-        );
-        let _ = writeln!(out, "  TLSA:        {}", h.tlsa_status);
-        for t in &h.tlsa {
-            let _ = writeln!(out, "               {t}");
-        }
-        let _ = writeln!(out, "  requirement: {}", h.requirement);
-        if let Some(p) = &h.probe {
-            let _ = writeln!(out, "  probe {}:    {}", p.address, p.result);
-            if let (Some(v), Some(c)) = (&p.tls_version, &p.cipher) {
-                let _ = writeln!(out, "    TLS:       {v} {c}");
-            }
-            for (i, c) in p.chain.iter().enumerate() {
-                let _ = writeln!(out, "    cert {i}:    {c}");
-            }
-            if let Some(d) = &p.dane {
-                let _ = writeln!(out, "    DANE:      {d}");
-            }
-            if let Some(s) = &p.mta_sts {
-                let _ = writeln!(out, "    MTA-STS:   {s}");
-            }
-            let _ = writeln!(out, "    floor:     {}", p.floor);
-            let _ = writeln!(
-                out,
-                "    verdict:   {}",
-                if p.satisfies_requirement {
-                    "meets the requirement"
-                } else {
-                    "does NOT meet the requirement"
-                }
-            );
-        }
+        render_host(&mut out, h);
     }
     let _ = writeln!(out, "\n{}", r.verdict);
     out
+}
+
+/// One host of the report in plain words.
+fn render_host(out: &mut String, h: &HostReport) {
+    let _ = writeln!(out, "\nMX {} {}", h.preference, h.host);
+    let _ = writeln!(
+        out,
+        "  addresses:   {} (DNSSEC {})",
+        h.addresses.join(", "),
+        h.address_dnssec
+    );
+    let _ = writeln!(out, "  TLSA:        {}", h.tlsa_status);
+    for t in &h.tlsa {
+        let _ = writeln!(out, "               {t}");
+    }
+    let _ = writeln!(out, "  requirement: {}", h.requirement);
+    if let Some(p) = &h.probe {
+        let _ = writeln!(out, "  probe {}:    {}", p.address, p.result);
+        if let (Some(v), Some(c)) = (&p.tls_version, &p.cipher) {
+            let _ = writeln!(out, "    TLS:       {v} {c}");
+        }
+        for (i, c) in p.chain.iter().enumerate() {
+            let _ = writeln!(out, "    cert {i}:    {c}");
+        }
+        if let Some(d) = &p.dane {
+            let _ = writeln!(out, "    DANE:      {d}");
+        }
+        if let Some(s) = &p.mta_sts {
+            let _ = writeln!(out, "    MTA-STS:   {s}");
+        }
+        let _ = writeln!(out, "    floor:     {}", p.floor);
+        let _ = writeln!(
+            out,
+            "    verdict:   {}",
+            if p.satisfies_requirement {
+                "meets the requirement"
+            } else {
+                "does NOT meet the requirement"
+            }
+        );
+    }
 }

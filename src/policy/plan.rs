@@ -315,3 +315,282 @@ fn address_skip(host: &str, answer: &Answer<IpAddr>) -> Skipped {
         cause: SkipCause::Dns,
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::model::dns::{MxHost, Tlsa};
+    use crate::model::domain::Domain;
+    use crate::policy::facts::{StsFacts, TlsaFacts};
+    use crate::policy::local::PolicySet;
+    use crate::protocol::sts::parse_policy;
+
+    /// One host `mx.d.test` at 192.0.2.1; `tlsa` set when DANE can apply.
+    fn host(addr_security: Security, tlsa: Option<TlsaAnswer>) -> HostFacts {
+        HostFacts {
+            mx: MxHost {
+                preference: 10,
+                host: "mx.d.test".into(),
+            },
+            addresses: Answer::Records {
+                records: vec!["192.0.2.1".parse().unwrap()],
+                security: addr_security,
+                owner: "mx.d.test".into(),
+            },
+            tlsa: tlsa.map(|answer| TlsaFacts {
+                base: "mx.d.test".into(),
+                answer,
+            }),
+        }
+    }
+
+    fn dane_records() -> TlsaAnswer {
+        Answer::Records {
+            records: vec![Tlsa {
+                usage: 3,
+                selector: 1,
+                matching: 1,
+                data: vec![0xab; 32],
+            }],
+            security: Security::Secure,
+            owner: "_25._tcp.mx.d.test".into(),
+        }
+    }
+
+    fn facts(mx_security: Security, h: HostFacts) -> DomainFacts {
+        DomainFacts {
+            domain: Domain::parse("d.test").unwrap(),
+            local: None,
+            sts: StsFacts::default(),
+            mx: MxPlan::Hosts {
+                hosts: vec![h.mx.clone()],
+                security: mx_security,
+                implicit: false,
+            },
+            hosts: vec![h],
+            untried: 0,
+        }
+    }
+
+    fn with_sts(mut f: DomainFacts, mode: &str, mx: &str) -> DomainFacts {
+        let text = format!("version: STSv1\nmode: {mode}\nmx: {mx}\nmax_age: 86400\n");
+        f.sts = StsFacts {
+            policy: Some(parse_policy(&text).unwrap()),
+            ..StsFacts::default()
+        };
+        f
+    }
+
+    fn with_local(mut f: DomainFacts, level: &str) -> DomainFacts {
+        let text = format!("[[policy]]\ndomain = \"d.test\"\nlevel = \"{level}\"\n");
+        let set = PolicySet::parse_file(&text, std::path::Path::new("p.toml")).unwrap();
+        f.local = set.into_iter().next();
+        f
+    }
+
+    /// The plan in short words: `connect MECH[ (waiver)] [note]`, `skip CAUSE RESULT POLICY`, `fail`, `defer`.
+    fn short(plan: &DomainPlan) -> String {
+        let DomainPlan::Hosts { steps, .. } = plan else {
+            return format!("{plan:?}")
+                .split_whitespace()
+                .next()
+                .unwrap()
+                .to_lowercase();
+        };
+        match &steps[0] {
+            HostStep::Connect(t) => format!(
+                "connect {}{}",
+                t.req.auth_label(),
+                if t.note.is_some() { " note" } else { "" }
+            ),
+            HostStep::Skip(s) => format!(
+                "skip {:?} {} {:?}",
+                s.cause,
+                s.result.map_or("-", |r| r.as_str()),
+                s.report.policy
+            ),
+        }
+    }
+
+    #[test]
+    fn plan_table() {
+        use Security::{Insecure, Secure};
+        use TlsDemand::*;
+        let secure = || facts(Secure, host(Secure, Some(dane_records())));
+        let insecure = || facts(Insecure, host(Insecure, None));
+        let cases: Vec<(&str, DomainFacts, TlsDemand, &str)> = vec![
+            ("dane", secure(), Standard, "connect dane"),
+            ("floor", insecure(), Standard, "connect verify"),
+            (
+                "report mail waives DANE",
+                secure(),
+                ReportMail,
+                "connect encrypt (TLS report)",
+            ),
+            (
+                "TLS-Required: No",
+                insecure(),
+                TlsRequiredNo,
+                "connect encrypt (TLS-Required: No)",
+            ),
+            (
+                "requiretls, secure MX",
+                secure(),
+                RequireTls,
+                "connect dane",
+            ),
+            (
+                "requiretls, insecure MX",
+                insecure(),
+                RequireTls,
+                "skip RequireTls - NoPolicyFound",
+            ),
+            (
+                "requiretls, insecure MX listed by MTA-STS",
+                with_sts(insecure(), "enforce", "mx.d.test"),
+                RequireTls,
+                "connect mta-sts",
+            ),
+            (
+                "requiretls, local encrypt",
+                with_local(secure(), "encrypt"),
+                RequireTls,
+                "skip RequireTls - NoPolicyFound",
+            ),
+            (
+                "local encrypt",
+                with_local(secure(), "encrypt"),
+                Standard,
+                "connect local",
+            ),
+            (
+                "local dane",
+                with_local(secure(), "dane-only"),
+                Standard,
+                "connect dane",
+            ),
+            (
+                "local dane-only, insecure",
+                with_local(insecure(), "dane-only"),
+                Standard,
+                "skip Policy dane-required NoPolicyFound",
+            ),
+            (
+                "sts enforce, host not listed",
+                with_sts(insecure(), "enforce", "other.d.test"),
+                Standard,
+                "skip Policy validation-failure Sts",
+            ),
+            (
+                "sts testing, host not listed",
+                with_sts(insecure(), "testing", "other.d.test"),
+                Standard,
+                "connect verify note",
+            ),
+            (
+                "DANE beats MTA-STS",
+                with_sts(secure(), "enforce", "other.d.test"),
+                Standard,
+                "connect dane",
+            ),
+            (
+                "TLSA lookup failed",
+                facts(
+                    Secure,
+                    host(Secure, Some(Answer::TempFail("timeout".into()))),
+                ),
+                Standard,
+                "skip Policy tlsa-invalid Tlsa",
+            ),
+            (
+                "addresses bogus",
+                facts(
+                    Secure,
+                    HostFacts {
+                        addresses: Answer::Bogus("rrsig".into()),
+                        ..host(Secure, None)
+                    },
+                ),
+                Standard,
+                "skip Dns dnssec-invalid NoPolicyFound",
+            ),
+            (
+                "no addresses",
+                facts(
+                    Secure,
+                    HostFacts {
+                        addresses: Answer::NoRecords { security: Secure },
+                        ..host(Secure, None)
+                    },
+                ),
+                Standard,
+                "skip Dns - NoPolicyFound",
+            ),
+        ];
+        for (name, f, demand, want) in cases {
+            let got = short(&plan_domain(&f, Floor::Verify, demand));
+            assert_eq!(got, want, "{name}");
+        }
+    }
+
+    #[test]
+    fn mx_failures_and_deferrals_pass_through() {
+        let mut f = facts(Security::Secure, host(Security::Secure, None));
+        f.mx = MxPlan::Fail {
+            status: EnhancedStatus::NULL_MX,
+            reason: "null MX".into(),
+        };
+        assert!(matches!(
+            plan_domain(&f, Floor::Verify, TlsDemand::Standard),
+            DomainPlan::Fail { status, .. } if status == EnhancedStatus::NULL_MX
+        ));
+        f.mx = MxPlan::Defer {
+            reason: "bogus".into(),
+            result: Some(ResultType::DnssecInvalid),
+        };
+        assert!(matches!(
+            plan_domain(&f, Floor::Verify, TlsDemand::Standard),
+            DomainPlan::Defer {
+                result: Some(ResultType::DnssecInvalid),
+                ..
+            }
+        ));
+    }
+
+    #[test]
+    fn report_facts_carry_the_policy() {
+        let f = with_sts(
+            facts(Security::Insecure, host(Security::Insecure, None)),
+            "enforce",
+            "mx.d.test",
+        );
+        let DomainPlan::Hosts { steps, .. } = plan_domain(&f, Floor::Verify, TlsDemand::Standard)
+        else {
+            panic!("hosts");
+        };
+        let HostStep::Connect(t) = &steps[0] else {
+            panic!("connect")
+        };
+        assert_eq!(t.report.policy, PolicyType::Sts);
+        assert_eq!(t.report.mx_patterns, vec!["mx.d.test".to_string()]);
+        assert!(t
+            .report
+            .policy_strings
+            .contains(&"mode: enforce".to_string()));
+        let f = facts(
+            Security::Secure,
+            host(Security::Secure, Some(dane_records())),
+        );
+        let DomainPlan::Hosts { steps, .. } = plan_domain(&f, Floor::Verify, TlsDemand::Standard)
+        else {
+            panic!("hosts");
+        };
+        let HostStep::Connect(t) = &steps[0] else {
+            panic!("connect")
+        };
+        assert_eq!(
+            t.report.policy_strings,
+            vec![format!("3 1 1 {}", "AB".repeat(32))]
+        );
+    }
+}

@@ -161,6 +161,11 @@ impl TestRelay {
         }
     }
 
+    /// The configuration text the relay runs with.
+    pub fn config_text(&self) -> &str {
+        &self.config_text
+    }
+
     /// Stops the relay cleanly (as SIGTERM does) and waits for it.
     pub async fn stop(self) -> (Arc<tempfile::TempDir>, String) {
         let _ = self.stop.send(true);
