@@ -265,7 +265,7 @@ async fn check_shows_the_sni_delivery_sends_for_a_cname_mx() {
     let wire_sni = server.received()[0].tls.as_ref().unwrap().sni.clone();
     assert_eq!(wire_sni.as_deref(), Some("mx.cname.test"));
 
-    let config = Config::parse(&relay.config_text(), None).unwrap();
+    let config = Config::parse(relay.config_text(), None).unwrap();
     let dns = Dns::new(&tlsrelay::relay::dns_settings(&config)).unwrap();
     let settings = FetchSettings {
         port: 443,

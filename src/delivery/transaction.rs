@@ -261,7 +261,9 @@ mod tests {
     #[test]
     fn replies_table() {
         let ok = reply(250, "2.0.0 ok");
-        let cases: Vec<(Reply, Vec<Reply>, Option<Reply>, bool, &str)> = vec![
+        // (MAIL reply, RCPT replies, DATA reply, data sent, results)
+        type Case = (Reply, Vec<Reply>, Option<Reply>, bool, &'static str);
+        let cases: Vec<Case> = vec![
             (
                 ok.clone(),
                 vec![ok.clone(), ok.clone()],
