@@ -5,13 +5,22 @@ use std::hash::Hash;
 use std::sync::Mutex;
 
 /// At most `capacity` entries; inserting into a full map forgets the oldest entry.
-#[derive(Debug)]
 pub(crate) struct Bounded<K, V> {
     capacity: usize,
     inner: Mutex<Entries<K, V>>,
 }
 
-#[derive(Debug)]
+// Only the size: the entries (client configurations) would flood a log line.
+impl<K, V> std::fmt::Debug for Bounded<K, V> {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        let len = self.inner.lock().map(|e| e.map.len()).unwrap_or_default();
+        f.debug_struct("Bounded")
+            .field("capacity", &self.capacity)
+            .field("len", &len)
+            .finish()
+    }
+}
+
 struct Entries<K, V> {
     map: HashMap<K, V>,
     /// Keys in insertion order, oldest first.
