@@ -63,7 +63,7 @@ pub struct Delivery {
 impl Delivery {
     /// Sets up TLS, MTA-STS, local policies and the outcome log.
     pub fn new(config: Arc<Config>, spool: Spool, dns: Dns) -> Result<Delivery, String> {
-        let tls = ClientTls::new(&config.delivery.extra_roots)?;
+        let tls = ClientTls::new(&config.delivery.extra_roots).map_err(|e| e.to_string())?;
         let mta_sts = if config.mta_sts.enabled {
             let settings = FetchSettings {
                 port: config.mta_sts.https_port,

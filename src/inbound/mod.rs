@@ -61,7 +61,7 @@ impl Inbound {
     ) -> Result<Inbound, StartError> {
         let tls = match (&config.server.tls_cert_file, &config.server.tls_key_file) {
             (Some(cert), Some(key)) => Some(TlsAcceptor::from(Arc::new(
-                crate::tls::server_config(cert, key).map_err(StartError)?,
+                crate::tls::server_config(cert, key).map_err(|e| StartError(e.to_string()))?,
             ))),
             _ => None,
         };

@@ -63,7 +63,7 @@ pub struct MxHost {
 }
 
 /// One TLSA record, fields as on the wire (RFC 6698).
-#[derive(Clone, Debug, PartialEq, Eq)]
+#[derive(Clone, Debug, PartialEq, Eq, Hash)]
 pub struct Tlsa {
     /// Certificate usage (0 PKIX-TA, 1 PKIX-EE, 2 DANE-TA, 3 DANE-EE).
     pub usage: u8,

@@ -7,7 +7,8 @@ use crate::model::rfc8460::PolicyType;
 pub type CaCerts = std::sync::Arc<[rustls_pki_types::CertificateDer<'static>]>;
 
 /// How an outbound TLS session must authenticate the MX host.
-#[derive(Debug, Clone, PartialEq, Eq)]
+// Hash: outbound client configurations are cached per requirement (tls::ClientTls).
+#[derive(Debug, Clone, PartialEq, Eq, Hash)]
 pub enum PeerCheck {
     /// WebPKI: the chain leads to a trusted root and names the MX host.
     WebPki,

@@ -58,20 +58,8 @@ impl Reporter {
     ) -> Result<Reporter, String> {
         let outcomes =
             OutcomeLog::open(&spool.dir().join("outcomes")).map_err(|e| e.to_string())?;
-        let mut roots = rustls::RootCertStore::empty();
-        roots.extend(webpki_roots::TLS_SERVER_ROOTS.iter().cloned());
-        for path in &config.tls_rpt.extra_roots {
-            for cert in crate::tls::load_certs(path)? {
-                roots
-                    .add(cert)
-                    .map_err(|e| format!("{}: {e}", path.display()))?;
-            }
-        }
-        let tls = rustls::ClientConfig::builder_with_provider(crate::tls::provider())
-            .with_safe_default_protocol_versions()
-            .map_err(|e| e.to_string())?
-            .with_root_certificates(roots)
-            .with_no_client_auth();
+        let tls = crate::tls::https_client_config(&config.tls_rpt.extra_roots)
+            .map_err(|e| e.to_string())?;
         let dkim = match (&config.tls_rpt.dkim_key_file, &config.tls_rpt.dkim_selector) {
             (Some(path), Some(selector)) => {
                 let pem = std::fs::read_to_string(path)

@@ -95,20 +95,8 @@ impl MtaSts {
     pub fn new(dns: Dns, settings: FetchSettings, dir: &Path) -> Result<MtaSts, String> {
         std::fs::create_dir_all(dir)
             .map_err(|e| format!("cannot create {}: {e}", dir.display()))?;
-        let mut roots = rustls::RootCertStore::empty();
-        roots.extend(webpki_roots::TLS_SERVER_ROOTS.iter().cloned());
-        for path in &settings.extra_roots {
-            for cert in crate::tls::load_certs(path)? {
-                roots
-                    .add(cert)
-                    .map_err(|e| format!("{}: unusable root certificate: {e}", path.display()))?;
-            }
-        }
-        let mut tls = rustls::ClientConfig::builder_with_provider(crate::tls::provider())
-            .with_safe_default_protocol_versions()
-            .map_err(|e| e.to_string())?
-            .with_root_certificates(roots)
-            .with_no_client_auth();
+        let mut tls =
+            crate::tls::https_client_config(&settings.extra_roots).map_err(|e| e.to_string())?;
         tls.alpn_protocols = vec![b"http/1.1".to_vec()];
         Ok(MtaSts {
             dns,

@@ -12,13 +12,13 @@
 use std::sync::Arc;
 
 use rustls::client::danger::{ServerCertVerified, ServerCertVerifier};
-
-use crate::tls::real_signature_checks;
 use rustls::crypto::CryptoProvider;
-use rustls::{CertificateError, OtherError};
-use rustls_pki_types::{CertificateDer, ServerName, UnixTime};
+use rustls::CertificateError;
+use rustls_pki_types::{CertificateDer, ServerName, TrustAnchor, UnixTime};
 
-use crate::resolve::dns::Tlsa;
+use crate::model::dns::Tlsa;
+use crate::tls::keys::{check_key_strength, Der};
+use crate::tls::verify::{real_signature_checks, refused};
 
 /// Whether a TLSA record is one tlsrelay can use for SMTP (RFC 7672 §3.1):
 /// usage 2 or 3, selector 0 or 1, matching type 0, 1 or 2.
@@ -45,21 +45,12 @@ pub fn matches(t: &Tlsa, cert: &CertificateDer<'_>) -> bool {
 }
 
 /// Why DANE authentication failed, in plain words.
-#[derive(Debug)]
+#[derive(Debug, thiserror::Error)]
+#[error("DANE: {0}")]
 pub struct DaneFailure(pub String);
 
-impl std::fmt::Display for DaneFailure {
-    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        write!(f, "DANE: {}", self.0)
-    }
-}
-
-impl std::error::Error for DaneFailure {}
-
 fn failure(s: String) -> rustls::Error {
-    rustls::Error::InvalidCertificate(CertificateError::Other(OtherError(Arc::new(DaneFailure(
-        s,
-    )))))
+    refused(DaneFailure(s))
 }
 
 /// The verifier for one MX host with usable TLSA records.
@@ -85,6 +76,8 @@ impl DaneVerifier {
         }
     }
 
+    /// DANE-TA: `None` when no presented certificate matches `ta_record`, else
+    /// whether the leaf chains to the matching one and carries an acceptable name.
     fn verify_ta(
         &self,
         ta_record: &Tlsa,
@@ -93,33 +86,25 @@ impl DaneVerifier {
         now: UnixTime,
     ) -> Option<Result<(), rustls::Error>> {
         let ta_cert = intermediates.iter().find(|c| matches(ta_record, c))?;
-        if !is_ca(ta_cert) {
-            return Some(Err(failure(
-                "the certificate matching the DANE-TA record is not a CA certificate".into(),
-            )));
-        }
-        let anchor = match webpki::anchor_from_trusted_cert(ta_cert) {
-            Ok(a) => [a],
-            Err(e) => {
-                return Some(Err(failure(format!(
-                    "the DANE-TA certificate cannot be a trust anchor: {e}"
-                ))))
-            }
-        };
-        let ee = match webpki::EndEntityCert::try_from(end_entity) {
-            Ok(ee) => ee,
-            Err(_) => {
-                return Some(Err(rustls::Error::InvalidCertificate(
-                    CertificateError::BadEncoding,
-                )))
-            }
-        };
+        Some(self.verify_chain_to(ta_cert, end_entity, intermediates, now))
+    }
+
+    fn verify_chain_to(
+        &self,
+        ta_cert: &CertificateDer<'_>,
+        end_entity: &CertificateDer<'_>,
+        intermediates: &[CertificateDer<'_>],
+        now: UnixTime,
+    ) -> Result<(), rustls::Error> {
+        let anchor = [trust_anchor(ta_cert)?];
+        let ee = webpki::EndEntityCert::try_from(end_entity)
+            .map_err(|_| rustls::Error::InvalidCertificate(CertificateError::BadEncoding))?;
         let others: Vec<CertificateDer<'_>> = intermediates
             .iter()
             .filter(|c| c.as_ref() != ta_cert.as_ref())
             .cloned()
             .collect();
-        let chain = ee.verify_for_usage(
+        ee.verify_for_usage(
             self.provider.signature_verification_algorithms.all,
             &anchor,
             &others,
@@ -127,32 +112,49 @@ impl DaneVerifier {
             webpki::KeyUsage::server_auth(),
             None,
             None,
-        );
-        if let Err(e) = chain.map(|_| ()) {
-            return Some(Err(webpki_error(e)));
-        }
+        )
+        .map_err(webpki_error)?;
+        self.check_name(&ee)
+    }
+
+    /// The DANE-TA leaf must carry the TLSA base domain or the MX host name.
+    fn check_name(&self, ee: &webpki::EndEntityCert<'_>) -> Result<(), rustls::Error> {
         let name_ok = self.names.iter().any(|n| {
             ServerName::try_from(n.as_str())
                 .map(|sn| ee.verify_is_valid_for_subject_name(&sn).is_ok())
                 .unwrap_or(false)
         });
-        if !name_ok {
-            let presented = ee.valid_dns_names().map(str::to_string).collect();
-            let base = self.names.first().cloned().unwrap_or_default();
-            let Ok(expected) = ServerName::try_from(base) else {
-                return Some(Err(rustls::Error::InvalidCertificate(
-                    CertificateError::NotValidForName,
-                )));
-            };
-            return Some(Err(rustls::Error::InvalidCertificate(
-                CertificateError::NotValidForNameContext {
-                    expected,
-                    presented,
-                },
-            )));
+        if name_ok {
+            return Ok(());
         }
-        Some(Ok(()))
+        let presented = ee.valid_dns_names().map(str::to_string).collect();
+        let base = self.names.first().cloned().unwrap_or_default();
+        let Ok(expected) = ServerName::try_from(base) else {
+            return Err(rustls::Error::InvalidCertificate(
+                CertificateError::NotValidForName,
+            ));
+        };
+        Err(rustls::Error::InvalidCertificate(
+            CertificateError::NotValidForNameContext {
+                expected,
+                presented,
+            },
+        ))
     }
+}
+
+/// The certificate matching a DANE-TA record as a trust anchor; it must be a CA.
+fn trust_anchor<'a>(ta_cert: &'a CertificateDer<'a>) -> Result<TrustAnchor<'a>, rustls::Error> {
+    if !is_ca(ta_cert) {
+        return Err(failure(
+            "the certificate matching the DANE-TA record is not a CA certificate".into(),
+        ));
+    }
+    webpki::anchor_from_trusted_cert(ta_cert).map_err(|e| {
+        failure(format!(
+            "the DANE-TA certificate cannot be a trust anchor: {e}"
+        ))
+    })
 }
 
 fn webpki_error(e: webpki::Error) -> rustls::Error {
@@ -181,7 +183,7 @@ impl ServerCertVerifier for DaneVerifier {
         now: UnixTime,
     ) -> Result<ServerCertVerified, rustls::Error> {
         // DANE-EE skips the chain checks, not the key-strength rule.
-        crate::tls::check_key_strength(end_entity)?;
+        check_key_strength(end_entity)?;
         if self
             .records
             .iter()
@@ -211,37 +213,39 @@ impl ServerCertVerifier for DaneVerifier {
 /// Whether a certificate has basicConstraints with cA = TRUE.
 pub fn is_ca(cert: &CertificateDer<'_>) -> bool {
     const BASIC_CONSTRAINTS: &[u8] = &[0x55, 0x1d, 0x13];
-    let Some((0x30, cert)) = crate::tls::Der(cert.as_ref()).next() else {
+    let Some((0x30, cert)) = Der(cert.as_ref()).next() else {
         return false;
     };
-    let Some((0x30, tbs)) = crate::tls::Der(cert).next() else {
+    let Some((0x30, tbs)) = Der(cert).next() else {
         return false;
     };
-    let Some((_, exts)) = crate::tls::Der(tbs).find(|(tag, _)| *tag == 0xa3) else {
+    // Extensions are the [3] field of TBSCertificate.
+    let Some((_, exts)) = Der(tbs).find(|(tag, _)| *tag == 0xa3) else {
         return false;
     };
-    let Some((0x30, exts)) = crate::tls::Der(exts).next() else {
+    let Some((0x30, exts)) = Der(exts).next() else {
         return false;
     };
-    for (tag, ext) in crate::tls::Der(exts) {
+    for (tag, ext) in Der(exts) {
         if tag != 0x30 {
             continue;
         }
-        let mut fields = crate::tls::Der(ext);
+        let mut fields = Der(ext);
         let Some((0x06, oid)) = fields.next() else {
             continue;
         };
         if oid != BASIC_CONSTRAINTS {
             continue;
         }
+        // Skip the optional `critical` BOOLEAN to the OCTET STRING value.
         let value = fields
             .find(|(t, _)| *t == 0x04)
             .map(|(_, v)| v)
             .unwrap_or(&[]);
-        let Some((0x30, bc)) = crate::tls::Der(value).next() else {
+        let Some((0x30, bc)) = Der(value).next() else {
             return false;
         };
-        return matches!(crate::tls::Der(bc).next(), Some((0x01, [v])) if *v != 0);
+        return matches!(Der(bc).next(), Some((0x01, [v])) if *v != 0);
     }
     false
 }
