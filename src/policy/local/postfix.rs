@@ -77,18 +77,30 @@ pub enum ImportSkip {
 }
 
 /// A `fingerprint` digest that cannot be pinned.
-#[derive(Debug, Clone, PartialEq, Eq)]
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+#[error("`{digest}` is {why}")]
 pub struct DroppedDigest {
     /// The digest as written.
     digest: String,
     /// What it is instead of SHA-256.
-    why: &'static str,
+    why: NotSha256,
 }
 
-impl fmt::Display for DroppedDigest {
-    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        write!(f, "`{}` is {}", self.digest, self.why)
-    }
+/// What a Postfix fingerprint digest is, when it is not SHA-256.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, thiserror::Error)]
+pub enum NotSha256 {
+    /// 16 bytes.
+    #[error("an MD5 digest")]
+    Md5,
+    /// 20 bytes.
+    #[error("a SHA-1 digest")]
+    Sha1,
+    /// Any other length.
+    #[error("not a SHA-256 digest (wrong length)")]
+    WrongLength,
+    /// Not hex digits.
+    #[error("not hex")]
+    NotHex,
 }
 
 /// The items joined by `sep`.
@@ -429,13 +441,13 @@ fn pins(values: &[&str], notes: &mut Vec<Note>) -> Result<Vec<Fingerprint>, Impo
 }
 
 /// A SHA-256 digest in hex, or what the digits are instead.
-fn sha256(digest: &str) -> Result<[u8; 32], &'static str> {
-    let bytes = decode_hex(digest).map_err(|_| "not hex")?;
+fn sha256(digest: &str) -> Result<[u8; 32], NotSha256> {
+    let bytes = decode_hex(digest).map_err(|_| NotSha256::NotHex)?;
     match bytes.len() {
         32 => Ok(bytes.try_into().expect("32 bytes")),
-        16 => Err("an MD5 digest"),
-        20 => Err("a SHA-1 digest"),
-        _ => Err("not a SHA-256 digest (wrong length)"),
+        16 => Err(NotSha256::Md5),
+        20 => Err(NotSha256::Sha1),
+        _ => Err(NotSha256::WrongLength),
     }
 }
 
