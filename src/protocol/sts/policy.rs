@@ -1,191 +1,6 @@
-//! MTA-STS (RFC 8461): the `_mta-sts` TXT record, the policy body and MX host
-//! pattern matching. Pure functions, no I/O.
-//!
-//! Where RFC 8461 leaves room, the choices are these (each one is pinned by a
-//! case in the tests below):
-//!
-//! * Duplicated non-`mx` fields, in the record and in the policy: the first
-//!   one counts and later ones are ignored, as §3.2 says ("all entries except
-//!   for the first SHALL be ignored"). A duplicate must still be a well-formed
-//!   `name=value` / `name: value` field.
-//! * A TXT record is an STS record only if it begins with exactly `v=STSv1`
-//!   followed by `;`, whitespace or its end (§3.1). `v=STSv10;…`, `V=STSv1;…`
-//!   and ` v=STSv1;…` are other records and are ignored.
-//! * Apart from that, both parsers follow the ABNF strictly (case-sensitive
-//!   field names and values, no whitespace around `=`, `:` directly after the
-//!   field name), with three tolerances that cannot change what a field
-//!   means: whitespace at the end of a TXT record, blank lines in a policy,
-//!   and a trailing dot on an `mx` pattern.
-//! * `max_age` above 31557600 (one year) but within the ABNF's ten digits is
-//!   clamped to 31557600 instead of rejecting the whole policy.
-//! * `mx` patterns may be given as U-labels; they are converted to A-labels.
-//!   IP addresses and address literals are refused.
-//!
-//! Rejecting a policy makes a sender act as though the domain had no policy
-//! (§3.3, §5.1), which is the weaker outcome; the tolerances above are cases
-//! where rejecting would gain nothing. Callers must keep a cached, unexpired
-//! policy when a fresh record or policy does not parse.
+//! The MTA-STS policy body (RFC 8461 §3.2).
 
-/// The largest `max_age` RFC 8461 §3.2 allows: 31557600 seconds (one year).
-pub const MAX_AGE_LIMIT: u64 = 31_557_600;
-
-/// Why a record or policy was rejected: a precise message naming the line or field.
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub struct StsError(pub String);
-
-impl std::fmt::Display for StsError {
-    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.write_str(&self.0)
-    }
-}
-
-impl std::error::Error for StsError {}
-
-/// The `_mta-sts` TXT record.
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub struct StsRecord {
-    /// The policy instance id: 1 to 32 ASCII letters and digits.
-    pub id: String,
-}
-
-fn is_wsp(c: char) -> bool {
-    c == ' ' || c == '\t'
-}
-
-fn txt_err(msg: impl std::fmt::Display) -> StsError {
-    StsError(format!("MTA-STS TXT record: {msg}"))
-}
-
-/// Whether `name` is an `sts-ext-name` / `sts-policy-ext-name`:
-/// `(ALPHA / DIGIT) *31(ALPHA / DIGIT / "_" / "-" / ".")`.
-fn is_ext_name(name: &str) -> bool {
-    let b = name.as_bytes();
-    !b.is_empty()
-        && b.len() <= 32
-        && b[0].is_ascii_alphanumeric()
-        && b[1..]
-            .iter()
-            .all(|&c| c.is_ascii_alphanumeric() || matches!(c, b'_' | b'-' | b'.'))
-}
-
-/// Parses the TXT records found at `_mta-sts.<domain>`: each element is one record with its strings already concatenated.
-///
-/// Records that do not begin with `v=STSv1` (followed by `;`, whitespace or
-/// the end) are ignored; none left gives `Ok(None)`, more than one is an
-/// error, and the one left must match the RFC 8461 §3.1 grammar.
-pub fn parse_txt(records: &[Vec<u8>]) -> Result<Option<StsRecord>, StsError> {
-    let candidates: Vec<&[u8]> = records
-        .iter()
-        .map(Vec::as_slice)
-        .filter(|r| {
-            r.strip_prefix(b"v=STSv1")
-                .is_some_and(|rest| matches!(rest.first(), None | Some(b';' | b' ' | b'\t')))
-        })
-        .collect();
-    match candidates.len() {
-        0 => Ok(None),
-        1 => parse_one_txt(candidates[0]).map(Some),
-        n => Err(txt_err(format!(
-            "{n} records begin with v=STSv1; exactly one is allowed"
-        ))),
-    }
-}
-
-fn parse_one_txt(raw: &[u8]) -> Result<StsRecord, StsError> {
-    if let Some(i) = raw.iter().position(|&b| !b.is_ascii()) {
-        return Err(txt_err(format!(
-            "non-ASCII byte 0x{:02x} at offset {i}",
-            raw[i]
-        )));
-    }
-    if let Some(i) = raw
-        .iter()
-        .position(|&b| (b < 0x20 && b != b'\t') || b == 0x7f)
-    {
-        return Err(txt_err(format!(
-            "control character 0x{:02x} at offset {i}",
-            raw[i]
-        )));
-    }
-    let text = std::str::from_utf8(raw).expect("checked ASCII");
-    // Whitespace at the very end is outside the ABNF unless a ";" precedes
-    // it; it changes nothing, so it is tolerated.
-    let rest = text["v=STSv1".len()..].trim_end_matches(is_wsp);
-    let mut segments = rest.split(';');
-    let first = segments.next().unwrap_or("");
-    if !first.chars().all(is_wsp) {
-        return Err(txt_err(format!(
-            "expected \";\" after v=STSv1, found {:?}",
-            first.trim_matches(is_wsp)
-        )));
-    }
-    let fields: Vec<&str> = segments.collect();
-    let mut id: Option<String> = None;
-    let mut case_hint: Option<String> = None;
-    for (i, seg) in fields.iter().enumerate() {
-        let field = seg.trim_matches(is_wsp);
-        if field.is_empty() {
-            if i + 1 == fields.len() {
-                continue; // the optional trailing ";"
-            }
-            return Err(txt_err("empty field (two \";\" in a row)"));
-        }
-        let Some((name, value)) = field.split_once('=') else {
-            return Err(txt_err(format!("field {field:?} has no \"=\"")));
-        };
-        if name.ends_with(is_wsp) || value.starts_with(is_wsp) {
-            return Err(txt_err(format!(
-                "field {field:?}: whitespace around \"=\" is not allowed"
-            )));
-        }
-        if !is_ext_name(name) {
-            return Err(txt_err(format!("invalid field name {name:?}")));
-        }
-        if name == "id" && id.is_none() {
-            if value.is_empty() {
-                return Err(txt_err("id is empty"));
-            }
-            if let Some(c) = value.chars().find(|c| !c.is_ascii_alphanumeric()) {
-                return Err(txt_err(format!(
-                    "id {value:?} contains {c:?}; only letters and digits are allowed"
-                )));
-            }
-            if value.len() > 32 {
-                return Err(txt_err(format!(
-                    "id {value:?} is {} characters long; at most 32 are allowed",
-                    value.len()
-                )));
-            }
-            id = Some(value.to_string());
-            continue;
-        }
-        // An extension, or a later duplicate of v or id (ignored, RFC 8461
-        // §3.2): it must still be a well-formed sts-extension.
-        if value.is_empty() {
-            return Err(txt_err(format!("field {name:?} has an empty value")));
-        }
-        if let Some(c) = value
-            .chars()
-            .find(|&c| !matches!(c, '\x21'..='\x3a' | '\x3c' | '\x3e'..='\x7e'))
-        {
-            return Err(txt_err(format!(
-                "field {name:?}: character {c:?} is not allowed in a value"
-            )));
-        }
-        if name.eq_ignore_ascii_case("id") && name != "id" && case_hint.is_none() {
-            case_hint = Some(name.to_string());
-        }
-    }
-    match id {
-        Some(id) => Ok(StsRecord { id }),
-        None => Err(txt_err(match case_hint {
-            Some(n) => {
-                format!("missing required field id (field names are case-sensitive; found {n:?})")
-            }
-            None => "missing required field id".to_string(),
-        })),
-    }
-}
+use super::{is_ext_name, is_wsp, MxPattern, StsError, MAX_AGE_LIMIT};
 
 /// Policy mode.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -207,9 +22,14 @@ impl Mode {
             Mode::None => "none",
         }
     }
-}
 
-pub use crate::model::domain::MxPattern;
+    /// The mode with exactly this name (case-sensitive, as the ABNF's `%s` strings).
+    fn from_name(name: &str) -> Option<Mode> {
+        [Mode::Enforce, Mode::Testing, Mode::None]
+            .into_iter()
+            .find(|m| m.as_str() == name)
+    }
+}
 
 /// A parsed policy (RFC 8461 §3.2).
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -236,6 +56,11 @@ impl StsPolicy {
     }
 }
 
+/// An error about line `n` of the policy.
+fn line_err(n: usize, msg: impl std::fmt::Display) -> StsError {
+    StsError(format!("MTA-STS policy line {n}: {msg}"))
+}
+
 /// Parses a policy body (RFC 8461 §3.2).
 ///
 /// Lines end in LF or CRLF. Fields are `name: value`, the name case-sensitive
@@ -244,147 +69,17 @@ impl StsPolicy {
 /// unless the mode is `none`. Unknown fields are ignored if well-formed.
 /// Blank lines are ignored; `max_age` above one year is clamped to one year.
 pub fn parse_policy(body: &str) -> Result<StsPolicy, StsError> {
-    let mut lines: Vec<&str> = body.split('\n').collect();
-    if lines.last() == Some(&"") {
-        lines.pop();
-    }
-    let lines: Vec<&str> = lines
-        .into_iter()
-        .map(|l| l.strip_suffix('\r').unwrap_or(l))
-        .collect();
-
-    let mut version: Option<()> = None;
-    let mut mode: Option<Mode> = None;
-    let mut max_age: Option<u64> = None;
-    let mut mx: Vec<MxPattern> = Vec::new();
-    // Field names that differ from a known one only in case, for the hint in
-    // "missing required field".
-    let mut case_hints: Vec<(usize, String)> = Vec::new();
-
+    let lines = policy_lines(body);
+    let mut fields = PolicyFields::default();
     for (i, line) in lines.iter().enumerate() {
-        let n = i + 1;
-        let err = |msg: String| StsError(format!("MTA-STS policy line {n}: {msg}"));
-        if let Some(c) = line.chars().find(|&c| c.is_control() && c != '\t') {
-            return Err(err(format!(
-                "control character U+{:04X} is not allowed",
-                c as u32
-            )));
-        }
-        // Blank lines are outside the ABNF but carry nothing; ignoring them
-        // keeps a policy with, say, a doubled final newline valid.
-        if line.chars().all(is_wsp) {
-            continue;
-        }
-        if line.starts_with(is_wsp) {
-            return Err(err(
-                "leading whitespace (a folded continuation line?) is not allowed".into(),
-            ));
-        }
-        if line.starts_with('\u{feff}') {
-            return Err(err("byte-order mark is not allowed".into()));
-        }
-        let Some((name, rest)) = line.split_once(':') else {
-            return Err(err(format!(
-                "no \":\" in {line:?}; expected \"name: value\""
-            )));
-        };
-        if !is_ext_name(name) {
-            return Err(err(if name.ends_with(is_wsp) {
-                format!(
-                    "whitespace before \":\" after field name {:?}",
-                    name.trim_end_matches(is_wsp)
-                )
-            } else if !name.is_ascii() {
-                format!("non-ASCII field name {name:?}")
-            } else {
-                format!("invalid field name {name:?}")
-            }));
-        }
-        let value = rest.trim_matches(is_wsp);
-        if value.is_empty() {
-            return Err(err(format!("field {name:?} has an empty value")));
-        }
-        match name {
-            "version" if version.is_none() => {
-                if value != "STSv1" {
-                    return Err(err(format!(
-                        "unsupported version {value:?}; expected \"STSv1\""
-                    )));
-                }
-                version = Some(());
-            }
-            "mode" if mode.is_none() => {
-                mode = Some(match value {
-                    "enforce" => Mode::Enforce,
-                    "testing" => Mode::Testing,
-                    "none" => Mode::None,
-                    _ => {
-                        return Err(err(format!(
-                            "invalid mode {value:?}; expected \"enforce\", \"testing\" or \"none\" (case-sensitive)"
-                        )))
-                    }
-                });
-            }
-            "max_age" if max_age.is_none() => {
-                if !value.bytes().all(|b| b.is_ascii_digit()) {
-                    return Err(err(format!(
-                        "max_age {value:?} is not a non-negative integer"
-                    )));
-                }
-                if value.len() > 10 {
-                    return Err(err(format!("max_age {value:?} has more than 10 digits")));
-                }
-                let v: u64 = value.parse().expect("at most 10 digits");
-                max_age = Some(v.min(MAX_AGE_LIMIT));
-            }
-            "mx" => mx.push(
-                MxPattern::parse(value)
-                    .map_err(|e| err(format!("mx pattern {value:?}: {}", e.why)))?,
-            ),
-            _ => {
-                // An extension, or a later duplicate of version, mode or
-                // max_age (ignored, RFC 8461 §3.2). Either way it must be a
-                // well-formed sts-policy-ext-value: visible characters
-                // (UTF-8 included) and inner spaces.
-                if let Some(c) = value.chars().find(|&c| c == '\t') {
-                    return Err(err(format!(
-                        "field {name:?}: character {c:?} is not allowed in a value"
-                    )));
-                }
-                if ["version", "mode", "max_age", "mx"]
-                    .iter()
-                    .any(|k| k.eq_ignore_ascii_case(name) && *k != name)
-                {
-                    case_hints.push((n, name.to_string()));
-                }
-            }
+        if let Some((name, value)) = field_of(i + 1, line)? {
+            fields.take(i + 1, name, value)?;
         }
     }
-
-    let missing = |field: &str| {
-        let hint = case_hints
-            .iter()
-            .find(|(_, h)| h.eq_ignore_ascii_case(field))
-            .map(|(n, h)| format!(" (field names are case-sensitive; line {n} has {h:?})"))
-            .unwrap_or_default();
-        StsError(format!(
-            "MTA-STS policy: missing required field {field:?}{hint}"
-        ))
-    };
     if lines.iter().all(|l| l.chars().all(is_wsp)) {
         return Err(StsError("MTA-STS policy: empty policy".into()));
     }
-    version.ok_or_else(|| missing("version"))?;
-    let mode = mode.ok_or_else(|| missing("mode"))?;
-    let max_age = max_age.ok_or_else(|| missing("max_age"))?;
-    if mx.is_empty() && mode != Mode::None {
-        let e = missing("mx");
-        return Err(StsError(format!(
-            "{} (at least one is required in mode {})",
-            e.0,
-            mode.as_str()
-        )));
-    }
+    let (mode, mx, max_age) = fields.finish()?;
     let mut text = String::with_capacity(body.len() + lines.len());
     for l in &lines {
         text.push_str(l);
@@ -398,316 +93,180 @@ pub fn parse_policy(body: &str) -> Result<StsPolicy, StsError> {
     })
 }
 
+/// The body's lines without their LF or CRLF (a final line end starts no line).
+fn policy_lines(body: &str) -> Vec<&str> {
+    let mut lines: Vec<&str> = body.split('\n').collect();
+    if lines.last() == Some(&"") {
+        lines.pop();
+    }
+    lines
+        .into_iter()
+        .map(|l| l.strip_suffix('\r').unwrap_or(l))
+        .collect()
+}
+
+/// Line `n`'s field name and value; `None` for a blank line.
+fn field_of(n: usize, line: &str) -> Result<Option<(&str, &str)>, StsError> {
+    if let Some(c) = line.chars().find(|&c| c.is_control() && c != '\t') {
+        return Err(line_err(
+            n,
+            format!("control character U+{:04X} is not allowed", c as u32),
+        ));
+    }
+    // Blank lines are outside the ABNF but carry nothing; ignoring them
+    // keeps a policy with, say, a doubled final newline valid.
+    if line.chars().all(is_wsp) {
+        return Ok(None);
+    }
+    if line.starts_with(is_wsp) {
+        return Err(line_err(
+            n,
+            "leading whitespace (a folded continuation line?) is not allowed",
+        ));
+    }
+    if line.starts_with('\u{feff}') {
+        return Err(line_err(n, "byte-order mark is not allowed"));
+    }
+    let Some((name, rest)) = line.split_once(':') else {
+        return Err(line_err(
+            n,
+            format!("no \":\" in {line:?}; expected \"name: value\""),
+        ));
+    };
+    if !is_ext_name(name) {
+        return Err(line_err(n, bad_name(name)));
+    }
+    let value = rest.trim_matches(is_wsp);
+    if value.is_empty() {
+        return Err(line_err(n, format!("field {name:?} has an empty value")));
+    }
+    Ok(Some((name, value)))
+}
+
+/// What is wrong with a field name that is not an `sts-policy-ext-name`.
+fn bad_name(name: &str) -> String {
+    if name.ends_with(is_wsp) {
+        format!(
+            "whitespace before \":\" after field name {:?}",
+            name.trim_end_matches(is_wsp)
+        )
+    } else if !name.is_ascii() {
+        format!("non-ASCII field name {name:?}")
+    } else {
+        format!("invalid field name {name:?}")
+    }
+}
+
+/// What the fields of a policy have given so far.
+#[derive(Default)]
+struct PolicyFields {
+    version: bool,
+    mode: Option<Mode>,
+    max_age: Option<u64>,
+    mx: Vec<MxPattern>,
+    /// Field names that differ from a known one only in case, with their
+    /// lines, for the hint in "missing required field".
+    case_hints: Vec<(usize, String)>,
+}
+
+impl PolicyFields {
+    /// Takes the field on line `n`.
+    fn take(&mut self, n: usize, name: &str, value: &str) -> Result<(), StsError> {
+        match name {
+            "version" if !self.version => {
+                if value != "STSv1" {
+                    return Err(line_err(
+                        n,
+                        format!("unsupported version {value:?}; expected \"STSv1\""),
+                    ));
+                }
+                self.version = true;
+            }
+            "mode" if self.mode.is_none() => {
+                self.mode = Some(Mode::from_name(value).ok_or_else(|| {
+                    line_err(n, format!("invalid mode {value:?}; expected \"enforce\", \"testing\" or \"none\" (case-sensitive)"))
+                })?);
+            }
+            "max_age" if self.max_age.is_none() => {
+                self.max_age = Some(max_age(n, value)?);
+            }
+            "mx" => self.mx.push(
+                MxPattern::parse(value)
+                    .map_err(|e| line_err(n, format!("mx pattern {value:?}: {}", e.why)))?,
+            ),
+            // An extension, or a later duplicate of version, mode or max_age
+            // (ignored, RFC 8461 §3.2).
+            _ => self.take_other(n, name, value)?,
+        }
+        Ok(())
+    }
+
+    /// An extension or an ignored duplicate: it must still be a well-formed
+    /// sts-policy-ext-value (visible characters, UTF-8 included, and inner spaces).
+    fn take_other(&mut self, n: usize, name: &str, value: &str) -> Result<(), StsError> {
+        if let Some(c) = value.chars().find(|&c| c == '\t') {
+            return Err(line_err(
+                n,
+                format!("field {name:?}: character {c:?} is not allowed in a value"),
+            ));
+        }
+        if ["version", "mode", "max_age", "mx"]
+            .iter()
+            .any(|k| k.eq_ignore_ascii_case(name) && *k != name)
+        {
+            self.case_hints.push((n, name.to_string()));
+        }
+        Ok(())
+    }
+
+    /// Mode, mx patterns and max_age, once every required field was seen.
+    fn finish(self) -> Result<(Mode, Vec<MxPattern>, u64), StsError> {
+        let missing = |field: &str| {
+            let hint = self
+                .case_hints
+                .iter()
+                .find(|(_, h)| h.eq_ignore_ascii_case(field))
+                .map(|(n, h)| format!(" (field names are case-sensitive; line {n} has {h:?})"))
+                .unwrap_or_default();
+            format!("MTA-STS policy: missing required field {field:?}{hint}")
+        };
+        if !self.version {
+            return Err(StsError(missing("version")));
+        }
+        let mode = self.mode.ok_or_else(|| StsError(missing("mode")))?;
+        let max_age = self.max_age.ok_or_else(|| StsError(missing("max_age")))?;
+        if self.mx.is_empty() && mode != Mode::None {
+            return Err(StsError(format!(
+                "{} (at least one is required in mode {})",
+                missing("mx"),
+                mode.as_str()
+            )));
+        }
+        Ok((mode, self.mx, max_age))
+    }
+}
+
+/// The `max_age` value on line `n`: at most ten digits, clamped to one year.
+fn max_age(n: usize, value: &str) -> Result<u64, StsError> {
+    if !value.bytes().all(|b| b.is_ascii_digit()) {
+        return Err(line_err(
+            n,
+            format!("max_age {value:?} is not a non-negative integer"),
+        ));
+    }
+    if value.len() > 10 {
+        return Err(line_err(
+            n,
+            format!("max_age {value:?} has more than 10 digits"),
+        ));
+    }
+    let v: u64 = value.parse().expect("at most 10 digits");
+    Ok(v.min(MAX_AGE_LIMIT))
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
-
-    /// What a TXT case should give.
-    #[derive(Debug)]
-    enum T {
-        /// `Ok(Some(record))` with this id.
-        Id(&'static str),
-        /// `Ok(None)`: no STS record among the records.
-        NoRecord,
-        /// An error whose message contains this.
-        Err(&'static str),
-    }
-
-    #[test]
-    fn txt_table() {
-        let id32 = "a".repeat(32);
-        let id33 = format!("v=STSv1; id={}", "b".repeat(33));
-        let rec32 = format!("v=STSv1; id={id32}");
-        let ext33 = format!("v=STSv1; id=1; {}=x", "e".repeat(33));
-        let ext32 = format!("v=STSv1; id=1; {}=x", "e".repeat(32));
-        let cases: Vec<(&str, Vec<Vec<u8>>, T)> = vec![
-            // --- valid ---
-            (
-                "rfc example",
-                vec![b"v=STSv1; id=20160831085700Z;".to_vec()],
-                T::Id("20160831085700Z"),
-            ),
-            (
-                "no trailing ;",
-                vec![b"v=STSv1; id=20160831085700Z".to_vec()],
-                T::Id("20160831085700Z"),
-            ),
-            ("no spaces", vec![b"v=STSv1;id=1".to_vec()], T::Id("1")),
-            // sts-field-delim = *WSP ";" *WSP allows space before ";", although
-            // the prose says records not beginning with "v=STSv1;" are
-            // discarded (erratum 6285). We follow the ABNF: it is an STS record.
-            (
-                "space before ;",
-                vec![b"v=STSv1 ; id=1".to_vec()],
-                T::Id("1"),
-            ),
-            ("tabs", vec![b"v=STSv1;\tid=abc;\t".to_vec()], T::Id("abc")),
-            (
-                "trailing ; and spaces",
-                vec![b"v=STSv1; id=1;  ".to_vec()],
-                T::Id("1"),
-            ),
-            // Choice: trailing whitespace without a ";" is outside the ABNF;
-            // tolerated because it cannot change the record's meaning.
-            (
-                "trailing spaces, no ;",
-                vec![b"v=STSv1; id=1  ".to_vec()],
-                T::Id("1"),
-            ),
-            // Split TXT strings are concatenated by the caller without spaces (§3.1).
-            (
-                "split inside id",
-                vec![[&b"v=STSv1; id=2019"[..], b"0101"].concat()],
-                T::Id("20190101"),
-            ),
-            (
-                "split inside v",
-                vec![[&b"v=ST"[..], b"Sv1; id=abc"].concat()],
-                T::Id("abc"),
-            ),
-            (
-                "split after ;",
-                vec![[&b"v=STSv1;"[..], b" id=abc;"].concat()],
-                T::Id("abc"),
-            ),
-            (
-                "id 32 chars",
-                vec![rec32.clone().into_bytes()],
-                T::Id("aaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaa"),
-            ),
-            (
-                "mixed-case id",
-                vec![b"v=STSv1; id=AbC123".to_vec()],
-                T::Id("AbC123"),
-            ),
-            (
-                "extension after id",
-                vec![b"v=STSv1; id=1; ext=val".to_vec()],
-                T::Id("1"),
-            ),
-            (
-                "extension before id",
-                vec![b"v=STSv1; ext=val; id=1".to_vec()],
-                T::Id("1"),
-            ),
-            (
-                "extension name chars",
-                vec![b"v=STSv1; id=1; x-e.v2_a=some:thing/<>".to_vec()],
-                T::Id("1"),
-            ),
-            (
-                "extension name 32 chars",
-                vec![ext32.into_bytes()],
-                T::Id("1"),
-            ),
-            // Duplicates: §3.2 "all entries except for the first SHALL be ignored".
-            (
-                "duplicate id: first wins",
-                vec![b"v=STSv1; id=a; id=b".to_vec()],
-                T::Id("a"),
-            ),
-            (
-                "duplicate v ignored",
-                vec![b"v=STSv1; v=STSv2; id=a".to_vec()],
-                T::Id("a"),
-            ),
-            (
-                "ignored duplicate id need not be an id",
-                vec![b"v=STSv1; id=abc; id=x-y".to_vec()],
-                T::Id("abc"),
-            ),
-            // --- other records ignored ---
-            ("no records", vec![], T::NoRecord),
-            ("spf only", vec![b"v=spf1 -all".to_vec()], T::NoRecord),
-            ("empty record", vec![b"".to_vec()], T::NoRecord),
-            (
-                "spf and sts",
-                vec![b"v=spf1 -all".to_vec(), b"v=STSv1; id=abc".to_vec()],
-                T::Id("abc"),
-            ),
-            (
-                "binary junk ignored",
-                vec![vec![0xff, 0x00, 0xfe], b"v=STSv1; id=abc".to_vec()],
-                T::Id("abc"),
-            ),
-            // §3.1: the record MUST begin with v=STSv1; others are discarded.
-            ("v not first", vec![b"id=1; v=STSv1".to_vec()], T::NoRecord),
-            (
-                "leading space",
-                vec![b" v=STSv1; id=1".to_vec()],
-                T::NoRecord,
-            ),
-            // %s"v=STSv1" is case-sensitive.
-            ("upper-case V", vec![b"V=STSv1; id=1".to_vec()], T::NoRecord),
-            (
-                "lower-case version",
-                vec![b"v=stsv1; id=1".to_vec()],
-                T::NoRecord,
-            ),
-            // Choice: "v=STSv10" begins with the bytes "v=STSv1" but is another
-            // version; treating it as ours would make a future record an error.
-            ("v=STSv10", vec![b"v=STSv10; id=1".to_vec()], T::NoRecord),
-            (
-                "v=STSv2 beside v=STSv1",
-                vec![b"v=STSv2; id=1".to_vec(), b"v=STSv1; id=a".to_vec()],
-                T::Id("a"),
-            ),
-            // --- invalid ---
-            (
-                "two sts records",
-                vec![b"v=STSv1; id=a".to_vec(), b"v=STSv1; id=b".to_vec()],
-                T::Err("2 records begin with v=STSv1"),
-            ),
-            (
-                "two identical sts records",
-                vec![b"v=STSv1; id=a".to_vec(), b"v=STSv1; id=a".to_vec()],
-                T::Err("2 records begin with v=STSv1"),
-            ),
-            (
-                "invalid one still counts",
-                vec![b"v=STSv1; id=a".to_vec(), b"v=STSv1; bogus".to_vec()],
-                T::Err("2 records"),
-            ),
-            (
-                "only version",
-                vec![b"v=STSv1".to_vec()],
-                T::Err("missing required field id"),
-            ),
-            (
-                "only version and ;",
-                vec![b"v=STSv1;".to_vec()],
-                T::Err("missing required field id"),
-            ),
-            (
-                "only extension",
-                vec![b"v=STSv1; foo=bar".to_vec()],
-                T::Err("missing required field id"),
-            ),
-            (
-                "ID upper case",
-                vec![b"v=STSv1; ID=abc".to_vec()],
-                T::Err("missing required field id (field names are case-sensitive; found \"ID\")"),
-            ),
-            (
-                "id 33 chars",
-                vec![id33.into_bytes()],
-                T::Err("is 33 characters long; at most 32"),
-            ),
-            (
-                "id with dashes",
-                vec![b"v=STSv1; id=2019-01-01".to_vec()],
-                T::Err("id \"2019-01-01\" contains '-'"),
-            ),
-            (
-                "id with dot",
-                vec![b"v=STSv1; id=1.2".to_vec()],
-                T::Err("contains '.'"),
-            ),
-            (
-                "id empty",
-                vec![b"v=STSv1; id=".to_vec()],
-                T::Err("id is empty"),
-            ),
-            (
-                "id with space",
-                vec![b"v=STSv1; id=abc def".to_vec()],
-                T::Err("contains ' '"),
-            ),
-            (
-                "id non-ASCII",
-                vec!["v=STSv1; id=ä".as_bytes().to_vec()],
-                T::Err("non-ASCII byte 0xc3 at offset 12"),
-            ),
-            (
-                "NUL",
-                vec![b"v=STSv1; id=1\x00".to_vec()],
-                T::Err("control character 0x00 at offset 13"),
-            ),
-            (
-                "DEL",
-                vec![b"v=STSv1; id=1\x7f".to_vec()],
-                T::Err("control character 0x7f"),
-            ),
-            (
-                "space around =",
-                vec![b"v=STSv1; id = 1".to_vec()],
-                T::Err("whitespace around \"=\""),
-            ),
-            (
-                "space after =",
-                vec![b"v=STSv1; id= 1".to_vec()],
-                T::Err("whitespace around \"=\""),
-            ),
-            (
-                "no ; after version",
-                vec![b"v=STSv1 id=1".to_vec()],
-                T::Err("expected \";\" after v=STSv1, found \"id=1\""),
-            ),
-            (
-                "empty field",
-                vec![b"v=STSv1;; id=1".to_vec()],
-                T::Err("empty field"),
-            ),
-            (
-                "two trailing ;",
-                vec![b"v=STSv1; id=1;;".to_vec()],
-                T::Err("empty field"),
-            ),
-            (
-                "field without =",
-                vec![b"v=STSv1; id=1; flag".to_vec()],
-                T::Err("field \"flag\" has no \"=\""),
-            ),
-            (
-                "extension value with =",
-                vec![b"v=STSv1; id=1; e=a=b".to_vec()],
-                T::Err("field \"e\": character '=' is not allowed"),
-            ),
-            (
-                "extension value with space",
-                vec![b"v=STSv1; id=1; e=a b".to_vec()],
-                T::Err("character ' ' is not allowed"),
-            ),
-            (
-                "extension empty value",
-                vec![b"v=STSv1; id=1; e=".to_vec()],
-                T::Err("field \"e\" has an empty value"),
-            ),
-            (
-                "extension name with _ first",
-                vec![b"v=STSv1; id=1; _e=1".to_vec()],
-                T::Err("invalid field name \"_e\""),
-            ),
-            (
-                "extension name 33 chars",
-                vec![ext33.into_bytes()],
-                T::Err("invalid field name"),
-            ),
-            (
-                "empty field name",
-                vec![b"v=STSv1; id=1; =x".to_vec()],
-                T::Err("invalid field name \"\""),
-            ),
-            // An ignored duplicate must still be a well-formed field.
-            (
-                "malformed duplicate id",
-                vec![b"v=STSv1; id=a; id=".to_vec()],
-                T::Err("field \"id\" has an empty value"),
-            ),
-        ];
-        for (name, records, want) in cases {
-            let got = parse_txt(&records);
-            match (&want, &got) {
-                (T::Id(id), Ok(Some(r))) => assert_eq!(r.id, *id, "{name}"),
-                (T::NoRecord, Ok(None)) => {}
-                (T::Err(sub), Err(e)) => {
-                    assert!(e.0.contains(sub), "{name}: error {:?} lacks {sub:?}", e.0);
-                    assert!(e.0.starts_with("MTA-STS TXT record: "), "{name}: {}", e.0);
-                }
-                _ => panic!("{name}: want {want:?}, got {got:?}"),
-            }
-        }
-    }
 
     /// What a policy case should give.
     #[derive(Debug)]
@@ -1077,22 +636,5 @@ mod tests {
         for (mode, mx, host, want) in cases {
             assert_eq!(policy(mode, mx).allows(host), want, "{mode} {mx:?} {host}");
         }
-    }
-
-    #[test]
-    fn mode_names_and_error_display() {
-        for (m, s) in [
-            (Mode::Enforce, "enforce"),
-            (Mode::Testing, "testing"),
-            (Mode::None, "none"),
-        ] {
-            assert_eq!(m.as_str(), s);
-        }
-        let e = parse_txt(&[b"v=STSv1;".to_vec()]).unwrap_err();
-        assert_eq!(
-            e.to_string(),
-            "MTA-STS TXT record: missing required field id"
-        );
-        let _: &dyn std::error::Error = &e;
     }
 }
