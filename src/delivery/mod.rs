@@ -483,7 +483,14 @@ async fn queue_dsn(
     if env.sender.is_empty() {
         return;
     }
-    let body = dsn::build(&ctx.config.server.hostname, env, message, kind, rcpts);
+    let body = dsn::build(
+        &ctx.config.server.hostname,
+        env,
+        message,
+        kind,
+        rcpts,
+        env.retry_until(ctx.config.delivery.queue_lifetime.get()),
+    );
     let notice = dsn::notice_envelope(env, &ctx.config.server.hostname, body.len() as u64);
     let spool = ctx.spool.clone();
     let n2 = notice.clone();
@@ -1073,7 +1080,7 @@ async fn transact(
             let mut c = format!("RCPT TO:<{}>", r.address);
             if caps.dsn {
                 if !r.notify.is_empty() {
-                    c.push_str(&format!(" NOTIFY={}", r.notify.join(",").to_uppercase()));
+                    c.push_str(&format!(" NOTIFY={}", r.notify.to_string().to_uppercase()));
                 }
                 if let Some(o) = &r.orcpt {
                     c.push_str(&format!(" ORCPT=rfc822;{}", xtext(o)));

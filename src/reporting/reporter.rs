@@ -292,7 +292,7 @@ impl Reporter {
             envid: None,
             recipients: vec![Recipient {
                 address: to.to_string(),
-                notify: vec!["never".into()],
+                notify: crate::model::notify::Notify::NEVER,
                 orcpt: None,
                 state: RcptState::Queued,
                 last_reason: None,
