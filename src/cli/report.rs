@@ -17,9 +17,14 @@ use super::{dns, load_config, pretty_json, runtime};
 /// What to do with TLS reports.
 #[derive(Subcommand)]
 pub enum ReportAction {
-    /// Send the reports of a finished day that are still due, without waiting.
+    /// Send the reports of a finished day that are due, as the running relay would.
+    ///
+    /// A report is due once its UTC day has ended and the domain's randomized
+    /// delay within `tls_rpt.max_delay` has passed; without --now, reports that
+    /// are not due yet are left for later.
     Send {
-        /// Send now, ignoring the randomized delay.
+        /// Send every report of the day that is not sent yet, now, without
+        /// waiting for its randomized delay (needed for --day today).
         #[arg(long)]
         now: bool,
         /// The UTC day (YYYY-MM-DD, or "today" for testing); default yesterday.
@@ -38,7 +43,9 @@ pub fn run(
     let log = OutcomeLog::open(&config.spool.dir.join("outcomes"))?;
     match action {
         None => show(&log, json),
-        Some(ReportAction::Send { now: _, day }) => send(config, parse_day(day.as_deref())?, json),
+        Some(ReportAction::Send { now, day }) => {
+            send(config, parse_day(day.as_deref())?, now, json)
+        }
     }
 }
 
@@ -95,14 +102,20 @@ fn render_period(label: &str, day: NaiveDate, sum: &BTreeMap<String, DomainSumma
     out
 }
 
-/// Sends the day's reports that are not sent yet and says what happened.
-fn send(config: Config, day: NaiveDate, json: bool) -> anyhow::Result<ExitCode> {
+/// Sends the day's due reports (all of them with `now`) and says what happened.
+fn send(config: Config, day: NaiveDate, now: bool, json: bool) -> anyhow::Result<ExitCode> {
     let sent = runtime()?.block_on(async {
         let dns = dns(&config)?;
         let spool = Spool::open(&config.spool.dir)?;
         let reporter =
             Reporter::new(Arc::new(config), spool, dns, None).map_err(anyhow::Error::msg)?;
-        anyhow::Ok(reporter.send_day(day).await)
+        anyhow::Ok(if now {
+            reporter.send_day(day).await
+        } else {
+            reporter
+                .send_day_due(day, chrono::Utc::now().timestamp())
+                .await
+        })
     })?;
     if json {
         println!("{}", pretty_json(&sent)?);
