@@ -260,9 +260,16 @@ async fn queue_show_reads_the_old_envelope_format() {
 
 #[tokio::test]
 async fn queue_bounce_sends_a_notice_only_where_notify_asks() {
-    // The fixture's pending recipients are carol (NOTIFY given as below) and erin.
-    // (sender, carol's NOTIFY, erin's NOTIFY, end of the output, recipients in the DSN)
-    let cases: [(&str, &[&str], &[&str], &str, &[&str]); 4] = [
+    // The fixture's pending recipients are carol and erin, with the NOTIFY given here.
+    /// (sender, carol's NOTIFY, erin's NOTIFY, end of the output, recipients in the DSN)
+    type Case<'a> = (
+        &'a str,
+        &'a [&'a str],
+        &'a [&'a str],
+        &'a str,
+        &'a [&'a str],
+    );
+    let cases: [Case; 4] = [
         (
             "alice@example.org",
             &[],
