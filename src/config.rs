@@ -187,6 +187,64 @@ impl Default for ServerConfig {
     }
 }
 
+impl ServerConfig {
+    /// The `[server]` rules: TLS and AUTH go together, limits are usable.
+    fn check(&self) -> Result<(), Violation> {
+        if self.listen.is_empty() {
+            return Err(violation(
+                "listen",
+                "server.listen is empty; give at least one address, e.g. [\"127.0.0.1:10025\"]",
+            ));
+        }
+        if self.tls_cert_file.is_some() != self.tls_key_file.is_some() {
+            return Err(violation(
+                "tls_cert_file",
+                "server.tls_cert_file and server.tls_key_file go together; set both or neither",
+            ));
+        }
+        if self.auth_users_file.is_some() && self.tls_cert_file.is_none() {
+            return Err(violation(
+                "auth_users_file",
+                "server.auth_users_file needs STARTTLS (AUTH is only offered after STARTTLS); set server.tls_cert_file and server.tls_key_file",
+            ));
+        }
+        self.check_limits()?;
+        if self.hostname.is_empty() || self.hostname.contains(char::is_whitespace) {
+            return Err(violation(
+                "hostname",
+                "server.hostname must be a host name without spaces, e.g. \"relay.example.com\"",
+            ));
+        }
+        Ok(())
+    }
+
+    /// Line length, counts and sizes that would make the server unusable.
+    fn check_limits(&self) -> Result<(), Violation> {
+        if self.max_line_length < 512 {
+            return Err(violation(
+                "max_line_length",
+                format!("server.max_line_length = {} is below the 512 octets RFC 5321 requires; use 512 or more", self.max_line_length),
+            ));
+        }
+        for (key, v) in [
+            ("max_recipients", self.max_recipients),
+            ("max_sessions", self.max_sessions),
+            ("max_sessions_per_client", self.max_sessions_per_client),
+        ] {
+            if v == 0 {
+                return Err(violation(key, format!("server.{key} must be at least 1")));
+            }
+        }
+        if self.max_message_size == 0 {
+            return Err(violation(
+                "max_message_size",
+                "server.max_message_size must be at least 1",
+            ));
+        }
+        Ok(())
+    }
+}
+
 /// The `[spool]` section.
 #[derive(Debug, Clone, Deserialize)]
 #[serde(deny_unknown_fields, default)]
@@ -287,6 +345,34 @@ impl Default for DeliveryConfig {
     }
 }
 
+impl DeliveryConfig {
+    /// The `[delivery]` rules: a usable retry schedule, limits and lifetime.
+    fn check(&self) -> Result<(), Violation> {
+        if self.retry_schedule.is_empty() || self.retry_schedule.iter().any(|r| r.0.is_zero()) {
+            return Err(violation(
+                "retry_schedule",
+                "delivery.retry_schedule needs at least one delay above zero, e.g. [\"5m\", \"15m\", \"1h\"]",
+            ));
+        }
+        if self.max_hosts_per_attempt == 0
+            || self.max_connections == 0
+            || self.max_connections_per_domain == 0
+        {
+            return Err(violation(
+                "max_connections",
+                "delivery.max_hosts_per_attempt, max_connections and max_connections_per_domain must be at least 1",
+            ));
+        }
+        if self.queue_lifetime.0.is_zero() {
+            return Err(violation(
+                "queue_lifetime",
+                "delivery.queue_lifetime must be above zero, e.g. \"5d\"",
+            ));
+        }
+        Ok(())
+    }
+}
+
 /// The authentication floor for MX hosts that no stronger rule covers.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize)]
 #[serde(rename_all = "lowercase")]
@@ -384,12 +470,15 @@ impl HumanDuration {
     }
 }
 
+/// A duration that could not be read, with the form that would be valid.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+#[error("`{0}` is not a duration; write a number with a unit s, m, h or d, e.g. \"30s\", \"5m\", \"1h30m\"")]
+pub struct DurationError(pub String);
+
 impl FromStr for HumanDuration {
-    type Err = String;
-    fn from_str(s: &str) -> Result<Self, String> {
-        let bad = || {
-            format!("`{s}` is not a duration; write a number with a unit s, m, h or d, e.g. \"30s\", \"5m\", \"1h30m\"")
-        };
+    type Err = DurationError;
+    fn from_str(s: &str) -> Result<Self, DurationError> {
+        let bad = || DurationError(s.to_string());
         let mut total = 0u64;
         let mut digits = String::new();
         let mut any = false;
@@ -463,6 +552,23 @@ impl fmt::Display for ConfigError {
 
 impl std::error::Error for ConfigError {}
 
+/// A rule that spans several keys, broken: the key to blame and the fix.
+#[derive(Debug)]
+struct Violation {
+    /// The key whose line the error names.
+    key: &'static str,
+    /// What is wrong and what would be valid.
+    message: String,
+}
+
+/// Shorthand for a broken rule.
+fn violation(key: &'static str, message: impl Into<String>) -> Violation {
+    Violation {
+        key,
+        message: message.into(),
+    }
+}
+
 impl Config {
     /// Reads and checks a configuration file.
     pub fn load(path: &Path) -> Result<Config, ConfigError> {
@@ -484,95 +590,26 @@ impl Config {
                 message: e.message().trim().to_string(),
             }
         })?;
-        config.check().map_err(|(key, message)| ConfigError {
+        config.check().map_err(|v| ConfigError {
             file: path.map(Path::to_owned),
-            line: find_key_line(text, key),
-            message,
+            line: find_key_line(text, v.key),
+            message: v.message,
         })?;
         Ok(config)
     }
 
-    /// Checks rules that span several keys; returns the key to blame and the message.
-    fn check(&self) -> Result<(), (&'static str, String)> {
-        let s = &self.server;
-        if s.listen.is_empty() {
-            return Err((
-                "listen",
-                "server.listen is empty; give at least one address, e.g. [\"127.0.0.1:10025\"]"
-                    .into(),
-            ));
-        }
-        if s.tls_cert_file.is_some() != s.tls_key_file.is_some() {
-            return Err((
-                "tls_cert_file",
-                "server.tls_cert_file and server.tls_key_file go together; set both or neither"
-                    .into(),
-            ));
-        }
-        if s.auth_users_file.is_some() && s.tls_cert_file.is_none() {
-            return Err((
-                "auth_users_file",
-                "server.auth_users_file needs STARTTLS (AUTH is only offered after STARTTLS); set server.tls_cert_file and server.tls_key_file".into(),
-            ));
-        }
-        if s.max_line_length < 512 {
-            return Err((
-                "max_line_length",
-                format!("server.max_line_length = {} is below the 512 octets RFC 5321 requires; use 512 or more", s.max_line_length),
-            ));
-        }
-        for (key, v) in [
-            ("max_recipients", s.max_recipients),
-            ("max_sessions", s.max_sessions),
-            ("max_sessions_per_client", s.max_sessions_per_client),
-        ] {
-            if v == 0 {
-                return Err((key, format!("server.{key} must be at least 1")));
-            }
-        }
-        if s.max_message_size == 0 {
-            return Err((
-                "max_message_size",
-                "server.max_message_size must be at least 1".into(),
-            ));
-        }
-        if s.hostname.is_empty() || s.hostname.contains(char::is_whitespace) {
-            return Err((
-                "hostname",
-                "server.hostname must be a host name without spaces, e.g. \"relay.example.com\""
-                    .into(),
-            ));
-        }
-        let d = &self.delivery;
-        if d.retry_schedule.is_empty() || d.retry_schedule.iter().any(|r| r.0.is_zero()) {
-            return Err((
-                "retry_schedule",
-                "delivery.retry_schedule needs at least one delay above zero, e.g. [\"5m\", \"15m\", \"1h\"]".into(),
-            ));
-        }
-        if d.max_hosts_per_attempt == 0
-            || d.max_connections == 0
-            || d.max_connections_per_domain == 0
-        {
-            return Err((
-                "max_connections",
-                "delivery.max_hosts_per_attempt, max_connections and max_connections_per_domain must be at least 1".into(),
-            ));
-        }
-        if d.queue_lifetime.0.is_zero() {
-            return Err((
-                "queue_lifetime",
-                "delivery.queue_lifetime must be above zero, e.g. \"5d\"".into(),
-            ));
-        }
+    /// Checks rules that span several keys.
+    fn check(&self) -> Result<(), Violation> {
+        self.server.check()?;
+        self.delivery.check()?;
         if self.tls_rpt.dkim_key_file.is_some() && self.tls_rpt.dkim_selector.is_none() {
-            return Err((
+            return Err(violation(
                 "dkim_key_file",
-                "tls_rpt.dkim_key_file needs tls_rpt.dkim_selector (the s= of the DKIM record), e.g. \"tlsrpt2026\"".into(),
+                "tls_rpt.dkim_key_file needs tls_rpt.dkim_selector (the s= of the DKIM record), e.g. \"tlsrpt2026\"",
             ));
         }
         if self.dns.attempts == 0 {
-            return Err(("attempts", "dns.attempts must be at least 1".into()));
+            return Err(violation("attempts", "dns.attempts must be at least 1"));
         }
         Ok(())
     }

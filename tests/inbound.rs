@@ -181,12 +181,12 @@ async fn dsn_parameters_are_kept() {
     let env = &queued(&s.spool)[0];
     assert_eq!(env.ret, Some(DsnRet::Hdrs));
     assert_eq!(env.envid.as_deref(), Some("QQ+id"));
-    assert_eq!(env.recipients[0].notify, ["success", "delay"]);
+    assert_eq!(env.recipients[0].notify.to_string(), "success,delay");
     assert_eq!(
         env.recipients[0].orcpt.as_deref(),
         Some("orig+b@example.net")
     );
-    assert_eq!(env.recipients[1].notify, ["never"]);
+    assert_eq!(env.recipients[1].notify.to_string(), "never");
 }
 
 #[tokio::test]

@@ -9,7 +9,6 @@ use tokio::task::JoinSet;
 
 use super::execute::{deliver_domain, Job};
 use super::Context;
-use crate::config::HumanDuration;
 use crate::model::domain::Domain;
 use crate::model::mechanism::TlsDemand;
 use crate::model::rcpt::RcptResult;
@@ -97,68 +96,15 @@ fn settle_invalid_domains(env: &mut Envelope) -> Vec<dsn::RecipientStatus> {
     failed
 }
 
-/// Records one recipient's result; the DSN line when it failed.
+/// Records one recipient's result, and counts it; the DSN line when it failed.
 fn apply(env: &mut Envelope, i: usize, result: &RcptResult) -> Option<dsn::RecipientStatus> {
-    let r = &mut env.recipients[i];
-    match result {
-        RcptResult::Delivered {
-            host,
-            mechanism,
-            reply,
-        } => {
-            metrics::counter!(names::DELIVERIES, "result" => "delivered", "auth" => mechanism.as_str()).increment(1);
-            r.state = RcptState::Delivered;
-            r.status = Some(reply.clone());
-            r.last_reason = Some(format!("delivered to {host}"));
-            None
-        }
-        RcptResult::Failed {
-            status,
-            reason,
-            remote,
-            diagnostic,
-        } => {
-            metrics::counter!(names::DELIVERIES, "result" => "failed", "auth" => "none")
-                .increment(1);
-            Some(fail(
-                env,
-                i,
-                *status,
-                reason.clone(),
-                remote.clone(),
-                diagnostic.clone(),
-            ))
-        }
-        RcptResult::Deferred { reason } => {
-            metrics::counter!(names::DELIVERIES, "result" => "deferred", "auth" => "none")
-                .increment(1);
-            r.last_reason = Some(reason.clone());
-            None
-        }
-    }
-}
-
-/// Fails one recipient; the line for its DSN.
-fn fail(
-    env: &mut Envelope,
-    i: usize,
-    status: EnhancedStatus,
-    reason: String,
-    remote: Option<String>,
-    diagnostic: Option<String>,
-) -> dsn::RecipientStatus {
-    let r = &mut env.recipients[i];
-    r.state = RcptState::Failed;
-    r.status = Some(status.to_string());
-    r.last_reason = Some(reason.clone());
-    dsn::RecipientStatus {
-        address: r.address.clone(),
-        orcpt: r.orcpt.clone(),
-        status: status.to_string(),
-        remote_mta: remote,
-        diagnostic,
-        reason,
-    }
+    let (outcome, auth) = match result {
+        RcptResult::Delivered { mechanism, .. } => ("delivered", mechanism.as_str()),
+        RcptResult::Failed { .. } => ("failed", "none"),
+        RcptResult::Deferred { .. } => ("deferred", "none"),
+    };
+    metrics::counter!(names::DELIVERIES, "result" => outcome, "auth" => auth).increment(1);
+    env.apply(i, result)
 }
 
 /// After the domains: expiry, failure and delay notices, next attempt, removal.
@@ -171,18 +117,13 @@ async fn finish_attempt(
     env.attempts += 1;
     let now = now_unix();
     let d = &ctx.config.delivery;
-    failed.extend(expire(&mut env, now, d.queue_lifetime));
-    failed.retain(|s| {
-        (env.recipients.iter())
-            .find(|r| r.address == s.address)
-            .is_some_and(|r| dsn::wanted(&r.notify, dsn::Kind::Failure))
-    });
+    failed.extend(env.expire(now, d.queue_lifetime.get()));
     if !failed.is_empty() {
         queue_dsn(ctx, &env, message, dsn::Kind::Failure, &failed).await;
     }
-    let step = d.retry_schedule[(env.attempts as usize - 1).min(d.retry_schedule.len() - 1)];
-    env.next_attempt = now + step.get().as_secs() as i64;
-    let delayed = delay_notice_due(&mut env, now, d.delay_notice_after.get());
+    let schedule: Vec<std::time::Duration> = d.retry_schedule.iter().map(|s| s.get()).collect();
+    env.schedule_next(now, &schedule);
+    let delayed = env.delay_notice_due(now, d.delay_notice_after.get());
     if !delayed.is_empty() {
         queue_dsn(ctx, &env, message, dsn::Kind::Delay, &delayed).await;
     }
@@ -193,54 +134,6 @@ async fn finish_attempt(
         return None;
     }
     persist(ctx, &env).await.then_some(env)
-}
-
-/// Past the queue lifetime, every pending recipient fails with 5.4.7.
-fn expire(env: &mut Envelope, now: i64, lifetime: HumanDuration) -> Vec<dsn::RecipientStatus> {
-    if now - env.received_at < lifetime.get().as_secs() as i64 {
-        return vec![];
-    }
-    let pending: Vec<usize> = (0..env.recipients.len())
-        .filter(|&i| env.recipients[i].state == RcptState::Queued)
-        .collect();
-    let attempts = env.attempts;
-    pending
-        .into_iter()
-        .map(|i| {
-            let last = env.recipients[i]
-                .last_reason
-                .as_deref()
-                .unwrap_or("no attempt completed");
-            let reason = format!(
-                "gave up after {lifetime} in the queue ({attempts} attempts); last attempt: {last}"
-            );
-            fail(env, i, EnhancedStatus::EXPIRED, reason, None, None)
-        })
-        .collect()
-}
-
-/// The 4.4.7 lines of a delay notice when one is due; marks it sent.
-fn delay_notice_due(
-    env: &mut Envelope,
-    now: i64,
-    after: std::time::Duration,
-) -> Vec<dsn::RecipientStatus> {
-    let after = after.as_secs() as i64;
-    if env.is_finished() || env.delay_notice_sent || after == 0 || now - env.received_at < after {
-        return vec![];
-    }
-    env.delay_notice_sent = true;
-    env.pending()
-        .filter(|r| dsn::wanted(&r.notify, dsn::Kind::Delay))
-        .map(|r| dsn::RecipientStatus {
-            address: r.address.clone(),
-            orcpt: r.orcpt.clone(),
-            status: EnhancedStatus::DELAYED.to_string(),
-            remote_mta: None,
-            diagnostic: None,
-            reason: r.last_reason.clone().unwrap_or_default(),
-        })
-        .collect()
 }
 
 /// Writes the envelope; false when the message vanished (deleted by the operator).
@@ -271,7 +164,8 @@ async fn queue_dsn(
         return;
     }
     let hostname = &ctx.config.server.hostname;
-    let body = dsn::build(hostname, env, message, kind, rcpts);
+    let retry_until = env.retry_until(ctx.config.delivery.queue_lifetime.get());
+    let body = dsn::build(hostname, env, message, kind, rcpts, retry_until);
     let notice = dsn::notice_envelope(env, hostname, body.len() as u64);
     let (spool, stored) = (ctx.spool.clone(), notice.clone());
     match tokio::task::spawn_blocking(move || spool.store(&stored, &body)).await {

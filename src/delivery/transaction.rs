@@ -105,7 +105,7 @@ fn rcpt_commands(env: &Envelope, idxs: &[usize], dsn: bool) -> Vec<String> {
             let mut c = format!("RCPT TO:<{}>", r.address);
             if dsn {
                 if !r.notify.is_empty() {
-                    c.push_str(&format!(" NOTIFY={}", r.notify.join(",").to_uppercase()));
+                    c.push_str(&format!(" NOTIFY={}", r.notify.to_string().to_uppercase()));
                 }
                 if let Some(o) = &r.orcpt {
                     c.push_str(&format!(" ORCPT=rfc822;{}", xtext(o)));

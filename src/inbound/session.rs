@@ -22,6 +22,7 @@ use tokio::sync::watch;
 use super::auth::{decode_line, decode_plain};
 use super::conn::Conn;
 use super::Shared;
+use crate::model::notify::Notify;
 use crate::spool::{self, BodyType, ClientInfo, DsnRet, Envelope, RcptState, Recipient};
 
 /// Hops after which a message is taken to be looping (RFC 5321 §6.3).
@@ -456,15 +457,15 @@ impl Session {
                 &format!("Too many recipients; at most {max} per message"),
             );
         }
-        let mut notify = vec![];
-        for (flag, name) in [
-            (RCPT_NOTIFY_SUCCESS, "success"),
-            (RCPT_NOTIFY_FAILURE, "failure"),
-            (RCPT_NOTIFY_DELAY, "delay"),
-            (RCPT_NOTIFY_NEVER, "never"),
+        let mut notify = Notify::default();
+        for (flag, condition) in [
+            (RCPT_NOTIFY_SUCCESS, Notify::SUCCESS),
+            (RCPT_NOTIFY_FAILURE, Notify::FAILURE),
+            (RCPT_NOTIFY_DELAY, Notify::DELAY),
+            (RCPT_NOTIFY_NEVER, Notify::NEVER),
         ] {
             if to.flags & flag != 0 {
-                notify.push(name.to_string());
+                notify = notify | condition;
             }
         }
         tx.recipients.push(Recipient {
@@ -600,6 +601,27 @@ impl Session {
             );
             return Ok(());
         }
+        let (env, message) = self.envelope(tx, &body);
+        let spool = self.shared.spool.clone();
+        let env2 = env.clone();
+        let stored = tokio::task::spawn_blocking(move || spool.store(&env2, &message)).await;
+        match stored {
+            Ok(Ok(())) => self.accepted(env),
+            Ok(Err(e)) => {
+                tracing::error!(client = %self.peer, error = %e, "cannot store message in the spool");
+                self.cannot_store();
+            }
+            Err(e) => {
+                tracing::error!(client = %self.peer, error = %e, "spool task failed");
+                self.cannot_store();
+            }
+        }
+        Ok(())
+    }
+
+    /// The envelope of a finished transaction and the message as it will be
+    /// stored: our Received header, then the client's bytes.
+    fn envelope(&self, tx: Transaction, body: &[u8]) -> (Envelope, Vec<u8>) {
         let id = spool::new_queue_id();
         let tls = self.conn.tls_description();
         let mut message = received_header(
@@ -612,10 +634,10 @@ impl Session {
             &tx.recipients,
         )
         .into_bytes();
-        message.extend_from_slice(&body);
+        message.extend_from_slice(body);
         let now = spool::now_unix();
         let env = Envelope {
-            id: id.clone(),
+            id,
             received_at: now,
             client: ClientInfo {
                 addr: self.peer.to_string(),
@@ -628,7 +650,7 @@ impl Session {
             body: tx.body,
             smtputf8: tx.smtputf8,
             requiretls: tx.requiretls,
-            tls_required_no: has_tls_required_no(&body),
+            tls_required_no: has_tls_required_no(body),
             tls_report: false,
             ret: tx.ret,
             envid: tx.envid,
@@ -637,45 +659,36 @@ impl Session {
             next_attempt: now,
             delay_notice_sent: false,
         };
-        let spool = self.shared.spool.clone();
-        let env2 = env.clone();
-        let stored = tokio::task::spawn_blocking(move || spool.store(&env2, &message)).await;
-        match stored {
-            Ok(Ok(())) => {
-                tracing::info!(
-                    id = %id,
-                    client = %self.peer,
-                    from = %format!("<{}>", env.sender),
-                    nrcpt = env.recipients.len(),
-                    size = env.size,
-                    tls = %env.client.tls.as_deref().unwrap_or("no"),
-                    requiretls = env.requiretls,
-                    "accepted"
-                );
-                metrics::counter!(crate::reporting::metrics::ACCEPTED).increment(1);
-                if let Some(q) = &self.shared.queued {
-                    let _ = q.send(env);
-                }
-                self.reply(250, "2.0.0", &format!("Ok: queued as {id}"));
-            }
-            Ok(Err(e)) => {
-                tracing::error!(client = %self.peer, error = %e, "cannot store message in the spool");
-                self.reply(
-                    451,
-                    "4.3.0",
-                    "Cannot store the message right now; try again later",
-                );
-            }
-            Err(e) => {
-                tracing::error!(client = %self.peer, error = %e, "spool task failed");
-                self.reply(
-                    451,
-                    "4.3.0",
-                    "Cannot store the message right now; try again later",
-                );
-            }
+        (env, message)
+    }
+
+    /// The message is on disk: log it, hand it to delivery, and say 250.
+    fn accepted(&mut self, env: Envelope) {
+        tracing::info!(
+            id = %env.id,
+            client = %self.peer,
+            from = %format!("<{}>", env.sender),
+            nrcpt = env.recipients.len(),
+            size = env.size,
+            tls = %env.client.tls.as_deref().unwrap_or("no"),
+            requiretls = env.requiretls,
+            "accepted"
+        );
+        metrics::counter!(crate::reporting::metrics::ACCEPTED).increment(1);
+        let reply = format!("Ok: queued as {}", env.id);
+        if let Some(q) = &self.shared.queued {
+            let _ = q.send(env);
         }
-        Ok(())
+        self.reply(250, "2.0.0", &reply);
+    }
+
+    /// The spool could not take the message: the client should try again later.
+    fn cannot_store(&mut self) {
+        self.reply(
+            451,
+            "4.3.0",
+            "Cannot store the message right now; try again later",
+        );
     }
 
     async fn starttls(&mut self) -> Result<(), Stop> {
@@ -922,7 +935,7 @@ mod tests {
         let peer: SocketAddr = "192.0.2.7:4000".parse().unwrap();
         let rcpt = Recipient {
             address: "x@example.net".into(),
-            notify: vec![],
+            notify: Notify::default(),
             orcpt: None,
             state: RcptState::Queued,
             last_reason: None,

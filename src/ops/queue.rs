@@ -1,11 +1,47 @@
 //! `tlsrelay queue …`: what the operator sees of the spool.
 
 use std::fmt::Write as _;
-use std::io;
+use std::path::{Path, PathBuf};
 
 use serde_json::json;
 
-use crate::spool::{now_unix, Envelope, RcptState, Spool};
+use crate::model::status::EnhancedStatus;
+use crate::protocol::dsn;
+use crate::spool::{now_unix, Envelope, RcptState, Spool, SpoolError};
+
+/// Why a `queue` command failed.
+#[derive(Debug, thiserror::Error)]
+pub enum QueueError {
+    /// The spool directory has no queue: wrong directory or configuration.
+    #[error("no spool at {} (set [spool] dir, or run from the directory tlsrelay serve runs in)", .0.display())]
+    NoSpool(PathBuf),
+    /// The spool directory exists but cannot be opened.
+    #[error("{}: {err}", dir.display())]
+    Open {
+        /// The spool directory.
+        dir: PathBuf,
+        /// Why it cannot be opened.
+        err: SpoolError,
+    },
+    /// Reading or changing the queue failed.
+    #[error(transparent)]
+    Spool(#[from] SpoolError),
+    /// The JSON rendering failed.
+    #[error(transparent)]
+    Json(#[from] serde_json::Error),
+}
+
+/// Opens the spool at `dir` for the operator, refusing a directory without a queue
+/// (so that a wrong working directory does not create an empty spool).
+pub fn open_spool(dir: &Path) -> Result<Spool, QueueError> {
+    if !dir.join("queue").is_dir() {
+        return Err(QueueError::NoSpool(dir.to_path_buf()));
+    }
+    Spool::open(dir).map_err(|err| QueueError::Open {
+        dir: dir.to_path_buf(),
+        err,
+    })
+}
 
 /// One row of `queue list`, also its JSON form.
 pub fn summary(env: &Envelope) -> serde_json::Value {
@@ -38,7 +74,7 @@ pub fn summary(env: &Envelope) -> serde_json::Value {
 }
 
 /// `queue list`: a table for people or a JSON array for scripts.
-pub fn list(spool: &Spool, as_json: bool) -> io::Result<String> {
+pub fn list(spool: &Spool, as_json: bool) -> Result<String, QueueError> {
     let envs = spool.list()?;
     if as_json {
         let rows: Vec<_> = envs.iter().map(summary).collect();
@@ -86,7 +122,7 @@ pub fn list(spool: &Spool, as_json: bool) -> io::Result<String> {
 }
 
 /// `queue show ID`: the envelope and the message headers.
-pub fn show(spool: &Spool, id: &str, as_json: bool) -> io::Result<String> {
+pub fn show(spool: &Spool, id: &str, as_json: bool) -> Result<String, QueueError> {
     let env = spool.load(id)?;
     let msg = spool.read_message(id)?;
     let end = find_header_end(&msg);
@@ -130,7 +166,7 @@ pub fn show(spool: &Spool, id: &str, as_json: bool) -> io::Result<String> {
             if r.notify.is_empty() {
                 String::new()
             } else {
-                format!(" notify={}", r.notify.join(","))
+                format!(" notify={}", r.notify)
             },
             r.orcpt
                 .as_ref()
@@ -162,7 +198,7 @@ fn human_age(secs: i64) -> String {
 }
 
 /// `queue retry [ID]`: makes one (or every) message due now.
-pub fn retry(spool: &Spool, id: Option<&str>) -> io::Result<String> {
+pub fn retry(spool: &Spool, id: Option<&str>) -> Result<String, QueueError> {
     let envs = match id {
         Some(id) => vec![spool.load(id)?],
         None => spool.list()?,
@@ -180,50 +216,45 @@ pub fn retry(spool: &Spool, id: Option<&str>) -> io::Result<String> {
 }
 
 /// `queue delete ID`: removes a message silently.
-pub fn delete(spool: &Spool, id: &str) -> io::Result<String> {
+pub fn delete(spool: &Spool, id: &str) -> Result<String, QueueError> {
     spool.load(id)?;
     spool.remove(id)?;
     Ok(format!("{id} deleted\n"))
 }
 
-/// `queue bounce ID`: fails the pending recipients and queues a DSN to the sender.
-pub fn bounce(spool: &Spool, id: &str, hostname: &str) -> io::Result<String> {
+/// `queue bounce ID`: fails the pending recipients and queues a DSN to the
+/// sender for those whose NOTIFY asks for one.
+pub fn bounce(spool: &Spool, id: &str, hostname: &str) -> Result<String, QueueError> {
     let mut env = spool.load(id)?;
     let message = spool.read_message(id)?;
-    let mut statuses = Vec::new();
-    for r in env
-        .recipients
-        .iter_mut()
-        .filter(|r| r.state == RcptState::Queued)
-    {
+    let pending: Vec<usize> = (0..env.recipients.len())
+        .filter(|&i| env.recipients[i].state == RcptState::Queued)
+        .collect();
+    let mut lines = Vec::new();
+    for &i in &pending {
         let reason = format!(
             "returned by the operator of {hostname}; last attempt: {}",
-            r.last_reason.as_deref().unwrap_or("none yet")
+            env.recipients[i]
+                .last_reason
+                .as_deref()
+                .unwrap_or("none yet")
         );
-        r.state = RcptState::Failed;
-        r.status = Some("5.0.0".into());
-        statuses.push(crate::protocol::dsn::RecipientStatus {
-            address: r.address.clone(),
-            orcpt: r.orcpt.clone(),
-            status: "5.0.0".into(),
-            remote_mta: None,
-            diagnostic: None,
-            reason: reason.clone(),
-        });
-        r.last_reason = Some(reason);
+        lines.extend(env.fail(i, EnhancedStatus::PERMANENT, reason, None, None));
     }
-    let n = statuses.len();
-    let dsn_id = if env.sender.is_empty() || statuses.is_empty() {
+    let n = pending.len();
+    let dsn_id = if env.sender.is_empty() || lines.is_empty() {
         None
     } else {
-        let body = crate::protocol::dsn::build(
+        // Retries stop now.
+        let body = dsn::build(
             hostname,
             &env,
             &message,
-            crate::protocol::dsn::Kind::Failure,
-            &statuses,
+            dsn::Kind::Failure,
+            &lines,
+            now_unix(),
         );
-        let notice = crate::protocol::dsn::notice_envelope(&env, hostname, body.len() as u64);
+        let notice = dsn::notice_envelope(&env, hostname, body.len() as u64);
         spool.store(&notice, &body)?;
         Some(notice.id)
     };
@@ -233,6 +264,9 @@ pub fn bounce(spool: &Spool, id: &str, hostname: &str) -> io::Result<String> {
             "{id}: {n} recipient(s) bounced; DSN {d} queued to <{}>\n",
             env.sender
         ),
-        None => format!("{id}: {n} recipient(s) bounced; no DSN (null sender)\n"),
+        None if env.sender.is_empty() => {
+            format!("{id}: {n} recipient(s) bounced; no DSN (null sender)\n")
+        }
+        None => format!("{id}: {n} recipient(s) bounced; no DSN (no NOTIFY asks for one)\n"),
     })
 }

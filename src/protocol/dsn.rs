@@ -5,6 +5,7 @@ use mail_builder::headers::content_type::ContentType;
 use mail_builder::mime::MimePart;
 use mail_builder::MessageBuilder;
 
+use crate::model::notify::Notify;
 use crate::spool::{DsnRet, Envelope};
 
 /// Whether the DSN reports failures or delays.
@@ -35,108 +36,41 @@ pub struct RecipientStatus {
 
 /// Whether a recipient's NOTIFY asks for this kind of DSN (RFC 3461 §4.1;
 /// no NOTIFY means failures and delays).
-pub fn wanted(notify: &[String], kind: Kind) -> bool {
-    if notify.iter().any(|n| n == "never") {
+pub fn wanted(notify: &Notify, kind: Kind) -> bool {
+    if notify.contains(Notify::NEVER) {
         return false;
     }
     if notify.is_empty() {
         return true;
     }
-    let word = match kind {
-        Kind::Failure => "failure",
-        Kind::Delay => "delay",
-    };
-    notify.iter().any(|n| n == word)
+    notify.contains(match kind {
+        Kind::Failure => Notify::FAILURE,
+        Kind::Delay => Notify::DELAY,
+    })
 }
 
 /// Builds the DSN message (headers and body, CRLF) to the envelope sender.
+/// `retry_until` (Unix seconds) is when retries stop: a delay notice states it
+/// as `Will-Retry-Until` (RFC 3464 §2.3.9).
 pub fn build(
     reporting_mta: &str,
     env: &Envelope,
     original: &[u8],
     kind: Kind,
     recipients: &[RecipientStatus],
+    retry_until: i64,
 ) -> Vec<u8> {
     let subject = match kind {
         Kind::Failure => "Undelivered Mail Returned to Sender",
         Kind::Delay => "Delayed Mail (still being retried)",
     };
-    let arrival = chrono::DateTime::from_timestamp(env.received_at, 0)
-        .unwrap_or_default()
-        .to_rfc2822();
-    let now = chrono::Utc::now().to_rfc2822();
-
-    let mut human = String::new();
-    match kind {
-        Kind::Failure => human.push_str(&format!(
-            "This is the mail relay at {reporting_mta}.\r\n\r\nYour message could not be delivered to the recipients below.\r\ntlsrelay delivers only over authenticated TLS; it never falls back to plaintext\r\nor to an unauthenticated connection.\r\n\r\n"
-        )),
-        Kind::Delay => human.push_str(&format!(
-            "This is the mail relay at {reporting_mta}.\r\n\r\nYour message has not yet been delivered to the recipients below.\r\nIt stays queued and will be retried; no action is needed from you.\r\n\r\n"
-        )),
-    }
-    for r in recipients {
-        human.push_str(&format!(
-            "<{}>: {}\r\n",
-            r.address,
-            r.reason.replace('\n', "\r\n    ")
-        ));
-        if let Some(d) = &r.diagnostic {
-            human.push_str(&format!("    The server said: {d}\r\n"));
-        }
-        human.push_str("\r\n");
-    }
-
-    let mut status = format!("Reporting-MTA: dns; {reporting_mta}\r\n");
-    if let Some(envid) = &env.envid {
-        status.push_str(&format!("Original-Envelope-Id: {envid}\r\n"));
-    }
-    status.push_str(&format!("Arrival-Date: {arrival}\r\n"));
-    for r in recipients {
-        status.push_str("\r\n");
-        if let Some(o) = &r.orcpt {
-            status.push_str(&format!("Original-Recipient: rfc822; {o}\r\n"));
-        }
-        let action = match kind {
-            Kind::Failure => "failed",
-            Kind::Delay => "delayed",
-        };
-        status.push_str(&format!(
-            "Final-Recipient: rfc822; {}\r\nAction: {action}\r\nStatus: {}\r\n",
-            r.address, r.status
-        ));
-        if let Some(m) = &r.remote_mta {
-            status.push_str(&format!("Remote-MTA: dns; {m}\r\n"));
-        }
-        match &r.diagnostic {
-            Some(d) => status.push_str(&format!("Diagnostic-Code: smtp; {}\r\n", single_line(d))),
-            None => status.push_str(&format!(
-                "Diagnostic-Code: X-tlsrelay; {}\r\n",
-                single_line(&r.reason)
-            )),
-        }
-        status.push_str(&format!("Last-Attempt-Date: {now}\r\n"));
-        if kind == Kind::Delay {
-            status.push_str(&format!(
-                "Will-Retry-Until: {}\r\n",
-                chrono::DateTime::from_timestamp(env.next_attempt.max(env.received_at), 0)
-                    .unwrap_or_default()
-                    .to_rfc2822()
-            ));
-        }
-    }
-
-    // RFC 8689 §4.4: a REQUIRETLS message comes back as headers only.
-    let returned = match env.ret {
-        Some(DsnRet::Full) if !env.requiretls => MimePart::new("message/rfc822", original.to_vec()),
-        _ => MimePart::new("text/rfc822-headers", header_section(original).to_vec()),
-    };
+    let status = delivery_status(reporting_mta, env, kind, recipients, retry_until);
     let report = MimePart::new(
         ContentType::new("multipart/report").attribute("report-type", "delivery-status"),
         vec![
-            MimePart::new("text/plain", human),
+            MimePart::new("text/plain", human_part(reporting_mta, kind, recipients)),
             MimePart::new("message/delivery-status", status.into_bytes()).transfer_encoding("7bit"),
-            returned,
+            returned_part(env, original),
         ],
     );
     MessageBuilder::new()
@@ -152,7 +86,106 @@ pub fn build(
         )
         .body(report)
         .write_to_vec()
+        // Writing into a Vec cannot fail.
         .unwrap_or_default()
+}
+
+/// The text/plain part: what happened, in words, per recipient.
+fn human_part(reporting_mta: &str, kind: Kind, recipients: &[RecipientStatus]) -> String {
+    let mut human = match kind {
+        Kind::Failure => format!(
+            "This is the mail relay at {reporting_mta}.\r\n\r\nYour message could not be delivered to the recipients below.\r\ntlsrelay delivers only over authenticated TLS; it never falls back to plaintext\r\nor to an unauthenticated connection.\r\n\r\n"
+        ),
+        Kind::Delay => format!(
+            "This is the mail relay at {reporting_mta}.\r\n\r\nYour message has not yet been delivered to the recipients below.\r\nIt stays queued and will be retried; no action is needed from you.\r\n\r\n"
+        ),
+    };
+    for r in recipients {
+        human.push_str(&format!(
+            "<{}>: {}\r\n",
+            r.address,
+            r.reason.replace('\n', "\r\n    ")
+        ));
+        if let Some(d) = &r.diagnostic {
+            human.push_str(&format!("    The server said: {d}\r\n"));
+        }
+        human.push_str("\r\n");
+    }
+    human
+}
+
+/// The message/delivery-status part (RFC 3464 §2): per-message fields, then
+/// one block per recipient.
+fn delivery_status(
+    reporting_mta: &str,
+    env: &Envelope,
+    kind: Kind,
+    recipients: &[RecipientStatus],
+    retry_until: i64,
+) -> String {
+    let mut status = format!("Reporting-MTA: dns; {reporting_mta}\r\n");
+    if let Some(envid) = &env.envid {
+        status.push_str(&format!("Original-Envelope-Id: {envid}\r\n"));
+    }
+    status.push_str(&format!(
+        "Arrival-Date: {}\r\n",
+        rfc5322_date(env.received_at)
+    ));
+    let now = chrono::Utc::now().to_rfc2822();
+    for r in recipients {
+        status.push_str("\r\n");
+        status.push_str(&recipient_fields(r, kind, &now, retry_until));
+    }
+    status
+}
+
+/// The per-recipient fields of the delivery-status part.
+fn recipient_fields(r: &RecipientStatus, kind: Kind, now: &str, retry_until: i64) -> String {
+    let mut f = String::new();
+    if let Some(o) = &r.orcpt {
+        f.push_str(&format!("Original-Recipient: rfc822; {o}\r\n"));
+    }
+    let action = match kind {
+        Kind::Failure => "failed",
+        Kind::Delay => "delayed",
+    };
+    f.push_str(&format!(
+        "Final-Recipient: rfc822; {}\r\nAction: {action}\r\nStatus: {}\r\n",
+        r.address, r.status
+    ));
+    if let Some(m) = &r.remote_mta {
+        f.push_str(&format!("Remote-MTA: dns; {m}\r\n"));
+    }
+    match &r.diagnostic {
+        Some(d) => f.push_str(&format!("Diagnostic-Code: smtp; {}\r\n", single_line(d))),
+        None => f.push_str(&format!(
+            "Diagnostic-Code: X-tlsrelay; {}\r\n",
+            single_line(&r.reason)
+        )),
+    }
+    f.push_str(&format!("Last-Attempt-Date: {now}\r\n"));
+    if kind == Kind::Delay {
+        f.push_str(&format!(
+            "Will-Retry-Until: {}\r\n",
+            rfc5322_date(retry_until)
+        ));
+    }
+    f
+}
+
+/// The returned message: RFC 8689 §4.4 has a REQUIRETLS message come back as headers only.
+fn returned_part<'x>(env: &Envelope, original: &'x [u8]) -> MimePart<'x> {
+    match env.ret {
+        Some(DsnRet::Full) if !env.requiretls => MimePart::new("message/rfc822", original),
+        _ => MimePart::new("text/rfc822-headers", header_section(original)),
+    }
+}
+
+/// A Unix time as an RFC 5322 date-time.
+fn rfc5322_date(unix: i64) -> String {
+    chrono::DateTime::from_timestamp(unix, 0)
+        .unwrap_or_default()
+        .to_rfc2822()
 }
 
 fn single_line(s: &str) -> String {
@@ -193,7 +226,7 @@ pub fn notice_envelope(env: &Envelope, hostname: &str, size: u64) -> Envelope {
         envid: None,
         recipients: vec![Recipient {
             address: env.sender.clone(),
-            notify: vec![],
+            notify: Notify::default(),
             orcpt: None,
             state: RcptState::Queued,
             last_reason: None,
@@ -211,18 +244,130 @@ mod tests {
 
     #[test]
     fn notify_rules() {
-        let s = |v: &[&str]| v.iter().map(|x| x.to_string()).collect::<Vec<_>>();
+        let none = Notify::default();
         let cases = [
-            (s(&[]), Kind::Failure, true),
-            (s(&[]), Kind::Delay, true),
-            (s(&["never"]), Kind::Failure, false),
-            (s(&["success"]), Kind::Failure, false),
-            (s(&["failure"]), Kind::Failure, true),
-            (s(&["failure"]), Kind::Delay, false),
-            (s(&["delay", "success"]), Kind::Delay, true),
+            (none, Kind::Failure, true),
+            (none, Kind::Delay, true),
+            (Notify::NEVER, Kind::Failure, false),
+            (Notify::SUCCESS, Kind::Failure, false),
+            (Notify::FAILURE, Kind::Failure, true),
+            (Notify::FAILURE, Kind::Delay, false),
+            (Notify::DELAY | Notify::SUCCESS, Kind::Delay, true),
         ];
         for (notify, kind, want) in cases {
             assert_eq!(wanted(&notify, kind), want, "{notify:?} {kind:?}");
+        }
+    }
+
+    fn envelope(received_at: i64, next_attempt: i64) -> Envelope {
+        use crate::spool::{BodyType, ClientInfo};
+        Envelope {
+            id: "AAAA0001".into(),
+            received_at,
+            client: ClientInfo::default(),
+            sender: "alice@example.org".into(),
+            size: 30,
+            body: BodyType::SevenBit,
+            smtputf8: false,
+            requiretls: false,
+            tls_required_no: false,
+            tls_report: false,
+            ret: None,
+            envid: None,
+            recipients: vec![],
+            attempts: 3,
+            next_attempt,
+            delay_notice_sent: false,
+        }
+    }
+
+    fn line(reason: &str) -> RecipientStatus {
+        RecipientStatus {
+            address: "bob@example.net".into(),
+            orcpt: None,
+            status: "4.4.7".into(),
+            remote_mta: None,
+            diagnostic: None,
+            reason: reason.into(),
+        }
+    }
+
+    /// The value of the first `name:` field of the delivery-status part.
+    fn field(dsn: &[u8], name: &str) -> Option<String> {
+        let text = String::from_utf8_lossy(dsn);
+        text.split("\r\n")
+            .find_map(|l| l.strip_prefix(&format!("{name}: ")).map(str::to_string))
+    }
+
+    #[test]
+    fn will_retry_until_is_arrival_plus_queue_lifetime() {
+        let t0 = 1_767_225_600; // Thu, 1 Jan 2026 00:00:00 UTC
+        let day = 86_400;
+        // (queue lifetime, Will-Retry-Until); the next attempt is an hour away each time.
+        let cases = [
+            (5 * day, "Tue, 6 Jan 2026 00:00:00 +0000"),
+            (day + 90 * 60, "Fri, 2 Jan 2026 01:30:00 +0000"),
+            (40 * day, "Tue, 10 Feb 2026 00:00:00 +0000"),
+        ];
+        for (lifetime, want) in cases {
+            let env = envelope(t0, t0 + 7 * day + 3600);
+            let until = env.retry_until(std::time::Duration::from_secs(lifetime as u64));
+            let dsn = build(
+                "relay.test",
+                &env,
+                b"Subject: x\r\n\r\nbody\r\n",
+                Kind::Delay,
+                &[line("no STARTTLS")],
+                until,
+            );
+            assert_eq!(
+                field(&dsn, "Will-Retry-Until").as_deref(),
+                Some(want),
+                "{lifetime}"
+            );
+            assert_eq!(
+                field(&dsn, "Arrival-Date").as_deref(),
+                Some("Thu, 1 Jan 2026 00:00:00 +0000")
+            );
+            assert_eq!(field(&dsn, "Action").as_deref(), Some("delayed"));
+        }
+    }
+
+    #[test]
+    fn failure_notice_has_no_retry_time_and_returns_headers_unless_full() {
+        // RFC 8689 §4.4: REQUIRETLS messages come back as headers even with RET=FULL.
+        let mut env = envelope(1_767_225_600, 0);
+        let original = b"Subject: x\r\n\r\nsecret body\r\n";
+        let cases = [
+            (None, false, false),
+            (Some(DsnRet::Hdrs), false, false),
+            (Some(DsnRet::Full), false, true),
+            (Some(DsnRet::Full), true, false),
+        ];
+        for (ret, requiretls, body_returned) in cases {
+            env.ret = ret;
+            env.requiretls = requiretls;
+            let mut l = line("mx.example.net said 550");
+            l.status = "5.1.1".into();
+            l.diagnostic = Some("550 5.1.1 no\r\n such user".into());
+            let dsn = build("relay.test", &env, original, Kind::Failure, &[l], 0);
+            assert_eq!(field(&dsn, "Will-Retry-Until"), None);
+            assert_eq!(field(&dsn, "Action").as_deref(), Some("failed"));
+            assert_eq!(field(&dsn, "Status").as_deref(), Some("5.1.1"));
+            assert_eq!(
+                field(&dsn, "Diagnostic-Code").as_deref(),
+                Some("smtp; 550 5.1.1 no such user")
+            );
+            let text = String::from_utf8_lossy(&dsn);
+            let (whole, headers) = (
+                text.contains("Content-Type: message/rfc822\r\n"),
+                text.contains("Content-Type: text/rfc822-headers\r\n"),
+            );
+            assert_eq!(
+                (whole, headers),
+                (body_returned, !body_returned),
+                "{ret:?} {requiretls}"
+            );
         }
     }
 }

@@ -99,6 +99,23 @@ impl Reporter {
 
     /// Sends every report still due for `day` (all policy domains with sessions).
     pub async fn send_day(&self, day: NaiveDate) -> Vec<Sent> {
+        self.send_day_where(day, |_| true).await
+    }
+
+    /// Sends the reports for `day` whose time (`due_at`) has come by `now` (Unix
+    /// seconds): what the running reporter would send.
+    pub async fn send_day_due(&self, day: NaiveDate, now: i64) -> Vec<Sent> {
+        self.send_day_where(day, |domain| now >= self.due_at(day, domain))
+            .await
+    }
+
+    /// When the report on `domain` for `day` is due (Unix seconds): after the
+    /// day's last records are written and the domain's randomized delay.
+    pub fn due_at(&self, day: NaiveDate, domain: &str) -> i64 {
+        tlsrpt::day_start(day) + 86400 + self.delay_for(domain).max(15 * 60)
+    }
+
+    async fn send_day_where(&self, day: NaiveDate, keep: impl Fn(&str) -> bool) -> Vec<Sent> {
         let mut out = Vec::new();
         let records = self
             .outcomes
@@ -112,7 +129,7 @@ impl Reporter {
         domains.sort();
         domains.dedup();
         for domain in domains {
-            if tlsrpt::is_done(&self.dir, day, &domain).unwrap_or(false) {
+            if !keep(&domain) || tlsrpt::is_done(&self.dir, day, &domain).unwrap_or(false) {
                 continue;
             }
             out.push(self.send_one(&records, day, &domain).await);
@@ -280,7 +297,7 @@ impl Reporter {
             envid: None,
             recipients: vec![Recipient {
                 address: to.to_string(),
-                notify: vec!["never".into()],
+                notify: crate::model::notify::Notify::NEVER,
                 orcpt: None,
                 state: RcptState::Queued,
                 last_reason: None,
@@ -312,7 +329,7 @@ impl Reporter {
             if let Ok(pending) = tlsrpt::pending_reports(&self.outcomes, &self.dir, finished) {
                 let mut by_day: BTreeMap<NaiveDate, Vec<String>> = BTreeMap::new();
                 for (day, domain) in pending {
-                    if now.timestamp() >= tlsrpt::day_start(day) + 86400 + self.delay_for(&domain) {
+                    if now.timestamp() >= self.due_at(day, &domain) {
                         by_day.entry(day).or_default().push(domain);
                     }
                 }

@@ -15,129 +15,14 @@ use std::io::{self, Read, Write};
 use std::path::{Path, PathBuf};
 use std::time::{SystemTime, UNIX_EPOCH};
 
-use serde::{Deserialize, Serialize};
+mod envelope;
+
+pub use envelope::{BodyType, ClientInfo, DsnRet, Envelope, RcptState, Recipient};
 
 /// An open spool directory.
 #[derive(Debug, Clone)]
 pub struct Spool {
     dir: PathBuf,
-}
-
-/// The envelope of one queued message and the state of each recipient.
-#[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
-pub struct Envelope {
-    /// Queue id (also the file name).
-    pub id: String,
-    /// When the message was accepted (Unix seconds).
-    pub received_at: i64,
-    /// Who handed the message to us.
-    pub client: ClientInfo,
-    /// Envelope sender; empty for the null sender `<>`.
-    pub sender: String,
-    /// Size of the stored message in bytes (with our Received header).
-    pub size: u64,
-    /// The BODY parameter given with MAIL.
-    pub body: BodyType,
-    /// Whether MAIL carried SMTPUTF8.
-    pub smtputf8: bool,
-    /// Whether MAIL carried REQUIRETLS (RFC 8689).
-    pub requiretls: bool,
-    /// Whether the header section has `TLS-Required: No` (RFC 8689 §5).
-    #[serde(default)]
-    pub tls_required_no: bool,
-    /// Whether this is a TLS report of ours (RFC 8460): not reported on, and sent
-    /// with TLS but relaxed authentication.
-    #[serde(default)]
-    pub tls_report: bool,
-    /// DSN RET parameter (RFC 3461).
-    pub ret: Option<DsnRet>,
-    /// DSN ENVID parameter, decoded from xtext.
-    pub envid: Option<String>,
-    /// The recipients, each with its own delivery state.
-    pub recipients: Vec<Recipient>,
-    /// Delivery attempts so far.
-    pub attempts: u32,
-    /// Earliest time of the next attempt (Unix seconds).
-    pub next_attempt: i64,
-    /// Whether a delay notice has been sent.
-    pub delay_notice_sent: bool,
-}
-
-/// Facts about the SMTP client that submitted a message.
-#[derive(Debug, Clone, Serialize, Deserialize, PartialEq, Default)]
-pub struct ClientInfo {
-    /// Client IP address and port.
-    pub addr: String,
-    /// The name given in EHLO/HELO.
-    pub helo: String,
-    /// TLS version and cipher, when the session was encrypted.
-    pub tls: Option<String>,
-    /// The authenticated user, if any.
-    pub auth_user: Option<String>,
-}
-
-/// BODY parameter of MAIL (RFC 6152).
-#[derive(Debug, Clone, Copy, Serialize, Deserialize, PartialEq, Eq, Default)]
-#[serde(rename_all = "lowercase")]
-pub enum BodyType {
-    /// No BODY parameter, or BODY=7BIT.
-    #[default]
-    SevenBit,
-    /// BODY=8BITMIME.
-    EightBitMime,
-}
-
-/// RET parameter of MAIL (RFC 3461): how much of the message a DSN returns.
-#[derive(Debug, Clone, Copy, Serialize, Deserialize, PartialEq, Eq)]
-#[serde(rename_all = "lowercase")]
-pub enum DsnRet {
-    /// Return the whole message.
-    Full,
-    /// Return only the headers.
-    Hdrs,
-}
-
-/// One recipient and where its delivery stands.
-#[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
-pub struct Recipient {
-    /// The forward-path.
-    pub address: String,
-    /// DSN NOTIFY conditions (`success`, `failure`, `delay`, or `never`); empty when not given.
-    pub notify: Vec<String>,
-    /// DSN ORCPT address (the `rfc822;` type is implied).
-    pub orcpt: Option<String>,
-    /// Delivery state.
-    pub state: RcptState,
-    /// The last reason this recipient is not yet delivered (or why it failed).
-    pub last_reason: Option<String>,
-    /// The SMTP reply or status that settled the recipient, if any.
-    pub status: Option<String>,
-}
-
-/// Delivery state of one recipient.
-#[derive(Debug, Clone, Copy, Serialize, Deserialize, PartialEq, Eq)]
-#[serde(rename_all = "lowercase")]
-pub enum RcptState {
-    /// Waiting for (another) delivery attempt.
-    Queued,
-    /// Accepted by the receiving server.
-    Delivered,
-    /// Permanently failed; a DSN was or will be sent.
-    Failed,
-}
-
-impl Envelope {
-    /// Recipients still waiting for delivery.
-    pub fn pending(&self) -> impl Iterator<Item = &Recipient> {
-        self.recipients
-            .iter()
-            .filter(|r| r.state == RcptState::Queued)
-    }
-
-    /// Whether no recipient is waiting any more.
-    pub fn is_finished(&self) -> bool {
-        self.pending().next().is_none()
-    }
 }
 
 /// The current time in Unix seconds.
@@ -155,6 +40,48 @@ pub fn new_queue_id() -> String {
     format!("{:08X}{:08X}", now_unix() as u32, u32::from_be_bytes(rnd))
 }
 
+/// Why a spool operation failed.
+#[derive(Debug, thiserror::Error)]
+pub enum SpoolError {
+    /// The id has characters other than ASCII letters and digits.
+    #[error("`{0}` is not a queue id")]
+    BadId(String),
+    /// No message with this id is queued.
+    #[error("no message {0} in the queue")]
+    NotFound(String),
+    /// The message was removed (delivered, bounced or deleted) while in use.
+    #[error("message {0} is no longer in the queue")]
+    Gone(String),
+    /// The envelope file does not hold an envelope.
+    #[error("envelope of {id} is damaged: {reason}")]
+    Damaged {
+        /// The queue id.
+        id: String,
+        /// What the JSON reader found.
+        reason: serde_json::Error,
+    },
+    /// Another process holds the spool's lock.
+    #[error("the spool {} is in use by another tlsrelay process", .0.display())]
+    Locked(PathBuf),
+    /// The file system refused.
+    #[error(transparent)]
+    Io(#[from] io::Error),
+}
+
+impl SpoolError {
+    /// The I/O error kind this corresponds to, for callers that only tell a
+    /// vanished message (`NotFound`) from other failures.
+    pub fn kind(&self) -> io::ErrorKind {
+        match self {
+            SpoolError::BadId(_) => io::ErrorKind::InvalidInput,
+            SpoolError::NotFound(_) | SpoolError::Gone(_) => io::ErrorKind::NotFound,
+            SpoolError::Damaged { .. } => io::ErrorKind::InvalidData,
+            SpoolError::Locked(_) => io::ErrorKind::WouldBlock,
+            SpoolError::Io(e) => e.kind(),
+        }
+    }
+}
+
 /// What recovery found when the spool was opened.
 #[derive(Debug, Default)]
 pub struct Recovery {
@@ -168,7 +95,7 @@ pub struct Recovery {
 
 impl Spool {
     /// Opens (creating if needed) a spool directory without recovering it.
-    pub fn open(dir: &Path) -> io::Result<Spool> {
+    pub fn open(dir: &Path) -> Result<Spool, SpoolError> {
         for sub in ["tmp", "queue", "corrupt"] {
             fs::create_dir_all(dir.join(sub))?;
         }
@@ -197,7 +124,7 @@ impl Spool {
 
     /// Takes an exclusive lock so that two servers never share one spool.
     /// The lock lasts as long as the returned file is open.
-    pub fn lock(&self) -> io::Result<File> {
+    pub fn lock(&self) -> Result<File, SpoolError> {
         let f = OpenOptions::new()
             .create(true)
             .truncate(false)
@@ -211,19 +138,13 @@ impl Spool {
             )
         };
         if rc != 0 {
-            return Err(io::Error::new(
-                io::ErrorKind::WouldBlock,
-                format!(
-                    "the spool {} is in use by another tlsrelay process",
-                    self.dir.display()
-                ),
-            ));
+            return Err(SpoolError::Locked(self.dir.clone()));
         }
         Ok(f)
     }
 
     /// Cleans up after a crash and returns every queued envelope, oldest first.
-    pub fn recover(&self) -> io::Result<Recovery> {
+    pub fn recover(&self) -> Result<Recovery, SpoolError> {
         let mut rec = Recovery::default();
         for entry in fs::read_dir(self.dir.join("tmp"))? {
             fs::remove_file(entry?.path())?;
@@ -265,7 +186,7 @@ impl Spool {
     }
 
     /// Stores a new message durably. When this returns Ok, a crash cannot lose it.
-    pub fn store(&self, env: &Envelope, message: &[u8]) -> io::Result<()> {
+    pub fn store(&self, env: &Envelope, message: &[u8]) -> Result<(), SpoolError> {
         let tmp = self.dir.join("tmp");
         let tmp_msg = tmp.join(format!("{}.msg", env.id));
         let tmp_env = tmp.join(format!("{}.env", env.id));
@@ -282,71 +203,60 @@ impl Spool {
             let _ = fs::remove_file(&tmp_env);
             let _ = fs::remove_file(self.msg_path(&env.id));
         }
-        result
+        Ok(result?)
     }
 
     /// Replaces a message's envelope atomically (state changes after an attempt).
-    pub fn update(&self, env: &Envelope) -> io::Result<()> {
+    pub fn update(&self, env: &Envelope) -> Result<(), SpoolError> {
         if !self.env_path(&env.id).exists() {
-            return Err(io::Error::new(
-                io::ErrorKind::NotFound,
-                format!("message {} is no longer in the queue", env.id),
-            ));
+            return Err(SpoolError::Gone(env.id.clone()));
         }
         let tmp = self
             .dir
             .join("tmp")
             .join(format!("{}.env.{}", env.id, new_queue_id()));
-        write_synced(&tmp, &serde_json::to_vec_pretty(env)?)?;
+        write_synced(
+            &tmp,
+            &serde_json::to_vec_pretty(env).map_err(io::Error::from)?,
+        )?;
         fs::rename(&tmp, self.env_path(&env.id))?;
-        sync_dir(&self.queue_dir())
+        Ok(sync_dir(&self.queue_dir())?)
     }
 
     /// Removes a message from the queue (delivered, bounced or deleted).
-    pub fn remove(&self, id: &str) -> io::Result<()> {
+    pub fn remove(&self, id: &str) -> Result<(), SpoolError> {
         fs::remove_file(self.env_path(id))?;
         sync_dir(&self.queue_dir())?;
         match fs::remove_file(self.msg_path(id)) {
-            Err(e) if e.kind() != io::ErrorKind::NotFound => Err(e),
+            Err(e) if e.kind() != io::ErrorKind::NotFound => Err(e.into()),
             _ => Ok(()),
         }
     }
 
     /// Reads one envelope.
-    pub fn load(&self, id: &str) -> io::Result<Envelope> {
+    pub fn load(&self, id: &str) -> Result<Envelope, SpoolError> {
         if id.is_empty() || !id.chars().all(|c| c.is_ascii_alphanumeric()) {
-            return Err(io::Error::new(
-                io::ErrorKind::InvalidInput,
-                format!("`{id}` is not a queue id"),
-            ));
+            return Err(SpoolError::BadId(id.to_string()));
         }
-        let bytes = fs::read(self.env_path(id)).map_err(|e| {
-            if e.kind() == io::ErrorKind::NotFound {
-                io::Error::new(
-                    io::ErrorKind::NotFound,
-                    format!("no message {id} in the queue"),
-                )
-            } else {
-                e
-            }
+        let bytes = fs::read(self.env_path(id)).map_err(|e| match e.kind() {
+            io::ErrorKind::NotFound => SpoolError::NotFound(id.to_string()),
+            _ => SpoolError::Io(e),
         })?;
-        serde_json::from_slice(&bytes).map_err(|e| {
-            io::Error::new(
-                io::ErrorKind::InvalidData,
-                format!("envelope of {id} is damaged: {e}"),
-            )
+        serde_json::from_slice(&bytes).map_err(|reason| SpoolError::Damaged {
+            id: id.to_string(),
+            reason,
         })
     }
 
     /// Reads a message's stored bytes.
-    pub fn read_message(&self, id: &str) -> io::Result<Vec<u8>> {
+    pub fn read_message(&self, id: &str) -> Result<Vec<u8>, SpoolError> {
         let mut buf = Vec::new();
         File::open(self.msg_path(id))?.read_to_end(&mut buf)?;
         Ok(buf)
     }
 
     /// Every queued envelope, oldest first (read-only: safe while a server runs).
-    pub fn list(&self) -> io::Result<Vec<Envelope>> {
+    pub fn list(&self) -> Result<Vec<Envelope>, SpoolError> {
         let mut ids: Vec<String> = fs::read_dir(self.queue_dir())?
             .filter_map(|e| e.ok())
             .filter_map(|e| {
@@ -393,7 +303,7 @@ mod tests {
             envid: None,
             recipients: vec![Recipient {
                 address: "b@example.net".into(),
-                notify: vec![],
+                notify: Default::default(),
                 orcpt: None,
                 state: RcptState::Queued,
                 last_reason: None,
@@ -440,11 +350,140 @@ mod tests {
         assert!(dir.path().join("corrupt/BAD1.env").exists());
     }
 
+    /// An envelope file as written before `Notify` and `envelope.rs` existed.
+    const OLD_ENVELOPE: &str = include_str!("../../tests/fixtures/envelope-v1.env");
+
+    #[test]
+    fn envelope_written_by_earlier_versions_reads_field_by_field() {
+        use crate::model::notify::Notify;
+        let dir = tempfile::tempdir().unwrap();
+        let spool = Spool::open(dir.path()).unwrap();
+        let id = "6A1B2C3D0E0F1A2B";
+        fs::write(dir.path().join(format!("queue/{id}.env")), OLD_ENVELOPE).unwrap();
+        let env = spool.load(id).unwrap();
+        assert_eq!(env.id, id);
+        assert_eq!(env.received_at, 1767225600);
+        assert_eq!(
+            env.client,
+            ClientInfo {
+                addr: "192.0.2.10:50123".into(),
+                helo: "mta1.example.org".into(),
+                tls: Some("TLSv1.3 TLS13_AES_256_GCM_SHA384".into()),
+                auth_user: Some("alice".into()),
+            }
+        );
+        assert_eq!(env.sender, "alice@example.org");
+        assert_eq!(env.size, 1234);
+        assert_eq!(env.body, BodyType::EightBitMime);
+        assert!(env.smtputf8 && env.requiretls && env.tls_required_no);
+        assert!(!env.tls_report);
+        assert_eq!(env.ret, Some(DsnRet::Hdrs));
+        assert_eq!(env.envid.as_deref(), Some("QQ314159"));
+        assert_eq!(env.attempts, 3);
+        assert_eq!(env.next_attempt, 1767229200);
+        assert!(env.delay_notice_sent);
+        let rcpt = |address: &str,
+                    notify,
+                    orcpt: Option<&str>,
+                    state,
+                    last: Option<&str>,
+                    status: Option<&str>| Recipient {
+            address: address.into(),
+            notify,
+            orcpt: orcpt.map(Into::into),
+            state,
+            last_reason: last.map(Into::into),
+            status: status.map(Into::into),
+        };
+        assert_eq!(
+            env.recipients,
+            [
+                rcpt(
+                    "bob@example.net",
+                    Notify::SUCCESS | Notify::DELAY,
+                    Some("bob@example.net"),
+                    RcptState::Delivered,
+                    Some("delivered to mx1.example.net"),
+                    Some("250 2.0.0 Ok: queued as 4F2A"),
+                ),
+                rcpt(
+                    "carol@example.com",
+                    Notify::default(),
+                    None,
+                    RcptState::Queued,
+                    Some("mx.example.com: no STARTTLS"),
+                    None,
+                ),
+                rcpt(
+                    "dave@example.com",
+                    Notify::NEVER,
+                    None,
+                    RcptState::Failed,
+                    Some("mx.example.com said 550 no such user"),
+                    Some("5.1.1"),
+                ),
+                rcpt(
+                    "erin@example.com",
+                    Notify::FAILURE,
+                    None,
+                    RcptState::Queued,
+                    None,
+                    None
+                ),
+            ]
+        );
+        // Written back, the envelope is byte for byte what was read.
+        assert_eq!(
+            String::from_utf8(serde_json::to_vec_pretty(&env).unwrap()).unwrap(),
+            OLD_ENVELOPE.trim_end()
+        );
+    }
+
+    #[test]
+    fn errors_name_the_message() {
+        let dir = tempfile::tempdir().unwrap();
+        let spool = Spool::open(dir.path()).unwrap();
+        fs::write(dir.path().join("queue/BAD1.env"), b"{not json").unwrap();
+        let cases = [
+            (
+                "../etc",
+                "`../etc` is not a queue id",
+                io::ErrorKind::InvalidInput,
+            ),
+            ("", "`` is not a queue id", io::ErrorKind::InvalidInput),
+            (
+                "NOPE",
+                "no message NOPE in the queue",
+                io::ErrorKind::NotFound,
+            ),
+            (
+                "BAD1",
+                "envelope of BAD1 is damaged: ",
+                io::ErrorKind::InvalidData,
+            ),
+        ];
+        for (id, words, kind) in cases {
+            let e = spool.load(id).unwrap_err();
+            assert!(e.to_string().starts_with(words), "{id}: {e}");
+            assert_eq!(e.kind(), kind, "{id}");
+        }
+        let e = spool.update(&envelope("GONE1")).unwrap_err();
+        assert_eq!(e.to_string(), "message GONE1 is no longer in the queue");
+        assert_eq!(e.kind(), io::ErrorKind::NotFound);
+    }
+
     #[test]
     fn second_lock_is_refused() {
         let dir = tempfile::tempdir().unwrap();
         let spool = Spool::open(dir.path()).unwrap();
         let _held = spool.lock().unwrap();
-        assert!(spool.lock().is_err());
+        let e = spool.lock().unwrap_err();
+        assert_eq!(
+            e.to_string(),
+            format!(
+                "the spool {} is in use by another tlsrelay process",
+                dir.path().display()
+            )
+        );
     }
 }

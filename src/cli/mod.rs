@@ -1,0 +1,66 @@
+//! The subcommands of the `tlsrelay` binary, one module each, with the
+//! rendering of what they print. Errors are `anyhow` here: each becomes one
+//! `tlsrelay: …` line on stderr and exit status 2.
+
+pub mod check;
+pub mod config;
+pub mod policy;
+pub mod queue;
+pub mod report;
+pub mod serve;
+pub mod sts;
+
+use std::path::Path;
+
+use anyhow::Context as _;
+use tlsrelay::config::Config;
+use tlsrelay::policy::local::PolicySet;
+use tlsrelay::resolve::dns::Dns;
+use tlsrelay::resolve::mta_sts::{FetchSettings, MtaSts};
+
+/// The configuration in `path`, or the built-in defaults without one.
+pub fn load_config(path: Option<&Path>) -> anyhow::Result<Config> {
+    Ok(match path {
+        Some(p) => Config::load(p)?,
+        None => Config::default(),
+    })
+}
+
+/// A runtime for the subcommands that use the network.
+pub fn runtime() -> anyhow::Result<tokio::runtime::Runtime> {
+    Ok(tokio::runtime::Runtime::new()?)
+}
+
+/// The validating resolver `serve` would use.
+pub fn dns(config: &Config) -> anyhow::Result<Dns> {
+    Ok(Dns::new(&tlsrelay::relay::dns_settings(config))?)
+}
+
+/// DNS, the MTA-STS cache and the local policies as `serve` would set them up.
+pub fn engines(config: &Config) -> anyhow::Result<(Dns, MtaSts, PolicySet)> {
+    let dns = dns(config)?;
+    let settings = FetchSettings {
+        port: config.mta_sts.https_port,
+        extra_roots: config.mta_sts.extra_roots.clone(),
+        timeout: config.mta_sts.fetch_timeout.get(),
+    };
+    let sts = MtaSts::new(dns.clone(), settings, &config.spool.dir.join("mta-sts"))
+        .map_err(anyhow::Error::msg)?;
+    let policies = match &config.policies.dir {
+        Some(dir) => PolicySet::load_dir(dir)?,
+        None => PolicySet::empty(),
+    };
+    Ok((dns, sts, policies))
+}
+
+/// A Unix time in RFC 3339, or nothing when it is out of range.
+pub fn rfc3339(unix: i64) -> String {
+    chrono::DateTime::from_timestamp(unix, 0)
+        .map(|t| t.to_rfc3339())
+        .unwrap_or_default()
+}
+
+/// Pretty JSON of a value, for `--json`.
+pub fn pretty_json<T: serde::Serialize>(value: &T) -> anyhow::Result<String> {
+    serde_json::to_string_pretty(value).context("cannot render JSON")
+}

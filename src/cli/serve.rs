@@ -1,0 +1,67 @@
+//! `tlsrelay serve`: runs the relay until SIGTERM or SIGINT; SIGHUP reloads.
+
+use std::path::Path;
+use std::process::ExitCode;
+use std::sync::Arc;
+
+use tlsrelay::config::Config;
+use tokio::signal::unix::{signal, SignalKind};
+
+use super::{load_config, runtime};
+
+/// Runs the relay with the configuration in `config_path`.
+pub fn run(config_path: Option<&Path>) -> anyhow::Result<ExitCode> {
+    let config = load_config(config_path)?;
+    init_logging(&config.log.level);
+    runtime()?.block_on(serve(Arc::new(config), config_path))?;
+    Ok(ExitCode::SUCCESS)
+}
+
+/// Logs to stderr; `RUST_LOG` overrides `log.level`.
+fn init_logging(level: &str) {
+    let filter = tracing_subscriber::EnvFilter::try_from_default_env()
+        .or_else(|_| tracing_subscriber::EnvFilter::try_new(level))
+        .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info"));
+    tracing_subscriber::fmt()
+        .with_env_filter(filter)
+        .with_writer(std::io::stderr)
+        .init();
+}
+
+/// Starts the relay, reloads on SIGHUP (from `config_path`), stops on SIGTERM/SIGINT.
+async fn serve(config: Arc<Config>, config_path: Option<&Path>) -> anyhow::Result<()> {
+    let relay = tlsrelay::relay::Relay::start(config.clone())
+        .await
+        .map_err(anyhow::Error::msg)?;
+    for addr in relay.local_addrs() {
+        tracing::info!(%addr, hostname = %config.server.hostname, "listening");
+    }
+    let reload = relay.reloader(config_path.map(Path::to_path_buf));
+    tokio::spawn(async move {
+        let Ok(mut hup) = signal(SignalKind::hangup()) else {
+            return;
+        };
+        while hup.recv().await.is_some() {
+            reload.reload();
+        }
+    });
+    let (stop_tx, stop_rx) = tokio::sync::watch::channel(false);
+    tokio::spawn(async move {
+        wait_for_signal().await;
+        tracing::info!("shutdown requested");
+        let _ = stop_tx.send(true);
+    });
+    relay.run(stop_rx).await;
+    tracing::info!("stopped");
+    Ok(())
+}
+
+/// Returns on the first SIGTERM or SIGINT.
+async fn wait_for_signal() {
+    let mut term = signal(SignalKind::terminate()).expect("cannot install the SIGTERM handler");
+    let mut int = signal(SignalKind::interrupt()).expect("cannot install the SIGINT handler");
+    tokio::select! {
+        _ = term.recv() => {}
+        _ = int.recv() => {}
+    }
+}

@@ -1,0 +1,107 @@
+//! `tlsrelay sts …`: the MTA-STS policy cache.
+
+use std::path::Path;
+use std::process::ExitCode;
+
+use clap::Subcommand;
+use tlsrelay::resolve::mta_sts::{CachedPolicy, MtaSts};
+
+use super::{engines, load_config, pretty_json, rfc3339, runtime};
+
+/// What to do with the MTA-STS cache.
+#[derive(Subcommand)]
+pub enum StsAction {
+    /// List cached policies.
+    List,
+    /// Show one domain's cached policy.
+    Show {
+        /// The policy domain.
+        domain: String,
+    },
+    /// Fetch a domain's policy now and cache it.
+    Refresh {
+        /// The policy domain.
+        domain: String,
+    },
+    /// Forget a domain's cached policy (or all of them).
+    Purge {
+        /// The policy domain.
+        #[arg(required_unless_present = "all")]
+        domain: Option<String>,
+        /// Every cached policy.
+        #[arg(long, conflicts_with = "domain")]
+        all: bool,
+    },
+}
+
+/// Runs one cache command.
+pub fn run(config_path: Option<&Path>, action: StsAction) -> anyhow::Result<ExitCode> {
+    let config = load_config(config_path)?;
+    runtime()?.block_on(async {
+        let (_, sts, _) = engines(&config)?;
+        match action {
+            StsAction::List => list(&sts),
+            StsAction::Show { domain } => show(&sts, &domain),
+            StsAction::Refresh { domain } => refresh(&sts, &domain).await,
+            // Without a domain, clap has made sure `--all` was given.
+            StsAction::Purge { domain, all: _ } => {
+                let n = sts.purge(domain.as_deref());
+                println!("{n} cached policy(ies) removed; a running relay forgets them on SIGHUP");
+                Ok(ExitCode::SUCCESS)
+            }
+        }
+    })
+}
+
+/// One line per cached policy.
+fn list(sts: &MtaSts) -> anyhow::Result<ExitCode> {
+    let all = sts.cached();
+    if all.is_empty() {
+        println!("no cached MTA-STS policies");
+    }
+    for c in &all {
+        println!("{}", list_line(c));
+    }
+    Ok(ExitCode::SUCCESS)
+}
+
+/// `DOMAIN id ID mode MODE expires TIME`, in columns.
+fn list_line(c: &CachedPolicy) -> String {
+    let mode = c
+        .parsed()
+        .as_ref()
+        .map(|p| format!("{:?}", p.mode).to_lowercase())
+        .unwrap_or_default();
+    format!(
+        "{:<30} id {:<20} mode {:<8} expires {}",
+        c.domain,
+        c.id,
+        mode,
+        rfc3339(c.expires_at)
+    )
+}
+
+/// The cached policy of one domain, as JSON.
+fn show(sts: &MtaSts, domain: &str) -> anyhow::Result<ExitCode> {
+    let Some(c) = sts.cached().into_iter().find(|c| c.domain == domain) else {
+        anyhow::bail!("no cached MTA-STS policy for {domain}");
+    };
+    println!("{}", pretty_json(&c)?);
+    Ok(ExitCode::SUCCESS)
+}
+
+/// Fetches and caches a domain's policy now.
+async fn refresh(sts: &MtaSts, domain: &str) -> anyhow::Result<ExitCode> {
+    match sts.refresh(domain).await {
+        Ok(c) => {
+            println!(
+                "{}: fetched policy id {} (expires {}); a running relay picks it up on SIGHUP",
+                c.domain,
+                c.id,
+                rfc3339(c.expires_at)
+            );
+            Ok(ExitCode::SUCCESS)
+        }
+        Err((kind, words)) => anyhow::bail!("{} ({})", words, kind.as_str()),
+    }
+}

@@ -1,0 +1,339 @@
+//! The `tlsrelay` binary itself: exit codes, messages, `report send [--now]`
+//! against a DNS world and an HTTPS report receiver, and `queue` on an envelope
+//! file in the spool's long-standing format.
+
+mod support;
+
+use std::net::IpAddr;
+use std::path::Path;
+use std::process::Command;
+
+use support::dns_world::{DnsWorld, ZoneKind};
+use support::https::{HttpsServer, Response};
+use support::mx::free_port;
+use support::pki::TestCa;
+
+/// What one run of the binary did.
+struct Run {
+    code: i32,
+    stdout: String,
+    stderr: String,
+}
+
+/// Runs `tlsrelay ARGS` (off the async runtime, which serves DNS and HTTPS meanwhile).
+async fn tlsrelay(args: &[&str]) -> Run {
+    let args: Vec<String> = args.iter().map(|s| s.to_string()).collect();
+    let out = tokio::task::spawn_blocking(move || {
+        Command::new(env!("CARGO_BIN_EXE_tlsrelay"))
+            .args(&args)
+            .output()
+            .unwrap()
+    })
+    .await
+    .unwrap();
+    Run {
+        code: out.status.code().unwrap_or(-1),
+        stdout: String::from_utf8_lossy(&out.stdout).into_owned(),
+        stderr: String::from_utf8_lossy(&out.stderr).into_owned(),
+    }
+}
+
+fn ip(s: &str) -> IpAddr {
+    s.parse().unwrap()
+}
+
+/// One successful session with `domain` at `time`, as the relay records it.
+fn outcome_line(domain: &str, time: i64) -> String {
+    format!(
+        r#"{{"time":{time},"queue_id":"AAAA0001","domain":"{domain}","mx_host":"mx.{domain}","addr":"192.0.2.25:25","policy":"no-policy-found","auth":"verify","tls_ok":true,"result":null,"report_mail":false,"detail":"delivered"}}"#
+    )
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn report_send_waits_for_the_randomized_delay_unless_now() {
+    let dir = tempfile::tempdir().unwrap();
+    let ca = TestCa::new("cli CA");
+    let root = dir.path().join("ca.pem");
+    ca.write_root_pem(&root);
+    let port = free_port();
+    let receiver = HttpsServer::start(
+        ip("127.0.9.30"),
+        port,
+        ca.leaf(&["reports.rpt.test"]),
+        Response {
+            status: "200 OK".into(),
+            headers: vec![],
+            body: vec![],
+            content_length: true,
+        },
+    )
+    .await;
+    let world = DnsWorld::builder()
+        .zone("rpt.test", ZoneKind::Unsigned)
+        .txt(
+            "_smtp._tls.rpt.test",
+            &[&format!(
+                "v=TLSRPTv1; rua=https://reports.rpt.test:{port}/tlsrpt"
+            )],
+        )
+        .a("reports.rpt.test", "127.0.9.30")
+        .start()
+        .await;
+    let spool = dir.path().join("spool");
+    std::fs::create_dir_all(spool.join("outcomes")).unwrap();
+    let now = chrono::Utc::now();
+    let today = now.date_naive();
+    let yesterday = today.pred_opt().unwrap();
+    for (day, time) in [
+        (today, now.timestamp()),
+        (yesterday, now.timestamp() - 86400),
+    ] {
+        std::fs::write(
+            spool.join(format!("outcomes/{day}.jsonl")),
+            outcome_line("rpt.test", time) + "\n",
+        )
+        .unwrap();
+    }
+    // A one-second max_delay makes the per-domain delay zero: a finished day's
+    // report is due 15 minutes after midnight, an unfinished day's never.
+    let config = dir.path().join("tlsrelay.toml");
+    std::fs::write(
+        &config,
+        format!(
+            "[server]\nhostname = \"relay.test\"\n[spool]\ndir = \"{}\"\n[dns]\nnameservers = [\"{}\"]\ntrust_anchor_file = \"{}\"\ntimeout = \"2s\"\nattempts = 1\n[tls_rpt]\nmax_delay = \"1s\"\nextra_roots = [\"{}\"]\n",
+            spool.display(),
+            world.addr(),
+            world.anchor_path().display(),
+            root.display()
+        ),
+    )
+    .unwrap();
+    let cfg = config.to_str().unwrap();
+    let accepted = |day| {
+        format!("{day} rpt.test: https://reports.rpt.test:{port}/tlsrpt: POST accepted (200 OK)\n")
+    };
+
+    // Today has not ended: its report is not due, so nothing is sent without --now.
+    let r = tlsrelay(&["-c", cfg, "report", "send", "--day", "today"]).await;
+    assert_eq!(
+        (r.code, r.stdout.as_str()),
+        (0, &*format!("{today}: no report due\n")),
+        "{}",
+        r.stderr
+    );
+    assert_eq!(receiver.requests().len(), 0);
+
+    // Yesterday's report is due (after 00:15 UTC): sent without --now.
+    let minutes_into_day = now.timestamp().rem_euclid(86400) / 60;
+    if !(14..=16).contains(&minutes_into_day) {
+        let r = tlsrelay(&["-c", cfg, "report", "send"]).await;
+        let want = if minutes_into_day > 16 {
+            accepted(yesterday)
+        } else {
+            format!("{yesterday}: no report due\n")
+        };
+        assert_eq!((r.code, r.stdout), (0, want), "{}", r.stderr);
+    }
+    let before_now = receiver.requests().len();
+
+    // --now sends today's report at once, and only once.
+    let r = tlsrelay(&["-c", cfg, "report", "send", "--now", "--day", "today"]).await;
+    assert_eq!((r.code, r.stdout), (0, accepted(today)), "{}", r.stderr);
+    assert_eq!(receiver.requests().len(), before_now + 1);
+    assert!(receiver.requests()[before_now].starts_with("POST /tlsrpt "));
+    let r = tlsrelay(&["-c", cfg, "report", "send", "--now", "--day", "today"]).await;
+    assert_eq!(r.stdout, format!("{today}: no report due\n"));
+    assert_eq!(receiver.requests().len(), before_now + 1);
+
+    let help = tlsrelay(&["report", "send", "--help"]).await;
+    assert!(
+        help.stdout
+            .contains("without --now, reports that are not due yet are left for later"),
+        "{}",
+        help.stdout
+    );
+}
+
+#[tokio::test]
+async fn config_check_exit_codes_and_messages() {
+    let dir = tempfile::tempdir().unwrap();
+    let good = dir.path().join("good.toml");
+    let bad = dir.path().join("bad.toml");
+    std::fs::write(&good, "[server]\nhostname = \"relay.test\"\n").unwrap();
+    std::fs::write(&bad, "[server]\n\nmax_line_length = 100\n").unwrap();
+    let (good, bad) = (good.to_str().unwrap(), bad.to_str().unwrap());
+    let missing = dir.path().join("missing.toml");
+    let missing = missing.to_str().unwrap();
+    // (args, exit code, stdout, stderr)
+    let cases: [(&[&str], i32, String, String); 4] = [
+        (&["config", "check", good], 0, format!("{good}: ok\n"), String::new()),
+        (
+            &["config", "check", bad],
+            2,
+            String::new(),
+            format!("tlsrelay: {bad}:3: server.max_line_length = 100 is below the 512 octets RFC 5321 requires; use 512 or more\n"),
+        ),
+        (
+            &["config", "check", missing],
+            2,
+            String::new(),
+            format!("tlsrelay: {missing}: cannot read the configuration file: No such file or directory (os error 2)\n"),
+        ),
+        (
+            &["-c", bad, "queue", "list"],
+            2,
+            String::new(),
+            format!("tlsrelay: {bad}:3: server.max_line_length = 100 is below the 512 octets RFC 5321 requires; use 512 or more\n"),
+        ),
+    ];
+    for (args, code, stdout, stderr) in cases {
+        let r = tlsrelay(args).await;
+        assert_eq!(
+            (r.code, r.stdout, r.stderr),
+            (code, stdout, stderr),
+            "{args:?}"
+        );
+    }
+}
+
+/// Puts the fixture envelope (written by the spool before `Notify` existed) in a
+/// spool under `dir`, with some fields changed, and returns the config path.
+fn spool_with_fixture(dir: &Path, id: &str, edit: impl Fn(&mut serde_json::Value)) -> String {
+    let queue = dir.join("spool/queue");
+    std::fs::create_dir_all(&queue).unwrap();
+    let fixture = Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/fixtures/envelope-v1.env");
+    let mut env: serde_json::Value =
+        serde_json::from_slice(&std::fs::read(fixture).unwrap()).unwrap();
+    env["id"] = id.into();
+    edit(&mut env);
+    std::fs::write(
+        queue.join(format!("{id}.env")),
+        serde_json::to_vec_pretty(&env).unwrap(),
+    )
+    .unwrap();
+    std::fs::write(
+        queue.join(format!("{id}.msg")),
+        b"Subject: hello\r\nFrom: alice@example.org\r\n\r\nbody\r\n",
+    )
+    .unwrap();
+    let config = dir.join("tlsrelay.toml");
+    std::fs::write(
+        &config,
+        format!(
+            "[server]\nhostname = \"relay.test\"\n[spool]\ndir = \"{}\"\n",
+            dir.join("spool").display()
+        ),
+    )
+    .unwrap();
+    config.to_str().unwrap().to_string()
+}
+
+#[tokio::test]
+async fn queue_show_reads_the_old_envelope_format() {
+    let dir = tempfile::tempdir().unwrap();
+    let cfg = spool_with_fixture(dir.path(), "6A1B2C3D0E0F1A2B", |_| {});
+    let r = tlsrelay(&["-c", &cfg, "queue", "show", "6A1B2C3D0E0F1A2B"]).await;
+    assert_eq!(r.code, 0, "{}", r.stderr);
+    for line in [
+        "id:          6A1B2C3D0E0F1A2B",
+        "received:    2026-01-01T00:00:00+00:00 from 192.0.2.10:50123 (helo mta1.example.org) over TLSv1.3 TLS13_AES_256_GCM_SHA384",
+        "size:        1234 bytes, body EightBitMime, smtputf8 true, requiretls true",
+        "dsn:         ret Some(Hdrs), envid Some(\"QQ314159\")",
+        "recipient:   <bob@example.net> Delivered notify=success,delay orcpt=bob@example.net",
+        "recipient:   <carol@example.com> Queued",
+        "recipient:   <dave@example.com> Failed notify=never",
+        "recipient:   <erin@example.com> Queued notify=failure",
+    ] {
+        assert!(r.stdout.lines().any(|l| l == line), "{line}\n{}", r.stdout);
+    }
+    let r = tlsrelay(&["-c", &cfg, "queue", "show", "6A1B2C3D0E0F1A2B", "--json"]).await;
+    let v: serde_json::Value = serde_json::from_str(&r.stdout).unwrap();
+    assert_eq!(
+        v["envelope"]["recipients"][0]["notify"],
+        serde_json::json!(["success", "delay"])
+    );
+    assert_eq!(
+        v["envelope"]["recipients"][1]["notify"],
+        serde_json::json!([])
+    );
+}
+
+#[tokio::test]
+async fn queue_bounce_sends_a_notice_only_where_notify_asks() {
+    // The fixture's pending recipients are carol and erin, with the NOTIFY given here.
+    /// (sender, carol's NOTIFY, erin's NOTIFY, end of the output, recipients in the DSN)
+    type Case<'a> = (
+        &'a str,
+        &'a [&'a str],
+        &'a [&'a str],
+        &'a str,
+        &'a [&'a str],
+    );
+    let cases: [Case; 4] = [
+        (
+            "alice@example.org",
+            &[],
+            &["failure"],
+            "queued to <alice@example.org>\n",
+            &["carol@example.com", "erin@example.com"],
+        ),
+        (
+            "alice@example.org",
+            &["never"],
+            &["failure", "delay"],
+            "queued to <alice@example.org>\n",
+            &["erin@example.com"],
+        ),
+        (
+            "alice@example.org",
+            &["never"],
+            &["success"],
+            "2 recipient(s) bounced; no DSN (no NOTIFY asks for one)\n",
+            &[],
+        ),
+        (
+            "",
+            &[],
+            &[],
+            "2 recipient(s) bounced; no DSN (null sender)\n",
+            &[],
+        ),
+    ];
+    for (sender, carol, erin, tail, in_dsn) in cases {
+        let dir = tempfile::tempdir().unwrap();
+        let id = "6A1B2C3D0E0F1A2B";
+        let cfg = spool_with_fixture(dir.path(), id, |env| {
+            env["sender"] = sender.into();
+            env["recipients"][1]["notify"] = serde_json::json!(carol);
+            env["recipients"][3]["notify"] = serde_json::json!(erin);
+        });
+        let r = tlsrelay(&["-c", &cfg, "queue", "bounce", id]).await;
+        assert_eq!(r.code, 0, "{}", r.stderr);
+        assert!(
+            r.stdout
+                .starts_with(&format!("{id}: 2 recipient(s) bounced; ")),
+            "{}",
+            r.stdout
+        );
+        assert!(r.stdout.ends_with(tail), "{carol:?} {erin:?}: {}", r.stdout);
+        let queue = dir.path().join("spool/queue");
+        let dsns: Vec<String> = std::fs::read_dir(&queue)
+            .unwrap()
+            .map(|e| e.unwrap().path())
+            .filter(|p| p.extension().is_some_and(|x| x == "msg"))
+            .map(|p| String::from_utf8(std::fs::read(p).unwrap()).unwrap())
+            .collect();
+        assert!(!queue.join(format!("{id}.env")).exists());
+        if in_dsn.is_empty() {
+            assert!(dsns.is_empty(), "{carol:?} {erin:?}");
+            continue;
+        }
+        assert_eq!(dsns.len(), 1);
+        for who in ["carol@example.com", "erin@example.com"] {
+            let listed = dsns[0].contains(&format!("Final-Recipient: rfc822; {who}\r\n"));
+            assert_eq!(listed, in_dsn.contains(&who), "{who} {carol:?} {erin:?}");
+        }
+        assert!(dsns[0].contains("Status: 5.0.0\r\n"));
+        assert!(dsns[0].contains("returned by the operator of relay.test; last attempt: "));
+    }
+}
