@@ -212,42 +212,13 @@ pub fn local_host_plan(
         })
     };
     let plan = match lp.level {
-        Level::DaneOnly => {
-            match host_plan(host, base, Floor::Verify, tlsa.clone(), StsRule::Absent) {
-                HostPlan::Connect(r) if matches!(r.check, PeerCheck::Dane { .. }) => {
-                    HostPlan::Connect(r)
-                }
-                HostPlan::Skip { reason, result } => HostPlan::Skip { reason, result },
-                HostPlan::Connect(_) => HostPlan::Skip {
-                    reason: format!(
-                        "{host}: the local policy ({}) requires DANE, but {}; not contacted",
-                        lp.source,
-                        if tlsa.is_none() {
-                            "the MX or address records are not DNSSEC-secure"
-                        } else {
-                            "there are no usable DNSSEC-secure TLSA records"
-                        }
-                    ),
-                    result: Some(ResultType::DaneRequired),
-                },
-            }
-        }
+        Level::DaneOnly => dane_only(lp, host, base, tlsa),
         Level::Dane => host_plan(host, base, Floor::Verify, tlsa, StsRule::Absent),
         Level::Verify | Level::Secure => with(PeerCheck::Names {
             names: lp.required_names(domain, host),
             ca: lp.ca.clone(),
         }),
-        Level::Fingerprint => {
-            let mut cert = Vec::new();
-            let mut spki = Vec::new();
-            for f in &lp.fingerprints {
-                match f {
-                    Fingerprint::Cert(d) => cert.push(*d),
-                    Fingerprint::PublicKey(d) => spki.push(*d),
-                }
-            }
-            with(PeerCheck::Fingerprint { cert, spki })
-        }
+        Level::Fingerprint => with(pins(&lp.fingerprints)),
         Level::Encrypt => with(PeerCheck::EncryptOnly),
     };
     match plan {
@@ -257,6 +228,38 @@ pub fn local_host_plan(
         }
         skip => skip,
     }
+}
+
+/// A local `dane-only` policy: DANE as the table says, or the host is not contacted.
+fn dane_only(lp: &LocalPolicy, host: &str, base: &str, tlsa: Option<TlsaAnswer>) -> HostPlan {
+    let why = if tlsa.is_none() {
+        "the MX or address records are not DNSSEC-secure"
+    } else {
+        "there are no usable DNSSEC-secure TLSA records"
+    };
+    match host_plan(host, base, Floor::Verify, tlsa, StsRule::Absent) {
+        HostPlan::Connect(r) if matches!(r.check, PeerCheck::Dane { .. }) => HostPlan::Connect(r),
+        skip @ HostPlan::Skip { .. } => skip,
+        HostPlan::Connect(_) => HostPlan::Skip {
+            reason: format!(
+                "{host}: the local policy ({}) requires DANE, but {why}; not contacted",
+                lp.source
+            ),
+            result: Some(ResultType::DaneRequired),
+        },
+    }
+}
+
+/// A local `fingerprint` policy's pins as the TLS check.
+fn pins(fingerprints: &[Fingerprint]) -> PeerCheck {
+    let (mut cert, mut spki) = (Vec::new(), Vec::new());
+    for f in fingerprints {
+        match f {
+            Fingerprint::Cert(d) => cert.push(*d),
+            Fingerprint::PublicKey(d) => spki.push(*d),
+        }
+    }
+    PeerCheck::Fingerprint { cert, spki }
 }
 
 #[cfg(test)]

@@ -5,7 +5,7 @@ use std::sync::Arc;
 
 use rustls_pki_types::CertificateDer;
 
-/// A server key below the strength DESIGN.md requires.
+/// A server key below the strength tlsrelay requires (RSA-2048, P-256/P-384, Ed25519).
 #[derive(Debug, thiserror::Error)]
 #[error("server key too weak: {0}")]
 pub struct WeakKey(pub String);
