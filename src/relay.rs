@@ -8,10 +8,10 @@ use std::sync::Arc;
 use tokio::sync::watch;
 
 use crate::config::Config;
-use crate::delivery::Delivery;
+use crate::delivery::{Delivery, DeliveryError};
 use crate::inbound::Inbound;
-use crate::resolve::dns::{Dns, DnsSettings};
-use crate::spool::Spool;
+use crate::resolve::dns::{Dns, DnsSettings, DnsSetupError};
+use crate::spool::{Spool, SpoolError};
 
 /// A relay that is listening; `run` serves until the shutdown signal.
 pub struct Relay {
@@ -33,16 +33,58 @@ pub fn dns_settings(config: &Config) -> DnsSettings {
     }
 }
 
+/// Why the relay could not start; each names what to look at.
+#[derive(Debug, thiserror::Error)]
+pub enum StartError {
+    /// The spool directory cannot be opened or created.
+    #[error("cannot open the spool {}: {source}", dir.display())]
+    Spool {
+        /// The spool directory.
+        dir: std::path::PathBuf,
+        /// What went wrong.
+        source: SpoolError,
+    },
+    /// Another server holds the spool, or the lock cannot be taken.
+    #[error("{0}")]
+    Lock(SpoolError),
+    /// Recovery of the spool failed.
+    #[error("cannot recover the spool {}: {source}", dir.display())]
+    Recover {
+        /// The spool directory.
+        dir: std::path::PathBuf,
+        /// What went wrong.
+        source: SpoolError,
+    },
+    /// The metrics endpoint cannot listen.
+    #[error("{0}")]
+    Metrics(String),
+    /// The resolver cannot be set up (nameservers, trust anchor).
+    #[error(transparent)]
+    Dns(#[from] DnsSetupError),
+    /// Delivery cannot be set up (roots, policies, MTA-STS cache, outcome log).
+    #[error(transparent)]
+    Delivery(#[from] DeliveryError),
+    /// TLS reporting cannot be set up.
+    #[error("{0}")]
+    Reporter(String),
+    /// The inbound listeners cannot start.
+    #[error(transparent)]
+    Inbound(#[from] crate::inbound::StartError),
+}
+
 impl Relay {
     /// Locks and recovers the spool, sets up DNS and TLS, and binds the listeners.
-    pub async fn start(config: Arc<Config>) -> Result<Relay, String> {
+    pub async fn start(config: Arc<Config>) -> Result<Relay, StartError> {
         let dir = &config.spool.dir;
-        let spool = Spool::open(dir)
-            .map_err(|e| format!("cannot open the spool {}: {e}", dir.display()))?;
-        let lock = spool.lock().map_err(|e| e.to_string())?;
-        let recovery = spool
-            .recover()
-            .map_err(|e| format!("cannot recover the spool {}: {e}", dir.display()))?;
+        let spool = Spool::open(dir).map_err(|source| StartError::Spool {
+            dir: dir.clone(),
+            source,
+        })?;
+        let lock = spool.lock().map_err(StartError::Lock)?;
+        let recovery = spool.recover().map_err(|source| StartError::Recover {
+            dir: dir.clone(),
+            source,
+        })?;
         tracing::info!(
             spool = %dir.display(),
             queued = recovery.queued.len(),
@@ -53,10 +95,11 @@ impl Relay {
             tracing::error!(id = %id, "damaged envelope moved to {}/corrupt; inspect it by hand", dir.display());
         }
         if let Some(addr) = config.metrics.listen {
-            crate::reporting::metrics::install(addr)?;
+            crate::reporting::metrics::install(addr)
+                .map_err(|e| StartError::Metrics(e.to_string()))?;
             tracing::info!(%addr, "metrics endpoint listening");
         }
-        let dns = Dns::new(&dns_settings(&config)).map_err(|e| e.to_string())?;
+        let dns = Dns::new(&dns_settings(&config))?;
         if config.delivery.enabled {
             // In the background: a slow or unreachable resolver must not delay the listener.
             let probe = dns.clone();
@@ -71,18 +114,19 @@ impl Relay {
         }
         let delivery = Delivery::new(config.clone(), spool.clone(), dns.clone())?;
         let reporter = if config.tls_rpt.enabled && config.delivery.enabled {
-            Some(crate::reporting::reporter::Reporter::new(
-                config.clone(),
-                spool.clone(),
-                dns,
-                Some(delivery.queue_sender()),
-            )?)
+            Some(
+                crate::reporting::reporter::Reporter::new(
+                    config.clone(),
+                    spool.clone(),
+                    dns,
+                    Some(delivery.queue_sender()),
+                )
+                .map_err(|e| StartError::Reporter(e.to_string()))?,
+            )
         } else {
             None
         };
-        let inbound = Inbound::bind(config.clone(), spool, Some(delivery.queue_sender()))
-            .await
-            .map_err(|e| e.to_string())?;
+        let inbound = Inbound::bind(config.clone(), spool, Some(delivery.queue_sender())).await?;
         Ok(Relay {
             config,
             reporter,

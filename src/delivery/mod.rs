@@ -25,14 +25,14 @@ use crate::config::Config;
 use crate::model::domain::Domain;
 use crate::model::mechanism::TlsDemand;
 use crate::policy::facts::DomainFacts;
-use crate::policy::local::PolicySet;
+use crate::policy::local::{PolicyError, PolicySet};
 use crate::policy::{plan_domain, DomainPlan};
 use crate::reporting::outcome::OutcomeLog;
 use crate::resolve::dns::Dns;
 use crate::resolve::gather::Gatherer;
 use crate::resolve::mta_sts::{FetchSettings, MtaSts};
 use crate::spool::{Envelope, Spool};
-use crate::tls::ClientTls;
+use crate::tls::{ClientTls, ClientTlsError};
 use pool::Pool;
 
 /// Everything an attempt needs, shared by all attempts.
@@ -50,6 +50,28 @@ pub struct Context {
     policies: PolicySlot,
 }
 
+/// Why delivery could not be set up.
+#[derive(Debug, thiserror::Error)]
+pub enum DeliveryError {
+    /// A root certificate file is unusable.
+    #[error(transparent)]
+    Tls(#[from] ClientTlsError),
+    /// The MTA-STS cache cannot be opened.
+    #[error("{0}")]
+    MtaSts(String),
+    /// A local policy file is wrong (file, line and fix).
+    #[error(transparent)]
+    Policies(#[from] PolicyError),
+    /// The outcome log cannot be opened.
+    #[error("cannot open {}: {source}", dir.display())]
+    Outcomes {
+        /// The outcome directory.
+        dir: std::path::PathBuf,
+        /// What went wrong.
+        source: std::io::Error,
+    },
+}
+
 /// The local policies in force; replaced as a whole on reload (SIGHUP).
 pub type PolicySlot = Arc<std::sync::RwLock<Arc<PolicySet>>>;
 
@@ -62,8 +84,8 @@ pub struct Delivery {
 
 impl Delivery {
     /// Sets up TLS, MTA-STS, local policies and the outcome log.
-    pub fn new(config: Arc<Config>, spool: Spool, dns: Dns) -> Result<Delivery, String> {
-        let tls = ClientTls::new(&config.delivery.extra_roots).map_err(|e| e.to_string())?;
+    pub fn new(config: Arc<Config>, spool: Spool, dns: Dns) -> Result<Delivery, DeliveryError> {
+        let tls = ClientTls::new(&config.delivery.extra_roots)?;
         let mta_sts = if config.mta_sts.enabled {
             let settings = FetchSettings {
                 port: config.mta_sts.https_port,
@@ -71,19 +93,23 @@ impl Delivery {
                 timeout: config.mta_sts.fetch_timeout.get(),
             };
             let dir = spool.dir().join("mta-sts");
-            Some(Arc::new(MtaSts::new(dns.clone(), settings, &dir)?))
+            let engine = MtaSts::new(dns.clone(), settings, &dir);
+            Some(Arc::new(
+                engine.map_err(|e| DeliveryError::MtaSts(e.to_string()))?,
+            ))
         } else {
             None
         };
         let policies = match &config.policies.dir {
-            Some(dir) => PolicySet::load_dir(dir).map_err(|e| e.to_string())?,
+            Some(dir) => PolicySet::load_dir(dir)?,
             None => PolicySet::empty(),
         };
         if !policies.is_empty() {
             tracing::info!(count = policies.len(), "local policies loaded");
         }
-        let outcomes = OutcomeLog::open(&spool.dir().join("outcomes"))
-            .map_err(|e| format!("cannot open {}/outcomes: {e}", spool.dir().display()))?;
+        let dir = spool.dir().join("outcomes");
+        let outcomes =
+            OutcomeLog::open(&dir).map_err(|source| DeliveryError::Outcomes { dir, source })?;
         let (tx, rx) = mpsc::unbounded_channel();
         let ctx = Context {
             connections: Arc::new(Semaphore::new(config.delivery.max_connections)),
