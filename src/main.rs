@@ -393,7 +393,8 @@ fn run(cli: Cli) -> Result<ExitCode, String> {
                             spool,
                             dns,
                             None,
-                        )?;
+                        )
+                        .map_err(|e| e.to_string())?;
                         Ok::<_, String>(r.send_day(day).await)
                     })?;
                     if json {

@@ -71,12 +71,15 @@ impl Relay {
         }
         let delivery = Delivery::new(config.clone(), spool.clone(), dns.clone())?;
         let reporter = if config.tls_rpt.enabled && config.delivery.enabled {
-            Some(crate::reporting::reporter::Reporter::new(
-                config.clone(),
-                spool.clone(),
-                dns,
-                Some(delivery.queue_sender()),
-            )?)
+            Some(
+                crate::reporting::reporter::Reporter::new(
+                    config.clone(),
+                    spool.clone(),
+                    dns,
+                    Some(delivery.queue_sender()),
+                )
+                .map_err(|e| e.to_string())?,
+            )
         } else {
             None
         };
