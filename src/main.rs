@@ -280,16 +280,16 @@ fn run(cli: Cli) -> Result<ExitCode, String> {
                         }
                         None => Err(format!("no cached MTA-STS policy for {domain}")),
                     },
-                    StsAction::Refresh { domain } => match sts.refresh(&domain).await {
+                    StsAction::Refresh { domain } => match sts.refresh(&domain.parse().map_err(|e: tlsrelay::model::domain::DomainError| e.to_string())?).await {
                         Ok(c) => {
                             println!("{}: fetched policy id {} (expires {}); a running relay picks it up on SIGHUP", c.domain, c.id,
                                 chrono::DateTime::from_timestamp(c.expires_at, 0).map(|t| t.to_rfc3339()).unwrap_or_default());
                             Ok(ExitCode::SUCCESS)
                         }
-                        Err((kind, words)) => Err(format!("{} ({})", words, kind.as_str())),
+                        Err(e) => Err(format!("{e} ({})", e.result_type().as_str())),
                     },
                     StsAction::Purge { domain, all: _ } => {
-                        let n = sts.purge(domain.as_deref());
+                        let n = sts.purge(domain.as_deref().map(str::parse).transpose().map_err(|e: tlsrelay::model::domain::DomainError| e.to_string())?.as_ref());
                         println!("{n} cached policy(ies) removed; a running relay forgets them on SIGHUP");
                         Ok(ExitCode::SUCCESS)
                     }
@@ -452,7 +452,8 @@ fn engines(
         dns.clone(),
         settings,
         &config.spool.dir.join("mta-sts"),
-    )?;
+    )
+    .map_err(|e| e.to_string())?;
     let policies = match &config.policies.dir {
         Some(dir) => {
             tlsrelay::policy::local::PolicySet::load_dir(dir).map_err(|e| e.to_string())?

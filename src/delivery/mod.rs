@@ -95,11 +95,10 @@ impl Delivery {
                 extra_roots: config.mta_sts.extra_roots.clone(),
                 timeout: config.mta_sts.fetch_timeout.get(),
             };
-            Some(Arc::new(MtaSts::new(
-                dns.clone(),
-                settings,
-                &spool.dir().join("mta-sts"),
-            )?))
+            Some(Arc::new(
+                MtaSts::new(dns.clone(), settings, &spool.dir().join("mta-sts"))
+                    .map_err(|e| e.to_string())?,
+            ))
         } else {
             None
         };
@@ -582,7 +581,10 @@ async fn deliver_domain(
     // A local policy decides for its domain; otherwise MTA-STS may.
     let sts = match (&local, &ctx.mta_sts) {
         (None, Some(engine)) => {
-            let found = engine.lookup(&ascii).await;
+            let found = match crate::model::domain::Domain::parse(&ascii) {
+                Ok(d) => engine.lookup(&d).await,
+                Err(_) => Default::default(),
+            };
             if let Some((result, words)) = &found.error {
                 record(
                     ctx,

@@ -161,7 +161,10 @@ pub async fn run(
             report.tls_rpt = Some(texts.join(" | "));
         }
     }
-    let lookup = sts.lookup(&ascii).await;
+    let lookup = match crate::model::domain::Domain::parse(&ascii) {
+        Ok(d) => sts.lookup(&d).await,
+        Err(_) => Default::default(),
+    };
     report.mta_sts_record = lookup.record_id.clone();
     report.mta_sts_error = lookup
         .error
