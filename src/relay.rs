@@ -53,7 +53,7 @@ impl Relay {
             tracing::error!(id = %id, "damaged envelope moved to {}/corrupt; inspect it by hand", dir.display());
         }
         if let Some(addr) = config.metrics.listen {
-            crate::reporting::metrics::install(addr)?;
+            crate::reporting::metrics::install(addr).map_err(|e| e.to_string())?;
             tracing::info!(%addr, "metrics endpoint listening");
         }
         let dns = Dns::new(&dns_settings(&config)).map_err(|e| e.to_string())?;
