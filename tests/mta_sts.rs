@@ -11,6 +11,7 @@ use support::https::{HttpsServer, Response};
 use support::mx::{free_port, MxOptions, MxServer};
 use support::pki::{self, TrustedCa};
 use support::relay::TestRelay;
+use tlsrelay::model::domain::Domain;
 use tlsrelay::protocol::sts::Mode;
 use tlsrelay::reporting::outcome::ResultType;
 use tlsrelay::resolve::mta_sts::{FetchSettings, MtaSts, Source};
@@ -19,6 +20,10 @@ const ENFORCE: &str = "version: STSv1\r\nmode: enforce\r\nmx: mx1.sts.test\r\nmx
 
 fn ip(s: &str) -> IpAddr {
     s.parse().unwrap()
+}
+
+fn sts_test() -> Domain {
+    Domain::parse("sts.test").unwrap()
 }
 
 fn setup() -> TrustedCa {
@@ -56,7 +61,10 @@ async fn fetch_rules_each_violation_is_a_precise_error() {
     let cache = tempfile::tempdir().unwrap();
     let e = engine(&w, &s, port, cache.path());
 
-    let (policy, _) = e.fetch("sts.test").await.expect("a good policy is fetched");
+    let (policy, _) = e
+        .fetch(&sts_test())
+        .await
+        .expect("a good policy is fetched");
     assert_eq!(policy.mode, Mode::Enforce);
     assert_eq!(server.requests(), ["GET /.well-known/mta-sts.txt HTTP/1.1"]);
 
@@ -112,9 +120,9 @@ async fn fetch_rules_each_violation_is_a_precise_error() {
     ];
     for (resp, kind, words) in cases {
         server.set_response(resp.clone());
-        let err = e.fetch("sts.test").await.expect_err(words);
-        assert_eq!(err.0, kind, "{words}: {err:?}");
-        assert!(err.1.contains(words), "{words}: {}", err.1);
+        let err = e.fetch(&sts_test()).await.expect_err(words);
+        assert_eq!(err.result_type(), kind, "{words}: {err:?}");
+        assert!(err.to_string().contains(words), "{words}: {err}");
     }
     drop(server);
 
@@ -125,9 +133,9 @@ async fn fetch_rules_each_violation_is_a_precise_error() {
     ] {
         let _srv =
             HttpsServer::start(ip("127.0.3.30"), port, cert, Response::policy(ENFORCE)).await;
-        let err = e.fetch("sts.test").await.expect_err("bad certificate");
-        assert_eq!(err.0, ResultType::StsWebpkiInvalid, "{err:?}");
-        assert!(err.1.contains(words), "{}", err.1);
+        let err = e.fetch(&sts_test()).await.expect_err("bad certificate");
+        assert_eq!(err.result_type(), ResultType::StsWebpkiInvalid, "{err:?}");
+        assert!(err.to_string().contains(words), "{err}");
     }
 }
 
@@ -146,13 +154,13 @@ async fn cache_is_used_when_the_refetch_fails_and_survives_a_restart() {
         )
         .await;
         let e = engine(&w1, &s, port, cache.path());
-        let l = e.lookup("sts.test").await;
+        let l = e.lookup(&sts_test()).await;
         assert_eq!(
             l.policy.as_ref().map(|(p, src)| (p.mode, *src)),
             Some((Mode::Enforce, Source::Fetched))
         );
         // Same id: no second fetch.
-        let l = e.lookup("sts.test").await;
+        let l = e.lookup(&sts_test()).await;
         assert_eq!(l.policy.map(|(_, src)| src), Some(Source::Cached));
         assert_eq!(server.requests().len(), 1);
     }
@@ -160,7 +168,7 @@ async fn cache_is_used_when_the_refetch_fails_and_survives_a_restart() {
     // the refetch fails, the unexpired cached policy stays in force, and the failure is reported.
     let w2 = world("2").start().await;
     let e = engine(&w2, &s, port, cache.path());
-    let l = e.lookup("sts.test").await;
+    let l = e.lookup(&sts_test()).await;
     let (p, src) = l.policy.expect("cached policy used");
     assert_eq!((p.mode, src), (Mode::Enforce, Source::Cached));
     assert_eq!(l.error.map(|e| e.0), Some(ResultType::StsPolicyFetchError));
@@ -180,13 +188,13 @@ async fn id_change_refetches_and_mode_none_lifts_enforcement() {
     .await;
     let w1 = world("1").start().await;
     let e = engine(&w1, &s, port, cache.path());
-    assert!(e.lookup("sts.test").await.policy.is_some());
+    assert!(e.lookup(&sts_test()).await.policy.is_some());
     server.set_response(Response::policy(
         "version: STSv1\r\nmode: none\r\nmax_age: 86400\r\n",
     ));
     let w2 = world("2").start().await;
     let e = engine(&w2, &s, port, cache.path());
-    let l = e.lookup("sts.test").await;
+    let l = e.lookup(&sts_test()).await;
     assert_eq!(server.requests().len(), 2, "a new id means a refetch");
     let (p, src) = l.policy.unwrap();
     assert_eq!((p.mode, src), (Mode::None, Source::Fetched));
@@ -342,4 +350,66 @@ async fn enforce_mode_invalid_certificate_defers() {
         .iter()
         .any(|o| o.result == Some(ResultType::CertificateNotTrusted)
             && o.auth.as_deref() == Some("mta-sts")));
+}
+
+/// An internationalised policy domain is looked up, fetched, cached and purged
+/// under its A-label, whichever spelling it was given in.
+#[tokio::test]
+async fn idn_policy_domain_uses_the_a_label_throughout() {
+    let s = setup();
+    let port = free_port();
+    let _server = HttpsServer::start(
+        ip("127.0.3.31"),
+        port,
+        s.ca.leaf(&["mta-sts.xn--bcher-kva.example"]),
+        Response::policy(
+            "version: STSv1\r\nmode: enforce\r\nmx: mx.xn--bcher-kva.example\r\nmax_age: 86400\r\n",
+        ),
+    )
+    .await;
+    let w = DnsWorld::builder()
+        .zone("xn--bcher-kva.example", ZoneKind::Unsigned)
+        .txt("_mta-sts.xn--bcher-kva.example", &["v=STSv1; id=7"])
+        .a("mta-sts.xn--bcher-kva.example", "127.0.3.31")
+        .zone("nosts.example", ZoneKind::Unsigned)
+        .start()
+        .await;
+    let cache = tempfile::tempdir().unwrap();
+    let e = engine(&w, &s, port, cache.path());
+    let unicode = Domain::parse("Bücher.example").unwrap();
+    let l = e.lookup(&unicode).await;
+    assert_eq!(
+        l.policy.map(|(p, src)| (p.mode, src)),
+        Some((Mode::Enforce, Source::Fetched)),
+        "{:?}",
+        l.error
+    );
+    assert_eq!(l.record_id.as_deref(), Some("7"));
+    let file = cache.path().join("xn--bcher-kva.example.json");
+    assert!(file.is_file(), "cached under the A-label");
+    assert_eq!(e.cached()[0].domain, "xn--bcher-kva.example");
+
+    // A new engine reads it back; the A-label spelling finds the same entry.
+    let e = engine(&w, &s, port, cache.path());
+    let a_label = Domain::parse("xn--bcher-kva.example").unwrap();
+    let l = e.lookup(&a_label).await;
+    assert_eq!(l.policy.map(|(_, src)| src), Some(Source::Cached));
+    let entry = e.refresh(&unicode).await.expect("refresh");
+    assert_eq!(
+        (entry.domain.as_str(), entry.id.as_str()),
+        ("xn--bcher-kva.example", "7")
+    );
+    assert_eq!(e.purge(Some(&a_label)), 1);
+    assert!(!file.exists());
+
+    // No record: refresh says so, with the RFC 8460 type.
+    let err = e
+        .refresh(&Domain::parse("nosts.example").unwrap())
+        .await
+        .expect_err("no record");
+    assert_eq!(err.result_type(), ResultType::StsPolicyFetchError);
+    assert_eq!(
+        err.to_string(),
+        "_mta-sts.nosts.example has no STSv1 record"
+    );
 }

@@ -4,6 +4,7 @@ use std::path::Path;
 use std::process::ExitCode;
 
 use clap::Subcommand;
+use tlsrelay::model::domain::Domain;
 use tlsrelay::resolve::mta_sts::{CachedPolicy, MtaSts};
 
 use super::{engines, load_config, pretty_json, rfc3339, runtime};
@@ -45,7 +46,8 @@ pub fn run(config_path: Option<&Path>, action: StsAction) -> anyhow::Result<Exit
             StsAction::Refresh { domain } => refresh(&sts, &domain).await,
             // Without a domain, clap has made sure `--all` was given.
             StsAction::Purge { domain, all: _ } => {
-                let n = sts.purge(domain.as_deref());
+                let domain = domain.as_deref().map(Domain::parse).transpose()?;
+                let n = sts.purge(domain.as_ref());
                 println!("{n} cached policy(ies) removed; a running relay forgets them on SIGHUP");
                 Ok(ExitCode::SUCCESS)
             }
@@ -83,7 +85,8 @@ fn list_line(c: &CachedPolicy) -> String {
 
 /// The cached policy of one domain, as JSON.
 fn show(sts: &MtaSts, domain: &str) -> anyhow::Result<ExitCode> {
-    let Some(c) = sts.cached().into_iter().find(|c| c.domain == domain) else {
+    let domain = Domain::parse(domain)?;
+    let Some(c) = (sts.cached().into_iter()).find(|c| c.domain == domain.as_str()) else {
         anyhow::bail!("no cached MTA-STS policy for {domain}");
     };
     println!("{}", pretty_json(&c)?);
@@ -92,7 +95,7 @@ fn show(sts: &MtaSts, domain: &str) -> anyhow::Result<ExitCode> {
 
 /// Fetches and caches a domain's policy now.
 async fn refresh(sts: &MtaSts, domain: &str) -> anyhow::Result<ExitCode> {
-    match sts.refresh(domain).await {
+    match sts.refresh(&Domain::parse(domain)?).await {
         Ok(c) => {
             println!(
                 "{}: fetched policy id {} (expires {}); a running relay picks it up on SIGHUP",
@@ -102,6 +105,6 @@ async fn refresh(sts: &MtaSts, domain: &str) -> anyhow::Result<ExitCode> {
             );
             Ok(ExitCode::SUCCESS)
         }
-        Err((kind, words)) => anyhow::bail!("{} ({})", words, kind.as_str()),
+        Err(e) => anyhow::bail!("{e} ({})", e.result_type().as_str()),
     }
 }

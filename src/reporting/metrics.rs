@@ -21,12 +21,22 @@ pub const QUEUE_SIZE: &str = "tlsrelay_queue_messages";
 /// Age of the oldest queued message, in seconds.
 pub const QUEUE_OLDEST: &str = "tlsrelay_queue_oldest_age_seconds";
 
+/// The Prometheus endpoint could not be started.
+#[derive(Debug, thiserror::Error)]
+#[error("cannot start the metrics endpoint on {addr}: {error}")]
+pub struct InstallError {
+    /// The address asked for.
+    pub addr: SocketAddr,
+    /// The exporter's error.
+    pub error: metrics_exporter_prometheus::BuildError,
+}
+
 /// Starts the Prometheus endpoint on `addr` (needs a running tokio runtime).
-pub fn install(addr: SocketAddr) -> Result<(), String> {
+pub fn install(addr: SocketAddr) -> Result<(), InstallError> {
     metrics_exporter_prometheus::PrometheusBuilder::new()
         .with_http_listener(addr)
         .install()
-        .map_err(|e| format!("cannot start the metrics endpoint on {addr}: {e}"))?;
+        .map_err(|error| InstallError { addr, error })?;
     describe();
     Ok(())
 }

@@ -11,6 +11,7 @@ use std::sync::Mutex;
 
 use serde::{Deserialize, Serialize};
 
+use crate::model::domain::{Domain, DomainError};
 pub use crate::model::rfc8460::{PolicyType, ResultType};
 
 /// One attempt on one MX host (or on the domain, when no host was reached).
@@ -47,6 +48,43 @@ pub struct Outcome {
     /// The MTA-STS policy's `mx` patterns (RFC 8460 §4.3 `mx-host`).
     #[serde(default)]
     pub mx_patterns: Vec<String>,
+}
+
+/// How one outcome record counts in TLS reports and summaries (RFC 8460 §4.3).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum SessionResult {
+    /// A TLS session was established and authenticated.
+    Success,
+    /// A failed session, with its RFC 8460 result type.
+    Failure(ResultType),
+    /// Not a session to report: report mail, or a success that reached no address.
+    NotCounted,
+}
+
+impl Outcome {
+    /// How this record counts: the one reading of `report_mail`, `tls_ok`, `result`
+    /// and `addr` that reports and `tlsrelay report` share.
+    pub fn session(&self) -> SessionResult {
+        // Report mail is not reported on (RFC 8460 §5.3), whatever happened to it.
+        if self.report_mail {
+            return SessionResult::NotCounted;
+        }
+        match (self.tls_ok, self.result) {
+            // A recorded result type is a failure, whatever `tls_ok` says.
+            (_, Some(r)) => SessionResult::Failure(r),
+            // A failure with no more specific type is `validation-failure` (RFC 8460 §4.3).
+            (false, None) => SessionResult::Failure(ResultType::ValidationFailure),
+            (true, None) if self.addr.is_some() => SessionResult::Success,
+            // A "success" that never reached an address was no session.
+            (true, None) => SessionResult::NotCounted,
+        }
+    }
+
+    /// The policy domain in A-label form. Records written before delivery stored
+    /// A-labels may hold the Unicode spelling (`bücher.example`); both give one `Domain`.
+    pub fn policy_domain(&self) -> Result<Domain, DomainError> {
+        Domain::parse(&self.domain)
+    }
 }
 
 /// Appends outcome records to the day's file.
@@ -109,5 +147,64 @@ impl OutcomeLog {
             .lines()
             .filter_map(|l| serde_json::from_str(l).ok())
             .collect())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn record(report_mail: bool, tls_ok: bool, result: Option<ResultType>, addr: bool) -> Outcome {
+        Outcome {
+            time: 1_714_525_200,
+            queue_id: "q".into(),
+            domain: "bücher.example".into(),
+            mx_host: "mx.example".into(),
+            addr: addr.then(|| "192.0.2.1".into()),
+            policy: PolicyType::NoPolicyFound,
+            auth: None,
+            tls_ok,
+            result,
+            report_mail,
+            detail: String::new(),
+            sending_ip: None,
+            policy_strings: vec![],
+            mx_patterns: vec![],
+        }
+    }
+
+    #[test]
+    fn session_table() {
+        use ResultType::{CertificateExpired as Expired, ValidationFailure as Untyped};
+        use SessionResult::{Failure, NotCounted, Success};
+        // (report_mail, tls_ok, result, reached an address, counts as)
+        let cases = [
+            (false, true, None, true, Success),
+            (false, true, None, false, NotCounted),
+            (false, false, Some(Expired), true, Failure(Expired)),
+            (false, false, Some(Expired), false, Failure(Expired)),
+            (false, true, Some(Expired), true, Failure(Expired)),
+            (false, false, None, true, Failure(Untyped)),
+            (false, false, None, false, Failure(Untyped)),
+            (true, true, None, true, NotCounted),
+            (true, false, Some(Expired), true, NotCounted),
+            (true, false, None, false, NotCounted),
+        ];
+        for (report_mail, tls_ok, result, addr, want) in cases {
+            let o = record(report_mail, tls_ok, result, addr);
+            assert_eq!(
+                o.session(),
+                want,
+                "{report_mail} {tls_ok} {result:?} {addr}"
+            );
+        }
+    }
+
+    #[test]
+    fn policy_domain_is_the_a_label() {
+        let mut o = record(false, true, None, true);
+        assert_eq!(o.policy_domain().unwrap().as_str(), "xn--bcher-kva.example");
+        o.domain = "not a domain!".into();
+        assert!(o.policy_domain().is_err());
     }
 }

@@ -1,12 +1,13 @@
 //! Sending SMTP TLS reports (RFC 8460 §5): once a UTC day has ended, for every
-//! policy domain with sessions that day, discover `_smtp._tls.<domain>`, build the
-//! report from the outcome records, and deliver it to each `rua`: an HTTPS POST of
-//! the gzipped JSON, or a report message queued through tlsrelay itself.
+//! policy domain with sessions that day, discover `_smtp._tls.<domain>` (A-label),
+//! build the report from the outcome records, and deliver it to each `rua`: an
+//! HTTPS POST of the gzipped JSON, or a DKIM-signed report message queued through
+//! tlsrelay itself.
 //!
 //! Report mail is flagged (`Envelope::tls_report`): it is not reported on, and it
 //! is delivered over TLS with relaxed authentication (never plaintext).
 
-use std::collections::BTreeMap;
+use std::collections::{BTreeMap, BTreeSet};
 use std::hash::{Hash, Hasher};
 use std::net::SocketAddr;
 use std::path::PathBuf;
@@ -18,8 +19,9 @@ use serde::Serialize;
 use tokio::sync::{mpsc, watch};
 
 use crate::config::Config;
-use crate::reporting::outcome::{Outcome, OutcomeLog};
-use crate::reporting::tlsrpt::{self, Rua};
+use crate::model::domain::{Domain, DomainError};
+use crate::reporting::outcome::{Outcome, OutcomeLog, SessionResult};
+use crate::reporting::tlsrpt::{self, PolicyDomain, RecordError, Rua, TlsReport};
 use crate::resolve::dns::{Answer, Dns};
 use crate::spool::{self, Envelope, RcptState, Recipient, Spool};
 
@@ -35,6 +37,115 @@ pub struct Reporter {
     dkim: Option<tlsrpt::DkimReportSigner>,
 }
 
+/// Why the reporter cannot be set up.
+#[derive(Debug, thiserror::Error)]
+pub enum ReporterError {
+    /// The outcome directory cannot be opened.
+    #[error("cannot open the outcome records in {dir}: {error}")]
+    Outcomes {
+        /// The directory.
+        dir: PathBuf,
+        /// The I/O error.
+        error: std::io::Error,
+    },
+    /// The HTTPS client's roots or TLS settings (in the words of `crate::tls`).
+    #[error("{0}")]
+    Tls(String),
+    /// The DKIM key file cannot be read.
+    #[error("{path}: {error}")]
+    DkimKeyRead {
+        /// The file.
+        path: PathBuf,
+        /// The I/O error.
+        error: std::io::Error,
+    },
+    /// The DKIM key file holds no usable key.
+    #[error("{path}: {error}")]
+    DkimKey {
+        /// The file.
+        path: PathBuf,
+        /// What is wrong with it.
+        error: tlsrpt::DkimKeyError,
+    },
+    /// No signing domain: `tls_rpt.dkim_domain` or the sender's domain is no domain name.
+    #[error("DKIM signing domain for reports: {0}")]
+    DkimDomain(DomainError),
+}
+
+/// The root store and TLS setup report their errors in words.
+impl From<String> for ReporterError {
+    fn from(words: String) -> ReporterError {
+        ReporterError::Tls(words)
+    }
+}
+
+/// Why a report did not reach one destination.
+#[derive(Debug, thiserror::Error)]
+pub enum RuaError {
+    /// The `https:` URI does not parse as a URL.
+    #[error("{url}: bad URL: {error}")]
+    BadUrl {
+        /// The URI.
+        url: String,
+        /// The parser's error.
+        error: <reqwest::Url as std::str::FromStr>::Err,
+    },
+    /// The URL names no host.
+    #[error("{url}: no host")]
+    NoHost {
+        /// The URI.
+        url: String,
+    },
+    /// The host has no usable address.
+    #[error("{url}: cannot resolve {host}")]
+    Unresolved {
+        /// The URI.
+        url: String,
+        /// Its host.
+        host: String,
+    },
+    /// The HTTPS request failed.
+    #[error("{url}: {error}")]
+    Http {
+        /// The URI.
+        url: String,
+        /// The client's error.
+        error: reqwest::Error,
+    },
+    /// The server answered with a status other than success.
+    #[error("{url}: POST answered {status}")]
+    Refused {
+        /// The URI.
+        url: String,
+        /// The status.
+        status: reqwest::StatusCode,
+    },
+    /// The report message cannot be built or signed.
+    #[error("mailto:{to}: {error}")]
+    Message {
+        /// The address.
+        to: String,
+        /// The error.
+        error: std::io::Error,
+    },
+    /// The report message cannot be stored in the spool.
+    #[error("mailto:{to}: cannot queue: {error}")]
+    Queue {
+        /// The address.
+        to: String,
+        /// The error.
+        error: crate::spool::SpoolError,
+    },
+    /// The task storing the message failed.
+    #[error("mailto:{to}: cannot queue: {error}")]
+    QueueTask {
+        /// The address.
+        to: String,
+        /// The error.
+        error: tokio::task::JoinError,
+    },
+}
+
 /// What happened to one (day, domain) report.
 #[derive(Debug, Clone, Serialize)]
 pub struct Sent {
@@ -48,6 +159,16 @@ pub struct Sent {
     pub done: bool,
 }
 
+/// Where a domain wants its reports, from its `_smtp._tls` record.
+enum Destinations {
+    /// Send to these.
+    Send(Vec<Rua>),
+    /// Nothing to send, for good: the words say why (for the marker).
+    Nowhere { result: String, note: String },
+    /// The lookup failed for now: try again later.
+    Retry(String),
+}
+
 impl Reporter {
     /// A reporter over the spool's outcome records.
     pub fn new(
@@ -55,30 +176,17 @@ impl Reporter {
         spool: Spool,
         dns: Dns,
         queue: Option<mpsc::UnboundedSender<Envelope>>,
-    ) -> Result<Reporter, String> {
+    ) -> Result<Reporter, ReporterError> {
+        let outcomes_dir = spool.dir().join("outcomes");
         let outcomes =
-            OutcomeLog::open(&spool.dir().join("outcomes")).map_err(|e| e.to_string())?;
+            OutcomeLog::open(&outcomes_dir).map_err(|error| ReporterError::Outcomes {
+                dir: outcomes_dir,
+                error,
+            })?;
         let tls = crate::tls::https_client_config(&config.tls_rpt.extra_roots)
             .map_err(|e| e.to_string())?;
-        let dkim = match (&config.tls_rpt.dkim_key_file, &config.tls_rpt.dkim_selector) {
-            (Some(path), Some(selector)) => {
-                let pem = std::fs::read_to_string(path)
-                    .map_err(|e| format!("{}: {e}", path.display()))?;
-                let from = from_address(&config);
-                let domain = config.tls_rpt.dkim_domain.clone().unwrap_or_else(|| {
-                    from.rsplit_once('@')
-                        .map(|(_, d)| d.to_string())
-                        .unwrap_or_default()
-                });
-                Some(
-                    tlsrpt::DkimReportSigner::from_pem(&pem, &domain, selector)
-                        .map_err(|e| format!("{}: {e}", path.display()))?,
-                )
-            }
-            _ => None,
-        };
         Ok(Reporter {
-            dkim,
+            dkim: dkim_signer(&config)?,
             dir: spool.dir().join("tlsrpt"),
             config,
             spool,
@@ -89,12 +197,23 @@ impl Reporter {
         })
     }
 
+    /// `TLS-Report-Submitter` and the host part of report-ids: in A-label form
+    /// when it is a domain name.
     fn submitter(&self) -> String {
-        self.config
+        let submitter = self
+            .config
             .tls_rpt
             .submitter
-            .clone()
-            .unwrap_or_else(|| self.config.server.hostname.clone())
+            .as_deref()
+            .unwrap_or(&self.config.server.hostname);
+        Domain::parse(submitter).map_or_else(|_| submitter.to_string(), |d| d.to_string())
+    }
+
+    /// One UTC day's outcome records (none when the file cannot be read).
+    fn read_day(&self, day: NaiveDate) -> Vec<Outcome> {
+        self.outcomes
+            .read_day(&day.format("%Y-%m-%d").to_string())
+            .unwrap_or_default()
     }
 
     /// Sends every report still due for `day` (all policy domains with sessions).
@@ -117,74 +236,52 @@ impl Reporter {
 
     async fn send_day_where(&self, day: NaiveDate, keep: impl Fn(&str) -> bool) -> Vec<Sent> {
         let mut out = Vec::new();
-        let records = self
-            .outcomes
-            .read_day(&day.format("%Y-%m-%d").to_string())
-            .unwrap_or_default();
-        let mut domains: Vec<String> = records
-            .iter()
-            .filter(|o| !o.report_mail)
-            .map(|o| o.domain.clone())
-            .collect();
-        domains.sort();
-        domains.dedup();
-        for domain in domains {
-            if !keep(&domain) || tlsrpt::is_done(&self.dir, day, &domain).unwrap_or(false) {
+        let records = self.read_day(day);
+        for (domain, sessions) in tlsrpt::sessions_by_domain(&records, day) {
+            let shown = domain.to_string();
+            if !keep(&shown) || tlsrpt::is_done(&self.dir, day, &domain).unwrap_or(false) {
                 continue;
             }
-            out.push(self.send_one(&records, day, &domain).await);
+            out.push(self.send_one(day, &domain, &sessions).await);
         }
         out
     }
 
-    async fn send_one(&self, records: &[Outcome], day: NaiveDate, domain: &str) -> Sent {
-        let mut sent = Sent {
-            day: day.to_string(),
-            domain: domain.to_string(),
-            results: vec![],
-            done: false,
-        };
-        let ruas = match self.dns.txt(&format!("_smtp._tls.{domain}")).await {
-            Answer::Records { records, .. } => {
-                let joined: Vec<Vec<u8>> = records.iter().map(|r| r.joined()).collect();
-                tlsrpt::parse_rua(&joined)
+    async fn send_one(&self, day: NaiveDate, domain: &PolicyDomain, sessions: &[&Outcome]) -> Sent {
+        match domain {
+            PolicyDomain::Valid(d) => self.send_report(day, d, sessions).await,
+            PolicyDomain::Invalid { text, why } => {
+                // Marked at once, so this is logged once and never retried.
+                let words = format!("not a domain name ({why}): no report can be sent");
+                tracing::warn!(day = %day, domain = %text, "outcome records name {text:?}, {words}");
+                let mut sent = Sent::new(day, domain);
+                sent.results.push(words.clone());
+                sent.done = tlsrpt::mark_done(&self.dir, day, domain, &words).is_ok();
+                sent
             }
-            Answer::NoRecords { .. } | Answer::NxDomain { .. } => Ok(None),
-            Answer::Bogus(w) | Answer::TempFail(w) => {
-                sent.results
-                    .push(format!("_smtp._tls lookup failed, will retry: {w}"));
+        }
+    }
+
+    /// Looks up where `domain` wants reports, builds the day's report and sends it.
+    async fn send_report(&self, day: NaiveDate, domain: &Domain, sessions: &[&Outcome]) -> Sent {
+        let key = PolicyDomain::Valid(domain.clone());
+        let mut sent = Sent::new(day, &key);
+        let ruas = match self.destinations(domain).await {
+            Destinations::Send(ruas) => ruas,
+            Destinations::Nowhere { result, note } => {
+                return self.finish(sent, day, &key, result, &note)
+            }
+            Destinations::Retry(words) => {
+                sent.results.push(words);
                 return sent;
             }
         };
-        let ruas = match ruas {
-            Ok(Some(r)) => r,
-            Ok(None) => {
-                sent.results
-                    .push("no TLSRPT record: nothing to send".into());
-                sent.done = tlsrpt::mark_done(&self.dir, day, domain, "no TLSRPT record").is_ok();
-                return sent;
-            }
-            Err(e) => {
-                sent.results.push(format!("unusable TLSRPT record: {e}"));
-                sent.done =
-                    tlsrpt::mark_done(&self.dir, day, domain, &format!("unusable record: {e}"))
-                        .is_ok();
-                return sent;
-            }
-        };
-        let Some(agg) = tlsrpt::aggregate(records, domain, day) else {
-            sent.results.push("no sessions: no report".into());
-            sent.done = tlsrpt::mark_done(&self.dir, day, domain, "no sessions").is_ok();
-            return sent;
+        let Some(agg) = tlsrpt::aggregate(domain, day, sessions) else {
+            let words = "no sessions: no report".to_string();
+            return self.finish(sent, day, &key, words, "no sessions");
         };
         let submitter = self.submitter();
-        let id = tlsrpt::report_id(day, domain, &submitter);
-        let c = &self.config.tls_rpt;
-        let contact = c
-            .contact_info
-            .clone()
-            .unwrap_or_else(|| format!("postmaster@{}", self.config.server.hostname));
-        let report = tlsrpt::build_report(&agg, &c.organization_name, &contact, &id);
+        let report = self.build_report(&agg, &submitter);
         let json = tlsrpt::report_json(&report);
         let Ok(gz) = tlsrpt::gzip(json.as_bytes()) else {
             sent.results.push("cannot compress the report".into());
@@ -199,31 +296,88 @@ impl Reporter {
                         .await
                 }
             };
-            match r {
-                Ok(words) => sent.results.push(words),
-                Err(words) => {
-                    all_ok = false;
-                    sent.results.push(words);
-                }
-            }
+            all_ok &= r.is_ok();
+            sent.results.push(r.unwrap_or_else(|e| e.to_string()));
         }
-        if all_ok {
-            sent.done = tlsrpt::mark_done(&self.dir, day, domain, &sent.results.join("; ")).is_ok();
-            metrics::counter!(crate::reporting::metrics::TLS_REPORTS, "result" => "sent")
-                .increment(1);
-        } else {
-            metrics::counter!(crate::reporting::metrics::TLS_REPORTS, "result" => "failed")
-                .increment(1);
-        }
-        tracing::info!(day = %day, domain, results = %sent.results.join("; "), done = sent.done, "TLS report");
+        self.count_and_mark(sent, day, &key, all_ok)
+    }
+
+    /// Marks a report that needs no sending done, with `result` for the operator.
+    fn finish(
+        &self,
+        mut sent: Sent,
+        day: NaiveDate,
+        domain: &PolicyDomain,
+        result: String,
+        note: &str,
+    ) -> Sent {
+        sent.results.push(result);
+        sent.done = tlsrpt::mark_done(&self.dir, day, domain, note).is_ok();
         sent
     }
 
-    async fn post(&self, url: &str, gz: &[u8]) -> Result<String, String> {
-        let parsed = reqwest::Url::parse(url).map_err(|e| format!("{url}: bad URL: {e}"))?;
+    /// After sending: the metric, the log line, and the marker when every destination accepted it.
+    fn count_and_mark(
+        &self,
+        mut sent: Sent,
+        day: NaiveDate,
+        domain: &PolicyDomain,
+        all_ok: bool,
+    ) -> Sent {
+        let result = if all_ok {
+            sent.done = tlsrpt::mark_done(&self.dir, day, domain, &sent.results.join("; ")).is_ok();
+            "sent"
+        } else {
+            "failed"
+        };
+        metrics::counter!(crate::reporting::metrics::TLS_REPORTS, "result" => result).increment(1);
+        tracing::info!(day = %sent.day, domain = %sent.domain, results = %sent.results.join("; "), done = sent.done, "TLS report");
+        sent
+    }
+
+    /// Reads `_smtp._tls.<domain>`; the name is the A-label, which DNS can ask for.
+    async fn destinations(&self, domain: &Domain) -> Destinations {
+        let ruas = match self.dns.txt(&format!("_smtp._tls.{domain}")).await {
+            Answer::Records { records, .. } => {
+                let joined: Vec<Vec<u8>> = records.iter().map(|r| r.joined()).collect();
+                tlsrpt::parse_rua(&joined)
+            }
+            Answer::NoRecords { .. } | Answer::NxDomain { .. } => Ok(None),
+            Answer::Bogus(w) | Answer::TempFail(w) => {
+                return Destinations::Retry(format!("_smtp._tls lookup failed, will retry: {w}"))
+            }
+        };
+        match ruas {
+            Ok(Some(ruas)) => Destinations::Send(ruas),
+            Ok(None) => Destinations::Nowhere {
+                result: "no TLSRPT record: nothing to send".into(),
+                note: "no TLSRPT record".into(),
+            },
+            Err(e) => unusable(&e),
+        }
+    }
+
+    /// The report of `agg` with this relay's organization, contact and a stable report-id.
+    fn build_report(&self, agg: &tlsrpt::Aggregate, submitter: &str) -> TlsReport {
+        let id = tlsrpt::report_id(agg.day, &agg.policy_domain, submitter);
+        let c = &self.config.tls_rpt;
+        let contact = c
+            .contact_info
+            .clone()
+            .unwrap_or_else(|| format!("postmaster@{}", self.config.server.hostname));
+        tlsrpt::build_report(agg, &c.organization_name, &contact, &id)
+    }
+
+    async fn post(&self, url: &str, gz: &[u8]) -> Result<String, RuaError> {
+        let parsed = reqwest::Url::parse(url).map_err(|error| RuaError::BadUrl {
+            url: url.to_string(),
+            error,
+        })?;
         let host = parsed
             .host_str()
-            .ok_or_else(|| format!("{url}: no host"))?
+            .ok_or_else(|| RuaError::NoHost {
+                url: url.to_string(),
+            })?
             .to_string();
         let port = parsed.port_or_known_default().unwrap_or(443);
         let addrs: Vec<SocketAddr> = match self.dns.addresses(&host).await {
@@ -231,9 +385,39 @@ impl Reporter {
                 .into_iter()
                 .map(|ip| SocketAddr::new(ip, port))
                 .collect(),
-            _ => return Err(format!("{url}: cannot resolve {host}")),
+            _ => {
+                return Err(RuaError::Unresolved {
+                    url: url.to_string(),
+                    host,
+                })
+            }
         };
-        let client = reqwest::Client::builder()
+        let http = |error| RuaError::Http {
+            url: url.to_string(),
+            error,
+        };
+        let resp = self
+            .https_client(&host, &addrs)
+            .map_err(http)?
+            .post(url)
+            .header(reqwest::header::CONTENT_TYPE, tlsrpt::GZIP_MEDIA_TYPE)
+            .body(gz.to_vec())
+            .send()
+            .await
+            .map_err(http)?;
+        if resp.status().is_success() {
+            Ok(format!("{url}: POST accepted ({})", resp.status()))
+        } else {
+            Err(RuaError::Refused {
+                url: url.to_string(),
+                status: resp.status(),
+            })
+        }
+    }
+
+    /// An HTTPS client that reaches `host` at `addrs`, never redirected, no proxy.
+    fn https_client(&self, host: &str, addrs: &[SocketAddr]) -> reqwest::Result<reqwest::Client> {
+        reqwest::Client::builder()
             .tls_backend_preconfigured((*self.tls).clone())
             .redirect(reqwest::redirect::Policy::none())
             .https_only(true)
@@ -243,76 +427,43 @@ impl Reporter {
                 " (TLS-RPT)"
             ))
             .timeout(Duration::from_secs(60))
-            .resolve_to_addrs(&host, &addrs)
+            .resolve_to_addrs(host, addrs)
             .no_proxy()
             .build()
-            .map_err(|e| format!("{url}: {e}"))?;
-        let resp = client
-            .post(url)
-            .header(reqwest::header::CONTENT_TYPE, tlsrpt::GZIP_MEDIA_TYPE)
-            .body(gz.to_vec())
-            .send()
-            .await
-            .map_err(|e| format!("{url}: {e}"))?;
-        if resp.status().is_success() {
-            Ok(format!("{url}: POST accepted ({})", resp.status()))
-        } else {
-            Err(format!("{url}: POST answered {}", resp.status()))
-        }
     }
 
     async fn queue_mail(
         &self,
-        report: &mail_auth::report::tlsrpt::TlsReport,
-        domain: &str,
+        report: &TlsReport,
+        domain: &Domain,
         submitter: &str,
         to: &str,
         gz: &[u8],
-    ) -> Result<String, String> {
+    ) -> Result<String, RuaError> {
+        let message_error = |error| RuaError::Message {
+            to: to.to_string(),
+            error,
+        };
         let from = from_address(&self.config);
-        let mut msg = tlsrpt::report_message(report, domain, submitter, &from, &[to], gz)
-            .map_err(|e| format!("mailto:{to}: {e}"))?;
+        let mut msg = tlsrpt::report_message(report, domain.as_str(), submitter, &from, &[to], gz)
+            .map_err(message_error)?;
         if let Some(signer) = &self.dkim {
             use tlsrpt::ReportSigner;
-            msg = signer.sign(&msg).map_err(|e| format!("mailto:{to}: {e}"))?;
+            msg = signer.sign(&msg).map_err(message_error)?;
         }
-        let now = spool::now_unix();
-        let env = Envelope {
-            id: spool::new_queue_id(),
-            received_at: now,
-            client: spool::ClientInfo {
-                addr: "local".into(),
-                helo: self.config.server.hostname.clone(),
-                tls: None,
-                auth_user: None,
-            },
-            sender: from.clone(),
-            size: msg.len() as u64,
-            body: spool::BodyType::SevenBit,
-            smtputf8: false,
-            requiretls: false,
-            tls_required_no: false,
-            tls_report: true,
-            ret: None,
-            envid: None,
-            recipients: vec![Recipient {
-                address: to.to_string(),
-                notify: crate::model::notify::Notify::NEVER,
-                orcpt: None,
-                state: RcptState::Queued,
-                last_reason: None,
-                status: None,
-            }],
-            attempts: 0,
-            next_attempt: now,
-            delay_notice_sent: false,
-        };
+        let env = report_envelope(&self.config, &from, to, msg.len());
         let spool = self.spool.clone();
         let e2 = env.clone();
         tokio::task::spawn_blocking(move || spool.store(&e2, &msg))
             .await
-            .map_err(|e| e.to_string())?
-            .map_err(|e| format!("mailto:{to}: cannot queue: {e}"))?;
+            .map_err(|error| RuaError::QueueTask {
+                to: to.to_string(),
+                error,
+            })?
+            .map_err(|error| RuaError::Queue {
+                to: to.to_string(),
+                error,
+            })?;
         if let Some(q) = &self.queue {
             let _ = q.send(env.clone());
         }
@@ -323,32 +474,36 @@ impl Reporter {
     /// `tls_rpt.max_delay` after the day ended, until `shutdown`.
     pub async fn run(self, mut shutdown: watch::Receiver<bool>) {
         loop {
-            let now = chrono::Utc::now();
-            // A quarter of an hour of slack, so that the last records of a day are written.
-            let finished = (now - chrono::Duration::minutes(15)).date_naive();
-            if let Ok(pending) = tlsrpt::pending_reports(&self.outcomes, &self.dir, finished) {
-                let mut by_day: BTreeMap<NaiveDate, Vec<String>> = BTreeMap::new();
-                for (day, domain) in pending {
-                    if now.timestamp() >= self.due_at(day, &domain) {
-                        by_day.entry(day).or_default().push(domain);
-                    }
-                }
-                for (day, domains) in by_day {
-                    let records = self
-                        .outcomes
-                        .read_day(&day.format("%Y-%m-%d").to_string())
-                        .unwrap_or_default();
-                    for d in domains {
-                        self.send_one(&records, day, &d).await;
-                    }
-                }
-            }
+            self.send_due(chrono::Utc::now()).await;
             let stop = tokio::select! {
                 _ = shutdown.changed() => true,
                 _ = tokio::time::sleep(Duration::from_secs(600)) => false,
             };
             if stop || *shutdown.borrow() {
                 return;
+            }
+        }
+    }
+
+    /// Sends the pending reports whose randomized time has come by `now`.
+    async fn send_due(&self, now: chrono::DateTime<chrono::Utc>) {
+        // A quarter of an hour of slack, so that the last records of a day are written.
+        let finished = (now - chrono::Duration::minutes(15)).date_naive();
+        let Ok(pending) = tlsrpt::pending_reports(&self.outcomes, &self.dir, finished) else {
+            return;
+        };
+        let mut by_day: BTreeMap<NaiveDate, BTreeSet<PolicyDomain>> = BTreeMap::new();
+        for (day, domain) in pending {
+            if now.timestamp() >= self.due_at(day, &domain.to_string()) {
+                by_day.entry(day).or_default().insert(domain);
+            }
+        }
+        for (day, due) in by_day {
+            let records = self.read_day(day);
+            for (domain, sessions) in tlsrpt::sessions_by_domain(&records, day) {
+                if due.contains(&domain) {
+                    self.send_one(day, &domain, &sessions).await;
+                }
             }
         }
     }
@@ -362,6 +517,49 @@ impl Reporter {
     }
 }
 
+impl Sent {
+    fn new(day: NaiveDate, domain: &PolicyDomain) -> Sent {
+        Sent {
+            day: day.to_string(),
+            domain: domain.to_string(),
+            results: vec![],
+            done: false,
+        }
+    }
+}
+
+/// An unusable `_smtp._tls` record: RFC 8460 §3 treats the domain as not asking for reports.
+fn unusable(e: &RecordError) -> Destinations {
+    Destinations::Nowhere {
+        result: format!("unusable TLSRPT record: {e}"),
+        note: format!("unusable record: {e}"),
+    }
+}
+
+/// The DKIM signer of report mail, when `tls_rpt.dkim_key_file` and `dkim_selector` are set.
+fn dkim_signer(config: &Config) -> Result<Option<tlsrpt::DkimReportSigner>, ReporterError> {
+    let c = &config.tls_rpt;
+    let (Some(path), Some(selector)) = (&c.dkim_key_file, &c.dkim_selector) else {
+        return Ok(None);
+    };
+    let pem = std::fs::read_to_string(path).map_err(|error| ReporterError::DkimKeyRead {
+        path: path.clone(),
+        error,
+    })?;
+    // The signing domain: as configured, else the domain of the sender of report mail.
+    let domain = match &c.dkim_domain {
+        Some(d) => Domain::parse(d),
+        None => Domain::of_address(&from_address(config)),
+    }
+    .map_err(ReporterError::DkimDomain)?;
+    tlsrpt::DkimReportSigner::from_pem(&pem, &domain, selector)
+        .map(Some)
+        .map_err(|error| ReporterError::DkimKey {
+            path: path.clone(),
+            error,
+        })
+}
+
 /// The sender of report mail.
 fn from_address(config: &Config) -> String {
     config
@@ -369,6 +567,41 @@ fn from_address(config: &Config) -> String {
         .from
         .clone()
         .unwrap_or_else(|| format!("tlsrpt-noreply@{}", config.server.hostname))
+}
+
+/// The envelope of one report message to `to`, flagged as report mail.
+fn report_envelope(config: &Config, from: &str, to: &str, size: usize) -> Envelope {
+    let now = spool::now_unix();
+    Envelope {
+        id: spool::new_queue_id(),
+        received_at: now,
+        client: spool::ClientInfo {
+            addr: "local".into(),
+            helo: config.server.hostname.clone(),
+            tls: None,
+            auth_user: None,
+        },
+        sender: from.to_string(),
+        size: size as u64,
+        body: spool::BodyType::SevenBit,
+        smtputf8: false,
+        requiretls: false,
+        tls_required_no: false,
+        tls_report: true,
+        ret: None,
+        envid: None,
+        recipients: vec![Recipient {
+            address: to.to_string(),
+            notify: crate::model::notify::Notify::NEVER,
+            orcpt: None,
+            state: RcptState::Queued,
+            last_reason: None,
+            status: None,
+        }],
+        attempts: 0,
+        next_attempt: now,
+        delay_notice_sent: false,
+    }
 }
 
 /// Per domain: sessions and failures by result type, for `tlsrelay report`.
@@ -382,19 +615,89 @@ pub struct DomainSummary {
     pub failures: BTreeMap<String, u64>,
 }
 
-/// Summaries per domain of one day's outcome records (report mail excluded).
+/// Summaries per policy domain (A-label) of one day's outcome records, counted as
+/// TLS reports count them ([`Outcome::session`]: report mail left out).
 pub fn summarize(records: &[Outcome]) -> BTreeMap<String, DomainSummary> {
     let mut out: BTreeMap<String, DomainSummary> = BTreeMap::new();
-    for o in records.iter().filter(|o| !o.report_mail) {
-        let s = out.entry(o.domain.clone()).or_default();
-        if o.tls_ok {
-            s.successful += 1;
-        } else {
-            s.failed += 1;
-            if let Some(r) = o.result {
+    for o in records {
+        let session = o.session();
+        if session == SessionResult::NotCounted {
+            continue;
+        }
+        let s = out.entry(PolicyDomain::of(o).to_string()).or_default();
+        match session {
+            SessionResult::Success => s.successful += 1,
+            SessionResult::Failure(r) => {
+                s.failed += 1;
                 *s.failures.entry(r.as_str().to_string()).or_default() += 1;
             }
+            SessionResult::NotCounted => {}
         }
     }
     out
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::reporting::outcome::{PolicyType, ResultType};
+
+    fn record(domain: &str, result: Option<ResultType>, report_mail: bool) -> Outcome {
+        Outcome {
+            time: 1_714_525_200,
+            queue_id: "q".into(),
+            domain: domain.into(),
+            mx_host: "mx.example".into(),
+            addr: Some("192.0.2.1".into()),
+            policy: PolicyType::NoPolicyFound,
+            auth: None,
+            tls_ok: result.is_none(),
+            result,
+            report_mail,
+            detail: String::new(),
+            sending_ip: None,
+            policy_strings: vec![],
+            mx_patterns: vec![],
+        }
+    }
+
+    /// (domain, successes, failures, failures by result type)
+    type Row = (String, u64, u64, Vec<(String, u64)>);
+
+    #[test]
+    fn summaries_count_as_reports_do() {
+        use ResultType::CertificateExpired as Expired;
+        let mut untyped = record("example.com", None, false);
+        untyped.tls_ok = false;
+        let mut no_address = record("example.com", None, false);
+        no_address.addr = None;
+        let records = [
+            record("bücher.example", None, false),
+            record("xn--bcher-kva.example", Some(Expired), false),
+            record("Example.COM.", None, false),
+            untyped,
+            no_address,
+            record("example.com", Some(Expired), true),
+            record("reports.example", None, true),
+            record("not a domain!", None, false),
+        ];
+        let got: Vec<Row> = summarize(&records)
+            .into_iter()
+            .map(|(d, s)| (d, s.successful, s.failed, s.failures.into_iter().collect()))
+            .collect();
+        let f = |r: &str, n: u64| (r.to_string(), n);
+        assert_eq!(
+            got,
+            [
+                ("example.com".into(), 1, 1, vec![f("validation-failure", 1)]),
+                ("not a domain!".into(), 1, 0, vec![]),
+                (
+                    "xn--bcher-kva.example".into(),
+                    1,
+                    1,
+                    vec![f("certificate-expired", 1)]
+                ),
+            ]
+        );
+    }
 }

@@ -5,14 +5,18 @@
 //! UTC day `D` and one policy domain `P`:
 //!
 //! 1. [`pending_reports`] lists `(D, P)` pairs with sessions and no marker.
-//! 2. Look up `_smtp._tls.P` TXT and [`parse_rua`] it. No record: [`mark_done`].
-//! 3. [`aggregate`] the day's outcomes for `P`, [`build_report`] with a
-//!    [`report_id`] that depends only on `(D, P, submitter)`, [`report_json`],
-//!    [`gzip`].
-//! 4. For `mailto:`: [`report_message`], DKIM-sign it (see [`ReportSigner`]),
-//!    queue it with `report_mail` set so it is not itself counted. For `https:`:
-//!    POST the gzip bytes as `application/tlsrpt+gzip`.
-//! 5. [`mark_done`] once every destination accepted it.
+//!    Records are grouped by [`PolicyDomain`]: the A-label, so records under
+//!    `bücher.example` and under `xn--bcher-kva.example` make one report.
+//! 2. Look up `_smtp._tls.P` TXT (A-label) and [`parse_rua`] it. No record: [`mark_done`].
+//! 3. [`aggregate`] the day's sessions of `P` ([`sessions_by_domain`]),
+//!    [`build_report`] with a [`report_id`] that depends only on `(D, P, submitter)`,
+//!    [`report_json`], [`gzip`].
+//! 4. For `mailto:`: [`report_message`], DKIM-signed by a [`ReportSigner`]
+//!    ([`DkimReportSigner`] when `tls_rpt.dkim_key_file` is set), queued with
+//!    `report_mail` set so it is not itself counted. For `https:`: POST the gzip
+//!    bytes as `application/tlsrpt+gzip`.
+//! 5. [`mark_done`] once every destination accepted it. A record whose domain is
+//!    no domain name at all is marked done at once (nothing can be sent for it).
 //!
 //! Crash safety: a finished day's outcome file no longer changes, and a report is
 //! always the whole day rebuilt from it, never an increment. So a report is
@@ -21,9 +25,11 @@
 //! a duplicate); sessions are never counted twice.
 
 use std::collections::BTreeMap;
+use std::fmt;
 use std::fs::{self, File};
 use std::io::{self, Write};
 use std::net::{IpAddr, SocketAddr};
+use std::ops::Range;
 use std::path::{Path, PathBuf};
 
 use chrono::NaiveDate;
@@ -31,7 +37,8 @@ use mail_auth::flate2::{write::GzEncoder, Compression};
 use mail_auth::report::tlsrpt as rpt;
 pub use mail_auth::report::tlsrpt::TlsReport;
 
-use crate::reporting::outcome::{Outcome, OutcomeLog, PolicyType, ResultType};
+use crate::model::domain::Domain;
+use crate::reporting::outcome::{Outcome, OutcomeLog, PolicyType, ResultType, SessionResult};
 
 /// The media type of a gzipped report (RFC 8460 §5, §6).
 pub const GZIP_MEDIA_TYPE: &str = "application/tlsrpt+gzip";
@@ -51,6 +58,68 @@ pub enum Rua {
     Https(String),
 }
 
+/// Why a TLSRPT record is unusable; RFC 8460 §3 then treats the domain as not
+/// implementing TLSRPT. The words go to the log and the sent marker.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum RecordError {
+    /// More than one record begins with `v=TLSRPTv1`.
+    #[error("{0} TLSRPT records; RFC 8460 §3 allows exactly one")]
+    Several(usize),
+    /// A byte outside printable ASCII and blanks.
+    #[error("TLSRPT record contains the byte 0x{0:02x}, outside printable ASCII")]
+    NotPrintable(u8),
+    /// The first field is not `v=TLSRPTv1`.
+    #[error("TLSRPT record does not begin with v=TLSRPTv1")]
+    NoVersion,
+    /// Two delimiters in a row (only one trailing delimiter is allowed).
+    #[error("TLSRPT record has an empty field")]
+    EmptyField,
+    /// A field without `=`.
+    #[error("TLSRPT field {0:?} is not name=value")]
+    NotNameValue(String),
+    /// A field name outside the `tlsrpt-ext-name` grammar.
+    #[error("TLSRPT field name {0:?} is not valid")]
+    FieldName(String),
+    /// A field value outside the `tlsrpt-ext-value` grammar.
+    #[error("TLSRPT field {0:?} has an invalid value")]
+    FieldValue(String),
+    /// Two `rua` fields.
+    #[error("TLSRPT record has more than one rua field")]
+    TwoRua,
+    /// No `rua` field.
+    #[error("TLSRPT record has no rua field")]
+    NoRua,
+    /// `rua` names no URI with a supported scheme.
+    #[error("TLSRPT rua lists no mailto: or https: URI")]
+    NoUsableUri,
+    /// An empty URI in the `rua` list.
+    #[error("TLSRPT rua has an empty URI")]
+    EmptyUri,
+    /// A character a URI may not hold here.
+    #[error("TLSRPT rua URI {uri:?} contains {bad:?}")]
+    UriCharacter {
+        /// The URI.
+        uri: String,
+        /// The character.
+        bad: char,
+    },
+    /// A URI without `scheme:`.
+    #[error("TLSRPT rua URI {0:?} has no scheme")]
+    NoScheme(String),
+    /// A scheme outside the RFC 3986 grammar.
+    #[error("TLSRPT rua URI {0:?} has an invalid scheme")]
+    BadScheme(String),
+    /// A `%` not followed by two hex digits, or escapes that are not UTF-8.
+    #[error("TLSRPT rua URI {0:?} has a bad %-escape")]
+    BadEscape(String),
+    /// A `mailto:` URI whose address is not `local@domain`.
+    #[error("TLSRPT rua {0:?} is not a mail address")]
+    NotMailAddress(String),
+    /// An `https:` URI without a host.
+    #[error("TLSRPT rua {0:?} has no host")]
+    NoHost(String),
+}
+
 /// Parses the TXT records at `_smtp._tls.<domain>` (each element one record, its
 /// strings already concatenated) into report destinations.
 ///
@@ -59,7 +128,7 @@ pub enum Rua {
 /// or it names no `mailto:`/`https:` URI; RFC 8460 §3 says to treat the domain as
 /// not implementing TLSRPT then, and the error says why (for the log). URIs with
 /// other schemes are skipped with a log note.
-pub fn parse_rua(txt_records: &[Vec<u8>]) -> Result<Option<Vec<Rua>>, String> {
+pub fn parse_rua(txt_records: &[Vec<u8>]) -> Result<Option<Vec<Rua>>, RecordError> {
     let tlsrpt: Vec<&[u8]> = txt_records
         .iter()
         .map(Vec::as_slice)
@@ -68,10 +137,7 @@ pub fn parse_rua(txt_records: &[Vec<u8>]) -> Result<Option<Vec<Rua>>, String> {
     match tlsrpt.as_slice() {
         [] => Ok(None),
         [one] => parse_record(one).map(Some),
-        many => Err(format!(
-            "{} TLSRPT records; RFC 8460 §3 allows exactly one",
-            many.len()
-        )),
+        many => Err(RecordError::Several(many.len())),
     }
 }
 
@@ -87,20 +153,18 @@ fn begins_with_version(record: &[u8]) -> bool {
     }
 }
 
-fn parse_record(record: &[u8]) -> Result<Vec<Rua>, String> {
+fn parse_record(record: &[u8]) -> Result<Vec<Rua>, RecordError> {
     if let Some(b) = record
         .iter()
         .find(|b| !(b.is_ascii_graphic() || is_wsp(**b)))
     {
-        return Err(format!(
-            "TLSRPT record contains the byte 0x{b:02x}, outside printable ASCII"
-        ));
+        return Err(RecordError::NotPrintable(*b));
     }
     let text = std::str::from_utf8(record).expect("checked ASCII");
     let mut fields = text.split(';');
     let version = fields.next().unwrap_or_default();
     if version.trim_end_matches([' ', '\t']) != "v=TLSRPTv1" {
-        return Err("TLSRPT record does not begin with v=TLSRPTv1".into());
+        return Err(RecordError::NoVersion);
     }
     let fields: Vec<&str> = fields.map(|f| f.trim_matches([' ', '\t'])).collect();
     let mut rua = None;
@@ -110,29 +174,38 @@ fn parse_record(record: &[u8]) -> Result<Vec<Rua>, String> {
             if i + 1 == fields.len() {
                 continue;
             }
-            return Err("TLSRPT record has an empty field".into());
+            return Err(RecordError::EmptyField);
         }
-        let Some((name, value)) = field.split_once('=') else {
-            return Err(format!("TLSRPT field {field:?} is not name=value"));
-        };
-        if !valid_ext_name(name) {
-            return Err(format!("TLSRPT field name {name:?} is not valid"));
-        }
-        if name == "rua" {
-            if rua.is_some() {
-                return Err("TLSRPT record has more than one rua field".into());
+        if let Some(uris) = parse_field(field)? {
+            if rua.replace(uris).is_some() {
+                return Err(RecordError::TwoRua);
             }
-            rua = Some(parse_uris(value)?);
-        } else if value.is_empty() || value.bytes().any(|b| b == b'=' || !b.is_ascii_graphic()) {
-            // tlsrpt-ext-value = 1*(%x21-3A / %x3C / %x3E-7E); unknown fields are ignored.
-            return Err(format!("TLSRPT field {name:?} has an invalid value"));
         }
     }
-    let uris = rua.ok_or("TLSRPT record has no rua field")?;
+    let uris = rua.ok_or(RecordError::NoRua)?;
     if uris.is_empty() {
-        return Err("TLSRPT rua lists no mailto: or https: URI".into());
+        return Err(RecordError::NoUsableUri);
     }
     Ok(uris)
+}
+
+/// One `name=value` field: the destinations when it is `rua`, `None` for any
+/// other (valid) field, which is ignored.
+fn parse_field(field: &str) -> Result<Option<Vec<Rua>>, RecordError> {
+    let Some((name, value)) = field.split_once('=') else {
+        return Err(RecordError::NotNameValue(field.to_string()));
+    };
+    if !valid_ext_name(name) {
+        return Err(RecordError::FieldName(name.to_string()));
+    }
+    if name == "rua" {
+        return parse_uris(value).map(Some);
+    }
+    // tlsrpt-ext-value = 1*(%x21-3A / %x3C / %x3E-7E)
+    if value.is_empty() || value.bytes().any(|b| b == b'=' || !b.is_ascii_graphic()) {
+        return Err(RecordError::FieldValue(name.to_string()));
+    }
+    Ok(None)
 }
 
 /// `(ALPHA / DIGIT) *31(ALPHA / DIGIT / "_" / "-" / ".")`
@@ -147,63 +220,82 @@ fn valid_ext_name(name: &str) -> bool {
 }
 
 /// `tlsrpt-uri *(*WSP "," *WSP tlsrpt-uri)`
-fn parse_uris(value: &str) -> Result<Vec<Rua>, String> {
+fn parse_uris(value: &str) -> Result<Vec<Rua>, RecordError> {
     let mut out = Vec::new();
     for uri in value.split(',') {
-        let uri = uri.trim_matches([' ', '\t']);
-        if uri.is_empty() {
-            return Err("TLSRPT rua has an empty URI".into());
-        }
-        if let Some(bad) = uri.chars().find(|c| !is_uri_char(*c)) {
-            return Err(format!("TLSRPT rua URI {uri:?} contains {bad:?}"));
-        }
-        let Some((scheme, rest)) = uri.split_once(':') else {
-            return Err(format!("TLSRPT rua URI {uri:?} has no scheme"));
-        };
-        if !valid_scheme(scheme) {
-            return Err(format!("TLSRPT rua URI {uri:?} has an invalid scheme"));
-        }
-        let rest_decoded = percent_decode(rest)
-            .ok_or_else(|| format!("TLSRPT rua URI {uri:?} has a bad %-escape"))?;
-        if scheme.eq_ignore_ascii_case("mailto") {
-            // RFC 6068: addresses before any `?`, several separated by (encoded) commas.
-            let to = match rest.split_once('?') {
-                Some((to, _)) => percent_decode(to)
-                    .ok_or_else(|| format!("TLSRPT rua URI {uri:?} has a bad %-escape"))?,
-                None => rest_decoded,
-            };
-            for addr in to.split(',') {
-                match addr.rsplit_once('@') {
-                    Some((local, domain))
-                        if !local.is_empty()
-                            && !domain.is_empty()
-                            && !domain.contains('@')
-                            && (!local.contains('@')
-                                || (local.len() > 1
-                                    && local.starts_with('"')
-                                    && local.ends_with('"')))
-                            && !addr.chars().any(|c| c.is_whitespace() || c.is_control()) =>
-                    {
-                        out.push(Rua::Mailto(addr.to_string()))
-                    }
-                    _ => return Err(format!("TLSRPT rua {uri:?} is not a mail address")),
-                }
-            }
-        } else if scheme.eq_ignore_ascii_case("https") {
-            let host = rest
-                .strip_prefix("//")
-                .map(|r| r.split(['/', '?', '#']).next().unwrap_or_default());
-            match host {
-                Some(h) if !h.is_empty() && !h.starts_with(':') => {
-                    out.push(Rua::Https(uri.to_string()))
-                }
-                _ => return Err(format!("TLSRPT rua {uri:?} has no host")),
-            }
-        } else {
-            tracing::info!(uri, "TLSRPT rua URI scheme not supported; skipped");
-        }
+        out.extend(parse_uri(uri.trim_matches([' ', '\t']))?);
     }
     Ok(out)
+}
+
+/// One URI: its destinations (several for a `mailto:` with a list), none for an
+/// unsupported scheme.
+fn parse_uri(uri: &str) -> Result<Vec<Rua>, RecordError> {
+    if uri.is_empty() {
+        return Err(RecordError::EmptyUri);
+    }
+    if let Some(bad) = uri.chars().find(|c| !is_uri_char(*c)) {
+        return Err(RecordError::UriCharacter {
+            uri: uri.to_string(),
+            bad,
+        });
+    }
+    let Some((scheme, rest)) = uri.split_once(':') else {
+        return Err(RecordError::NoScheme(uri.to_string()));
+    };
+    if !valid_scheme(scheme) {
+        return Err(RecordError::BadScheme(uri.to_string()));
+    }
+    if percent_decode(rest).is_none() {
+        return Err(RecordError::BadEscape(uri.to_string()));
+    }
+    if scheme.eq_ignore_ascii_case("mailto") {
+        parse_mailto(uri, rest)
+    } else if scheme.eq_ignore_ascii_case("https") {
+        parse_https(uri, rest).map(|r| vec![r])
+    } else {
+        tracing::info!(uri, "TLSRPT rua URI scheme not supported; skipped");
+        Ok(vec![])
+    }
+}
+
+/// RFC 6068: the addresses before any `?`, several separated by (encoded) commas.
+fn parse_mailto(uri: &str, rest: &str) -> Result<Vec<Rua>, RecordError> {
+    let to = rest.split_once('?').map_or(rest, |(to, _)| to);
+    let to = percent_decode(to).ok_or_else(|| RecordError::BadEscape(uri.to_string()))?;
+    to.split(',')
+        .map(|addr| {
+            if is_mail_address(addr) {
+                Ok(Rua::Mailto(addr.to_string()))
+            } else {
+                Err(RecordError::NotMailAddress(uri.to_string()))
+            }
+        })
+        .collect()
+}
+
+/// `local@domain`, both non-empty; an `@` in the local part only when it is quoted.
+fn is_mail_address(addr: &str) -> bool {
+    let Some((local, domain)) = addr.rsplit_once('@') else {
+        return false;
+    };
+    let quoted = local.len() > 1 && local.starts_with('"') && local.ends_with('"');
+    !local.is_empty()
+        && !domain.is_empty()
+        && !domain.contains('@')
+        && (!local.contains('@') || quoted)
+        && !addr.chars().any(|c| c.is_whitespace() || c.is_control())
+}
+
+/// An `https:` URI must name a host (`https://host...`).
+fn parse_https(uri: &str, rest: &str) -> Result<Rua, RecordError> {
+    let host = rest
+        .strip_prefix("//")
+        .map(|r| r.split(['/', '?', '#']).next().unwrap_or_default());
+    match host {
+        Some(h) if !h.is_empty() && !h.starts_with(':') => Ok(Rua::Https(uri.to_string())),
+        _ => Err(RecordError::NoHost(uri.to_string())),
+    }
 }
 
 /// RFC 3986 characters, less `,` and `!` which RFC 8460 §3 requires encoded.
@@ -243,11 +335,52 @@ fn percent_decode(s: &str) -> Option<String> {
 // Aggregation (RFC 8460 §4)
 // ---------------------------------------------------------------------------
 
+/// The `domain` of outcome records as reports group and mark them.
+#[derive(Debug, Clone, PartialEq, Eq, PartialOrd, Ord, Hash)]
+pub enum PolicyDomain {
+    /// A domain name in A-label form: its report goes to `_smtp._tls.<name>`.
+    Valid(Domain),
+    /// Text that is no domain name, as recorded: no report can be sent for it.
+    Invalid {
+        /// The recorded text.
+        text: String,
+        /// Why it is not a domain name.
+        why: String,
+    },
+}
+
+impl PolicyDomain {
+    /// The policy domain that recorded text names.
+    pub fn parse(text: &str) -> PolicyDomain {
+        match Domain::parse(text) {
+            Ok(d) => PolicyDomain::Valid(d),
+            Err(e) => PolicyDomain::Invalid {
+                text: text.to_string(),
+                why: e.why,
+            },
+        }
+    }
+
+    /// The policy domain of an outcome record.
+    pub fn of(outcome: &Outcome) -> PolicyDomain {
+        PolicyDomain::parse(&outcome.domain)
+    }
+}
+
+impl fmt::Display for PolicyDomain {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match self {
+            PolicyDomain::Valid(d) => d.fmt(f),
+            PolicyDomain::Invalid { text, .. } => f.write_str(text),
+        }
+    }
+}
+
 /// One policy domain's sessions on one UTC day, added up.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Aggregate {
-    /// The policy domain (lower case, no trailing dot).
-    pub policy_domain: String,
+    /// The policy domain.
+    pub policy_domain: Domain,
     /// The UTC day.
     pub day: NaiveDate,
     /// One entry per distinct policy, ordered by type, then strings.
@@ -294,8 +427,10 @@ pub fn day_start(day: NaiveDate) -> i64 {
         .timestamp()
 }
 
-fn normalize_domain(d: &str) -> String {
-    d.trim_end_matches('.').to_ascii_lowercase()
+/// The Unix seconds of the UTC `day`.
+fn day_range(day: NaiveDate) -> Range<i64> {
+    let start = day_start(day);
+    start..start + DAY_SECS
 }
 
 fn policy_type_str(p: PolicyType) -> &'static str {
@@ -313,92 +448,122 @@ fn parse_ip(s: Option<&str>) -> Option<IpAddr> {
         .or_else(|| s.parse::<SocketAddr>().ok().map(|a| a.ip()))
 }
 
-/// Whether a record counts as a session, and if so whether it failed and how.
-/// `None`: not a session to report (report mail, RFC 8460 §5.3, or a "success" that
-/// never reached an address).
-fn session_result(o: &Outcome) -> Option<Option<ResultType>> {
-    if o.report_mail {
-        return None;
+/// The reportable sessions that started on the UTC `day`, by policy domain.
+/// Report mail and other records that are no session ([`Outcome::session`]) are left out.
+pub fn sessions_by_domain(
+    outcomes: &[Outcome],
+    day: NaiveDate,
+) -> BTreeMap<PolicyDomain, Vec<&Outcome>> {
+    let range = day_range(day);
+    let mut out: BTreeMap<PolicyDomain, Vec<&Outcome>> = BTreeMap::new();
+    for o in outcomes {
+        if range.contains(&o.time) && o.session() != SessionResult::NotCounted {
+            out.entry(PolicyDomain::of(o)).or_default().push(o);
+        }
     }
-    match (o.tls_ok, o.result) {
-        (_, Some(r)) => Some(Some(r)),
-        // A failure with no more specific type: `validation-failure` (RFC 8460 §4.3).
-        (false, None) => Some(Some(ResultType::ValidationFailure)),
-        (true, None) if o.addr.is_some() => Some(None),
-        (true, None) => None,
-    }
+    out
 }
 
+/// Policy type, policy strings, MX patterns: what makes policies distinct.
 type PolicyKey = (&'static str, Vec<String>, Vec<String>);
+/// Result type, sending IP, MX host, receiving IP: what makes failure details distinct.
 type FailureKey = (&'static str, Option<IpAddr>, Option<String>, Option<IpAddr>);
 
-/// Adds up `policy_domain`'s sessions that started on the UTC `day`. Report mail
-/// (`report_mail`) is left out (RFC 8460 §5.3). `None` when there is no session.
-pub fn aggregate(outcomes: &[Outcome], policy_domain: &str, day: NaiveDate) -> Option<Aggregate> {
-    let domain = normalize_domain(policy_domain);
-    let start = day_start(day);
-    let mut policies: BTreeMap<PolicyKey, (PolicyType, u32, u32, BTreeMap<FailureKey, _>)> =
-        BTreeMap::new();
-    for o in outcomes {
-        if !(start..start + DAY_SECS).contains(&o.time) || normalize_domain(&o.domain) != domain {
-            continue;
-        }
-        let Some(result) = session_result(o) else {
-            continue;
-        };
-        let key = (
-            policy_type_str(o.policy),
-            o.policy_strings.clone(),
-            o.mx_patterns.clone(),
-        );
-        let entry = policies
-            .entry(key)
-            .or_insert_with(|| (o.policy, 0, 0, BTreeMap::new()));
-        match result {
-            None => entry.1 = entry.1.saturating_add(1),
-            Some(r) => {
-                entry.2 = entry.2.saturating_add(1);
-                let host = (!o.mx_host.is_empty()).then(|| normalize_domain(&o.mx_host));
-                let fkey = (
+/// The counts of one policy while they are added up.
+struct PolicyTally {
+    policy_type: PolicyType,
+    successful: u32,
+    failed: u32,
+    failures: BTreeMap<FailureKey, (ResultType, u32)>,
+}
+
+impl PolicyTally {
+    fn add(&mut self, o: &Outcome) {
+        match o.session() {
+            SessionResult::Success => self.successful = self.successful.saturating_add(1),
+            SessionResult::Failure(r) => {
+                self.failed = self.failed.saturating_add(1);
+                let host = (!o.mx_host.is_empty()).then(|| host_name(&o.mx_host));
+                let key = (
                     r.as_str(),
                     parse_ip(o.sending_ip.as_deref()),
                     host,
                     parse_ip(o.addr.as_deref()),
                 );
-                let count: &mut (ResultType, u32) = entry.3.entry(fkey).or_insert((r, 0));
-                count.1 = count.1.saturating_add(1);
+                let count = &mut self.failures.entry(key).or_insert((r, 0)).1;
+                *count = count.saturating_add(1);
             }
+            SessionResult::NotCounted => {}
         }
+    }
+
+    fn finish(self, (_, policy_strings, mx_patterns): PolicyKey) -> PolicyAggregate {
+        let failures = self
+            .failures
+            .into_iter()
+            .map(|((_, sip, host, rip), (result, count))| FailureAggregate {
+                result,
+                sending_ip: sip,
+                receiving_mx_host: host,
+                receiving_ip: rip,
+                count,
+            })
+            .collect();
+        PolicyAggregate {
+            policy_type: self.policy_type,
+            policy_strings,
+            mx_patterns,
+            successful: self.successful,
+            failed: self.failed,
+            failures,
+        }
+    }
+}
+
+/// An MX host name as reported: its A-label form, or the text as recorded when it is
+/// no host name.
+fn host_name(recorded: &str) -> String {
+    Domain::parse(recorded).map_or_else(|_| recorded.to_string(), |d| d.to_string())
+}
+
+/// Adds up `policy_domain`'s `sessions` of the UTC `day` (as grouped by
+/// [`sessions_by_domain`]; records that are no session are skipped). `None` when
+/// there is no session.
+pub fn aggregate(
+    policy_domain: &Domain,
+    day: NaiveDate,
+    sessions: &[&Outcome],
+) -> Option<Aggregate> {
+    let mut policies: BTreeMap<PolicyKey, PolicyTally> = BTreeMap::new();
+    for o in sessions {
+        if o.session() == SessionResult::NotCounted {
+            continue;
+        }
+        let key = (
+            policy_type_str(o.policy),
+            o.policy_strings.clone(),
+            o.mx_patterns.clone(),
+        );
+        policies
+            .entry(key)
+            .or_insert_with(|| PolicyTally {
+                policy_type: o.policy,
+                successful: 0,
+                failed: 0,
+                failures: BTreeMap::new(),
+            })
+            .add(o);
     }
     if policies.is_empty() {
         return None;
     }
-    let policies = policies
-        .into_iter()
-        .map(
-            |((_, strings, mx), (policy_type, successful, failed, failures))| PolicyAggregate {
-                policy_type,
-                policy_strings: strings,
-                mx_patterns: mx,
-                successful,
-                failed,
-                failures: failures
-                    .into_iter()
-                    .map(|((_, sip, host, rip), (result, count))| FailureAggregate {
-                        result,
-                        sending_ip: sip,
-                        receiving_mx_host: host,
-                        receiving_ip: rip,
-                        count,
-                    })
-                    .collect(),
-            },
-        )
-        .collect();
     Some(Aggregate {
-        policy_domain: domain,
+        policy_domain: policy_domain.clone(),
         day,
-        policies,
+        policies: policies
+            .into_iter()
+            .map(|(key, tally)| tally.finish(key))
+            .collect(),
     })
 }
 
@@ -408,13 +573,8 @@ pub fn aggregate(outcomes: &[Outcome], policy_domain: &str, day: NaiveDate) -> O
 
 /// A report-id that depends only on the day, the policy domain and the submitter,
 /// so a report re-sent after a crash carries the same id.
-pub fn report_id(day: NaiveDate, policy_domain: &str, submitter: &str) -> String {
-    format!(
-        "{}.{}@{}",
-        day.format("%Y%m%d"),
-        normalize_domain(policy_domain),
-        normalize_domain(submitter)
-    )
+pub fn report_id(day: NaiveDate, policy_domain: &Domain, submitter: &str) -> String {
+    format!("{}.{policy_domain}@{submitter}", day.format("%Y%m%d"))
 }
 
 fn to_rpt_result(r: ResultType) -> rpt::ResultType {
@@ -434,6 +594,14 @@ fn to_rpt_result(r: ResultType) -> rpt::ResultType {
     }
 }
 
+fn to_rpt_policy_type(p: PolicyType) -> rpt::PolicyType {
+    match p {
+        PolicyType::Tlsa => rpt::PolicyType::Tlsa,
+        PolicyType::Sts => rpt::PolicyType::Sts,
+        PolicyType::NoPolicyFound => rpt::PolicyType::NoPolicyFound,
+    }
+}
+
 /// The RFC 8460 §4 report for `agg`, covering its UTC day
 /// (`start-datetime` 00:00:00Z, `end-datetime` 23:59:59Z).
 pub fn build_report(agg: &Aggregate, org_name: &str, contact: &str, report_id: &str) -> TlsReport {
@@ -446,33 +614,34 @@ pub fn build_report(agg: &Aggregate, org_name: &str, contact: &str, report_id: &
         policies: agg
             .policies
             .iter()
-            .map(|p| rpt::Policy {
-                policy: rpt::PolicyDetails {
-                    policy_type: match p.policy_type {
-                        PolicyType::Tlsa => rpt::PolicyType::Tlsa,
-                        PolicyType::Sts => rpt::PolicyType::Sts,
-                        PolicyType::NoPolicyFound => rpt::PolicyType::NoPolicyFound,
-                    },
-                    policy_string: p.policy_strings.clone(),
-                    policy_domain: agg.policy_domain.clone(),
-                    mx_host: p.mx_patterns.clone(),
-                },
-                summary: rpt::Summary {
-                    total_success: p.successful,
-                    total_failure: p.failed,
-                },
-                failure_details: p
-                    .failures
-                    .iter()
-                    .map(|f| rpt::FailureDetails {
-                        result_type: to_rpt_result(f.result),
-                        sending_mta_ip: f.sending_ip,
-                        receiving_mx_hostname: f.receiving_mx_host.clone(),
-                        receiving_ip: f.receiving_ip,
-                        failed_session_count: f.count,
-                        ..Default::default()
-                    })
-                    .collect(),
+            .map(|p| report_policy(&agg.policy_domain, p))
+            .collect(),
+    }
+}
+
+/// One `policies` entry of the report.
+fn report_policy(policy_domain: &Domain, p: &PolicyAggregate) -> rpt::Policy {
+    rpt::Policy {
+        policy: rpt::PolicyDetails {
+            policy_type: to_rpt_policy_type(p.policy_type),
+            policy_string: p.policy_strings.clone(),
+            policy_domain: policy_domain.to_string(),
+            mx_host: p.mx_patterns.clone(),
+        },
+        summary: rpt::Summary {
+            total_success: p.successful,
+            total_failure: p.failed,
+        },
+        failure_details: p
+            .failures
+            .iter()
+            .map(|f| rpt::FailureDetails {
+                result_type: to_rpt_result(f.result),
+                sending_mta_ip: f.sending_ip,
+                receiving_mx_hostname: f.receiving_mx_host.clone(),
+                receiving_ip: f.receiving_ip,
+                failed_session_count: f.count,
+                ..Default::default()
             })
             .collect(),
     }
@@ -524,9 +693,9 @@ pub fn report_filename(report: &TlsReport, submitter: &str, policy_domain: &str)
 /// `multipart/report; report-type="tlsrpt"` with a text part and the gzip
 /// attachment named as in [`report_filename`].
 ///
-/// The message is NOT signed. RFC 8460 §5.3 requires a valid DKIM signature by
-/// the reporting domain (without `l=`); run it through a [`ReportSigner`] before
-/// queueing it.
+/// The message comes back unsigned: RFC 8460 §5.3 requires a DKIM signature of
+/// the reporting domain (without `l=`), which a [`ReportSigner`] adds before the
+/// message is queued.
 pub fn report_message(
     report: &TlsReport,
     policy_domain: &str,
@@ -548,8 +717,8 @@ pub fn report_message(
 }
 
 /// The DKIM step for report mail (RFC 8460 §5.3: reports sent by mail MUST carry a
-/// valid DKIM signature of the reporting domain). Not implemented yet; mail-auth's
-/// `DkimSigner` (feature `ring`, already enabled) is meant to back it.
+/// valid DKIM signature of the reporting domain). [`DkimReportSigner`] implements
+/// it with mail-auth's DKIM signer.
 pub trait ReportSigner {
     /// Returns `message` with a `DKIM-Signature` header prepended.
     fn sign(&self, message: &[u8]) -> io::Result<Vec<u8>>;
@@ -559,12 +728,17 @@ pub trait ReportSigner {
 // Which reports were sent: `<tlsrpt_dir>/sent/<day>/<domain>`
 // ---------------------------------------------------------------------------
 
-/// A domain as one safe file name: lower case; bytes outside `[a-z0-9._-]`, and a
-/// leading `.`, as `%XX`.
-fn marker_name(domain: &str) -> String {
-    let d = normalize_domain(domain);
-    let mut out = String::with_capacity(d.len());
-    for (i, b) in d.bytes().enumerate() {
+/// The marker's file name: a domain's A-label form as it is (only `[a-z0-9.-]`,
+/// never a leading `.`). Text that is no domain name is lower-cased, and bytes
+/// outside `[a-z0-9._-]`, and a leading `.`, are written as `%XX` (so it can
+/// never name a domain's marker, nor leave the directory).
+fn marker_name(domain: &PolicyDomain) -> String {
+    let text = match domain {
+        PolicyDomain::Valid(d) => return d.to_string(),
+        PolicyDomain::Invalid { text, .. } => text.to_ascii_lowercase(),
+    };
+    let mut out = String::with_capacity(text.len());
+    for (i, b) in text.bytes().enumerate() {
         if b.is_ascii_lowercase()
             || b.is_ascii_digit()
             || b == b'-'
@@ -582,7 +756,7 @@ fn marker_name(domain: &str) -> String {
     out
 }
 
-fn marker_path(tlsrpt_dir: &Path, day: NaiveDate, domain: &str) -> PathBuf {
+fn marker_path(tlsrpt_dir: &Path, day: NaiveDate, domain: &PolicyDomain) -> PathBuf {
     tlsrpt_dir
         .join("sent")
         .join(day.format("%Y-%m-%d").to_string())
@@ -590,7 +764,7 @@ fn marker_path(tlsrpt_dir: &Path, day: NaiveDate, domain: &str) -> PathBuf {
 }
 
 /// Whether the `(day, domain)` report is marked done.
-pub fn is_done(tlsrpt_dir: &Path, day: NaiveDate, domain: &str) -> io::Result<bool> {
+pub fn is_done(tlsrpt_dir: &Path, day: NaiveDate, domain: &PolicyDomain) -> io::Result<bool> {
     marker_path(tlsrpt_dir, day, domain).try_exists()
 }
 
@@ -602,7 +776,12 @@ fn sync_dir(dir: &Path) -> io::Result<()> {
 /// fsync, rename, fsync of the directory). Call it after every destination
 /// accepted the report, or when the domain publishes no TLSRPT record; `note`
 /// (e.g. the report-id and destinations) is stored in the marker for the operator.
-pub fn mark_done(tlsrpt_dir: &Path, day: NaiveDate, domain: &str, note: &str) -> io::Result<()> {
+pub fn mark_done(
+    tlsrpt_dir: &Path,
+    day: NaiveDate,
+    domain: &PolicyDomain,
+    note: &str,
+) -> io::Result<()> {
     let path = marker_path(tlsrpt_dir, day, domain);
     let dir = path.parent().expect("marker has a parent");
     if !dir.is_dir() {
@@ -634,7 +813,7 @@ pub fn pending_reports(
     outcomes: &OutcomeLog,
     tlsrpt_dir: &Path,
     today: NaiveDate,
-) -> io::Result<Vec<(NaiveDate, String)>> {
+) -> io::Result<Vec<(NaiveDate, PolicyDomain)>> {
     let mut pending = Vec::new();
     for day_name in outcomes.days()? {
         let day = NaiveDate::parse_from_str(&day_name, "%Y-%m-%d").expect("days() checked it");
@@ -642,16 +821,7 @@ pub fn pending_reports(
             continue;
         }
         let records = outcomes.read_day(&day_name)?;
-        let start = day_start(day);
-        let mut domains: Vec<String> = records
-            .iter()
-            .filter(|o| (start..start + DAY_SECS).contains(&o.time) && session_result(o).is_some())
-            .map(|o| normalize_domain(&o.domain))
-            .filter(|d| !d.is_empty())
-            .collect();
-        domains.sort();
-        domains.dedup();
-        for domain in domains {
+        for domain in sessions_by_domain(&records, day).into_keys() {
             if !is_done(tlsrpt_dir, day, &domain)? {
                 pending.push((day, domain));
             }
@@ -660,7 +830,22 @@ pub fn pending_reports(
     Ok(pending)
 }
 
-/// A DKIM signer for report mail (RFC 8460 §3: report mail is DKIM-signed), from a
+// ---------------------------------------------------------------------------
+// DKIM signing of report mail (RFC 8460 §5.3)
+// ---------------------------------------------------------------------------
+
+/// Why a DKIM key for report mail is unusable.
+#[derive(Debug, thiserror::Error)]
+pub enum DkimKeyError {
+    /// The text holds no PEM private key.
+    #[error("not a PEM private key: {0}")]
+    NotPem(rustls_pki_types::pem::Error),
+    /// The key is of a kind mail-auth cannot sign with.
+    #[error("neither an RSA nor an Ed25519 key: {0}")]
+    Unsupported(mail_auth::Error),
+}
+
+/// A DKIM signer for report mail (RFC 8460 §5.3: report mail is DKIM-signed), from a
 /// PEM private key: RSA (PKCS#8 or PKCS#1) or Ed25519 (PKCS#8).
 pub struct DkimReportSigner {
     der: rustls_pki_types::PrivateKeyDer<'static>,
@@ -682,15 +867,18 @@ const SIGNED_HEADERS: [&str; 7] = [
 
 impl DkimReportSigner {
     /// Loads the key in `pem` for signing as `domain` with `selector`; checks it works.
-    pub fn from_pem(pem: &str, domain: &str, selector: &str) -> Result<DkimReportSigner, String> {
+    pub fn from_pem(
+        pem: &str,
+        domain: &Domain,
+        selector: &str,
+    ) -> Result<DkimReportSigner, DkimKeyError> {
         use mail_auth::common::crypto::{Ed25519Key, RsaKey, Sha256};
         use rustls_pki_types::pem::PemObject;
         let der = rustls_pki_types::PrivateKeyDer::from_pem_slice(pem.as_bytes())
-            .map_err(|e| format!("not a PEM private key: {e}"))?;
+            .map_err(DkimKeyError::NotPem)?;
         let rsa = RsaKey::<Sha256>::from_key_der(der.clone_key()).is_ok();
         if !rsa {
-            Ed25519Key::from_pkcs8_der(der.secret_der())
-                .map_err(|e| format!("neither an RSA nor an Ed25519 key: {e}"))?;
+            Ed25519Key::from_pkcs8_der(der.secret_der()).map_err(DkimKeyError::Unsupported)?;
         }
         Ok(DkimReportSigner {
             der,
@@ -700,7 +888,6 @@ impl DkimReportSigner {
         })
     }
 }
-
 impl ReportSigner for DkimReportSigner {
     fn sign(&self, message: &[u8]) -> io::Result<Vec<u8>> {
         use mail_auth::common::crypto::{Ed25519Key, RsaKey, Sha256};
@@ -900,7 +1087,10 @@ mod tests {
             let got = parse_rua(&raw);
             match (&got, &want) {
                 (Ok(g), Ok(w)) => assert_eq!(g, w, "{records:?}"),
-                (Err(g), Err(w)) => assert!(g.contains(w), "{records:?}: {g:?} lacks {w:?}"),
+                (Err(g), Err(w)) => {
+                    let g = g.to_string();
+                    assert!(g.contains(w), "{records:?}: {g:?} lacks {w:?}")
+                }
                 _ => panic!("{records:?}: got {got:?}, want {want:?}"),
             }
         }
@@ -919,6 +1109,21 @@ mod tests {
 
     fn d(s: &str) -> NaiveDate {
         NaiveDate::parse_from_str(s, "%Y-%m-%d").unwrap()
+    }
+
+    fn pd(s: &str) -> PolicyDomain {
+        PolicyDomain::parse(s)
+    }
+
+    /// `domain`'s report of `day`, as the reporter builds it from a day's records.
+    fn aggregate_of(all: &[Outcome], domain: &str, day: NaiveDate) -> Option<Aggregate> {
+        let domain = Domain::parse(domain).unwrap();
+        let groups = sessions_by_domain(all, day);
+        aggregate(
+            &domain,
+            day,
+            groups.get(&PolicyDomain::Valid(domain.clone()))?,
+        )
     }
 
     fn outcome(
@@ -1227,7 +1432,7 @@ mod tests {
             ("example.com", "2024-04-30", None),
         ];
         for (domain, day, want) in cases {
-            let got = aggregate(&all, domain, d(day));
+            let got = aggregate_of(&all, domain, d(day));
             let Some(agg) = got else {
                 assert!(want.is_none(), "{domain} {day}: no report, want {want:?}");
                 continue;
@@ -1236,7 +1441,7 @@ mod tests {
             for p in &agg.policies {
                 assert_eq!(p.failed, p.failures.iter().map(|f| f.count).sum::<u32>());
             }
-            let id = report_id(agg.day, domain, "relay.example.org");
+            let id = report_id(agg.day, &agg.policy_domain, "relay.example.org");
             let report = build_report(&agg, "Example Org", "mailto:tlsrpt@example.org", &id);
             let json = report_json(&report);
             assert_eq!(summarize(&json), want, "{domain} {day}: {json}");
@@ -1247,8 +1452,8 @@ mod tests {
     fn report_fields_and_round_trip() {
         let all = outcomes();
         let day = d("2024-05-01");
-        let agg = aggregate(&all, "example.com", day).unwrap();
-        let id = report_id(day, "example.com", "relay.example.org");
+        let agg = aggregate_of(&all, "example.com", day).unwrap();
+        let id = report_id(day, &agg.policy_domain, "relay.example.org");
         assert_eq!(id, "20240501.example.com@relay.example.org");
         let report = build_report(&agg, "Example Org", "mailto:tlsrpt@example.org", &id);
         let json = report_json(&report);
@@ -1358,6 +1563,51 @@ mod tests {
     }
 
     #[test]
+    fn sessions_group_by_a_label() {
+        let day = "2024-05-01";
+        let rec = |domain: &str| {
+            outcome(
+                day,
+                domain,
+                "mx.xn--bcher-kva.example",
+                Some("192.0.2.1"),
+                PolicyType::NoPolicyFound,
+                None,
+            )
+        };
+        let mut report_mail = rec("report-only.example");
+        report_mail.report_mail = true;
+        let records = vec![
+            rec("bücher.example"),
+            rec("BÜCHER.example."),
+            rec("xn--bcher-kva.example"),
+            rec("XN--BCHER-KVA.EXAMPLE"),
+            rec("not a domain!"),
+            rec(""),
+            report_mail,
+        ];
+        let groups: Vec<(String, usize)> = sessions_by_domain(&records, d(day))
+            .into_iter()
+            .map(|(k, v)| (format!("{k:?}"), v.len()))
+            .collect();
+        let invalid = |text: &str| match pd(text) {
+            PolicyDomain::Invalid { .. } => format!("{:?}", pd(text)),
+            valid => panic!("{valid:?} should be invalid"),
+        };
+        assert_eq!(
+            groups,
+            [
+                (format!("{:?}", pd("xn--bcher-kva.example")), 4),
+                (invalid(""), 1),
+                (invalid("not a domain!"), 1),
+            ]
+        );
+        let agg = aggregate_of(&records, "bücher.example", d(day)).unwrap();
+        assert_eq!(agg.policy_domain.as_str(), "xn--bcher-kva.example");
+        assert_eq!(agg.policies[0].successful, 4);
+    }
+
+    #[test]
     fn old_outcome_lines_still_parse() {
         let line = r#"{"time":1714525200,"queue_id":"q","domain":"example.com","mx_host":"mx","addr":"192.0.2.1","policy":"sts","auth":"verify","tls_ok":true,"result":null,"report_mail":false,"detail":""}"#;
         let o: Outcome = serde_json::from_str(line).unwrap();
@@ -1373,13 +1623,15 @@ mod tests {
             ("example.com", "example.com"),
             ("Example.COM.", "example.com"),
             ("a/b", "a%2Fb"),
-            ("..", "%00"),
+            ("..", "%2E."),
             (".a.b", "%2Ea.b"),
             (".hidden", "%2Ehidden"),
             ("", "%00"),
-            ("bücher.example", "b%C3%BCcher.example"),
+            ("bücher.example", "xn--bcher-kva.example"),
+            ("a_b.example", "a_b.example"),
+            ("Not A Domain!", "not%20a%20domain%21"),
         ] {
-            assert_eq!(marker_name(domain), want, "{domain:?}");
+            assert_eq!(marker_name(&pd(domain)), want, "{domain:?}");
         }
     }
 
@@ -1402,10 +1654,8 @@ mod tests {
         ))
         .unwrap();
         let today = d("2024-05-03");
-        let all = |v: &[(&str, &str)]| -> Vec<(NaiveDate, String)> {
-            v.iter()
-                .map(|(day, dom)| (d(day), dom.to_string()))
-                .collect()
+        let all = |v: &[(&str, &str)]| -> Vec<(NaiveDate, PolicyDomain)> {
+            v.iter().map(|(day, dom)| (d(day), pd(dom))).collect()
         };
         let pending = pending_reports(&log, &state, today).unwrap();
         assert_eq!(
@@ -1420,7 +1670,7 @@ mod tests {
         // Build and "send" the first report, then crash before the marker.
         let build = || {
             let records = log.read_day("2024-05-01").unwrap();
-            let agg = aggregate(&records, "example.com", d("2024-05-01")).unwrap();
+            let agg = aggregate_of(&records, "example.com", d("2024-05-01")).unwrap();
             let id = report_id(agg.day, &agg.policy_domain, "relay.example.org");
             report_json(&build_report(&agg, "Org", "mailto:x@example.org", &id))
         };
@@ -1431,18 +1681,18 @@ mod tests {
         fs::write(day_dir.join(".example.com.tmp.4242"), "partial").unwrap();
         // After the restart: listed again, and rebuilt identically (same counts, same id).
         let pending = pending_reports(&log, &state, today).unwrap();
-        assert_eq!(pending[0], (d("2024-05-01"), "example.com".to_string()));
+        assert_eq!(pending[0], (d("2024-05-01"), pd("example.com")));
         assert_eq!(build(), sent);
 
         // Sent again, and this time marked: never listed again.
         mark_done(
             &state,
             d("2024-05-01"),
-            "example.com",
+            &pd("example.com"),
             "report-id x; mailto:a@example.com",
         )
         .unwrap();
-        assert!(is_done(&state, d("2024-05-01"), "Example.com.").unwrap());
+        assert!(is_done(&state, d("2024-05-01"), &pd("Example.com.")).unwrap());
         assert_eq!(
             fs::read_to_string(day_dir.join("example.com")).unwrap(),
             "report-id x; mailto:a@example.com\n"
@@ -1454,9 +1704,15 @@ mod tests {
         );
 
         // Marking again (the re-send case) is harmless.
-        mark_done(&state, d("2024-05-01"), "example.com", "again").unwrap();
-        mark_done(&state, d("2024-05-01"), "other.test", "no TLSRPT record").unwrap();
-        mark_done(&state, d("2024-05-02"), "example.com", "sent").unwrap();
+        mark_done(&state, d("2024-05-01"), &pd("example.com"), "again").unwrap();
+        mark_done(
+            &state,
+            d("2024-05-01"),
+            &pd("other.test"),
+            "no TLSRPT record",
+        )
+        .unwrap();
+        mark_done(&state, d("2024-05-02"), &pd("example.com"), "sent").unwrap();
         assert!(pending_reports(&log, &state, today).unwrap().is_empty());
         // The next day, yesterday's domain shows up.
         assert_eq!(

@@ -25,6 +25,7 @@ use hickory_resolver::net::{DnsError, NetError, NoRecords};
 use hickory_resolver::proto::dnssec::{Proof, TrustAnchors};
 use hickory_resolver::proto::op::ResponseCode;
 use hickory_resolver::proto::rr::{Name, RData, Record, RecordType};
+use hickory_resolver::proto::ProtoError;
 use hickory_resolver::TokioResolver;
 
 pub use crate::model::dns::*;
@@ -114,6 +115,56 @@ impl fmt::Display for DnsSetupError {
 }
 
 impl std::error::Error for DnsSetupError {}
+
+/// Why the DNSSEC self-test failed; DANE cannot work until it passes.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum SelfTestError {
+    /// The root DNSKEY RRset came back, but not as secure.
+    #[error(
+        "DNSSEC self-test failed: the root DNSKEY RRset from {servers} is {security}, not secure, \
+         against trust anchor {anchor}; DANE cannot work"
+    )]
+    NotSecure {
+        /// The name servers asked.
+        servers: String,
+        /// Where the trust anchor came from.
+        anchor: String,
+        /// The status it came back with.
+        security: Security,
+    },
+    /// The root DNSKEY RRset does not validate against the anchor.
+    #[error(
+        "DNSSEC self-test failed: the root DNSKEY RRset from {servers} does not validate against \
+         trust anchor {anchor} ({reason}); the anchor is wrong or the servers strip DNSSEC \
+         records, so DANE cannot work"
+    )]
+    Bogus {
+        /// The name servers asked.
+        servers: String,
+        /// Where the trust anchor came from.
+        anchor: String,
+        /// What the validator said.
+        reason: String,
+    },
+    /// No root DNSKEY records at all.
+    #[error(
+        "DNSSEC self-test failed: {servers} returned no root DNSKEY records; \
+         the servers do not serve DNSSEC, so DANE cannot work"
+    )]
+    NoKeys {
+        /// The name servers asked.
+        servers: String,
+    },
+    /// The query got no answer.
+    #[error(
+        "DNSSEC self-test failed: cannot query the root DNSKEY: {reason}; \
+         DANE cannot work until the name servers answer"
+    )]
+    Unanswered {
+        /// What went wrong.
+        reason: String,
+    },
+}
 
 /// A validating DNS client; cheap to clone.
 #[derive(Clone)]
@@ -326,37 +377,34 @@ impl Dns {
     }
 
     /// Checks that the root DNSKEY RRset validates against the trust anchor (needed for DANE).
-    pub async fn self_test(&self) -> Result<(), String> {
+    pub async fn self_test(&self) -> Result<(), SelfTestError> {
         let answer = self
             .query(".", RecordType::DNSKEY, |r| match r {
                 RData::DNSSEC(_) => Some(()),
                 _ => None,
             })
             .await;
-        let anchor = &self.inner.anchor;
-        let servers = &self.inner.servers;
+        let anchor = || self.inner.anchor.clone();
+        let servers = || self.inner.servers.clone();
         match answer {
             Answer::Records {
                 security: Security::Secure,
                 ..
             } => Ok(()),
-            Answer::Records { security, .. } => Err(format!(
-                "DNSSEC self-test failed: the root DNSKEY RRset from {servers} is {security}, not secure, \
-                 against trust anchor {anchor}; DANE cannot work"
-            )),
-            Answer::Bogus(reason) => Err(format!(
-                "DNSSEC self-test failed: the root DNSKEY RRset from {servers} does not validate against \
-                 trust anchor {anchor} ({reason}); the anchor is wrong or the servers strip DNSSEC \
-                 records, so DANE cannot work"
-            )),
-            Answer::NoRecords { .. } | Answer::NxDomain { .. } => Err(format!(
-                "DNSSEC self-test failed: {servers} returned no root DNSKEY records; \
-                 the servers do not serve DNSSEC, so DANE cannot work"
-            )),
-            Answer::TempFail(reason) => Err(format!(
-                "DNSSEC self-test failed: cannot query the root DNSKEY: {reason}; \
-                 DANE cannot work until the name servers answer"
-            )),
+            Answer::Records { security, .. } => Err(SelfTestError::NotSecure {
+                servers: servers(),
+                anchor: anchor(),
+                security,
+            }),
+            Answer::Bogus(reason) => Err(SelfTestError::Bogus {
+                servers: servers(),
+                anchor: anchor(),
+                reason,
+            }),
+            Answer::NoRecords { .. } | Answer::NxDomain { .. } => {
+                Err(SelfTestError::NoKeys { servers: servers() })
+            }
+            Answer::TempFail(reason) => Err(SelfTestError::Unanswered { reason }),
         }
     }
 
@@ -394,8 +442,8 @@ struct QueryContext {
     attempts: usize,
 }
 
-fn fqdn(name: &str) -> Result<Name, String> {
-    let mut n = Name::from_ascii(name).map_err(|e| e.to_string())?;
+fn fqdn(name: &str) -> Result<Name, ProtoError> {
+    let mut n = Name::from_ascii(name)?;
     n.set_fqdn(true);
     Ok(n)
 }
@@ -919,6 +967,46 @@ mod tests {
         }
         assert_eq!(human_duration(Duration::from_millis(1500)), "1500ms");
         assert_eq!(human_duration(Duration::from_secs(5)), "5s");
+    }
+
+    #[test]
+    fn self_test_errors_say_dane_cannot_work() {
+        let servers = || "127.0.0.1:53".to_string();
+        let anchor = || "/etc/root.key".to_string();
+        let cases = [
+            (
+                SelfTestError::NotSecure {
+                    servers: servers(),
+                    anchor: anchor(),
+                    security: Insecure,
+                },
+                "the root DNSKEY RRset from 127.0.0.1:53 is insecure, not secure, against trust anchor /etc/root.key",
+            ),
+            (
+                SelfTestError::Bogus {
+                    servers: servers(),
+                    anchor: anchor(),
+                    reason: "no valid signature".into(),
+                },
+                "does not validate against trust anchor /etc/root.key (no valid signature)",
+            ),
+            (
+                SelfTestError::NoKeys { servers: servers() },
+                "127.0.0.1:53 returned no root DNSKEY records",
+            ),
+            (
+                SelfTestError::Unanswered {
+                    reason: "timeout".into(),
+                },
+                "cannot query the root DNSKEY: timeout",
+            ),
+        ];
+        for (e, words) in cases {
+            let text = e.to_string();
+            assert!(text.starts_with("DNSSEC self-test failed: "), "{text}");
+            assert!(text.contains(words), "{text}");
+            assert!(text.contains("DANE cannot work"), "{text}");
+        }
     }
 
     #[test]

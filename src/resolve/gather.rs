@@ -75,7 +75,7 @@ impl Gatherer<'_> {
 
 /// What MTA-STS says for the domain.
 async fn sts_facts(engine: &MtaSts, domain: &Domain) -> StsFacts {
-    let found = engine.lookup(domain.as_str()).await;
+    let found = engine.lookup(domain).await;
     let (policy, source) = match found.policy {
         Some((p, s)) => (
             Some(p),
