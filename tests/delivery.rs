@@ -692,3 +692,39 @@ async fn encrypt_floor_accepts_any_certificate_but_never_plaintext_or_weak_keys(
         "{reasons:?}"
     );
 }
+
+#[tokio::test]
+async fn internationalised_domain_is_looked_up_and_recorded_as_its_a_label() {
+    // The relay resolves `bücher.test` as `xn--bcher-kva.test`, and its outcome
+    // records (which TLS reports are built from) name the A-label, not the
+    // Unicode spelling that DNS cannot look up.
+    let p = pki();
+    let port = free_port();
+    let mut opts = MxOptions::with_cert(p.ca.leaf(&["mx.xn--bcher-kva.test"]));
+    opts.smtputf8 = true;
+    let mx = MxServer::start_on(ip("127.0.0.66"), port, opts)
+        .await
+        .unwrap();
+    let world = world_with_org()
+        .zone("xn--bcher-kva.test", ZoneKind::Unsigned)
+        .mx("xn--bcher-kva.test", 10, "mx.xn--bcher-kva.test")
+        .a("mx.xn--bcher-kva.test", "127.0.0.66")
+        .start()
+        .await;
+    let relay = TestRelay::start(&world, &p.root, port, "").await;
+    relay
+        .submit_with(
+            "MAIL FROM:<sender@org.test> SMTPUTF8",
+            &["leser@Bücher.test"],
+            &message("idn"),
+        )
+        .await;
+    assert!(
+        mx.wait_for_messages(1, Duration::from_secs(10)).await,
+        "{:?}",
+        relay.queue()
+    );
+    let o = relay.outcomes();
+    assert!(!o.is_empty());
+    assert!(o.iter().all(|o| o.domain == "xn--bcher-kva.test"), "{o:?}");
+}

@@ -10,6 +10,29 @@ use argon2::password_hash::{PasswordHash, PasswordVerifier};
 use argon2::Argon2;
 use base64::Engine;
 
+/// A users file that cannot be used: the file, the line and what is wrong.
+#[derive(Debug, thiserror::Error)]
+pub enum UsersError {
+    /// The file cannot be read.
+    #[error("{}: cannot read the users file: {error}", path.display())]
+    Read {
+        /// The users file.
+        path: std::path::PathBuf,
+        /// What went wrong.
+        error: std::io::Error,
+    },
+    /// A line is not `name:$argon2id$...`.
+    #[error("{}:{line}: {message}", path.display())]
+    Line {
+        /// The users file.
+        path: std::path::PathBuf,
+        /// The 1-based line.
+        line: usize,
+        /// What is wrong and what would be valid.
+        message: String,
+    },
+}
+
 /// Users allowed to authenticate, by name, with their argon2 PHC hash strings.
 #[derive(Debug, Clone, Default)]
 pub struct Users {
@@ -18,10 +41,16 @@ pub struct Users {
 
 impl Users {
     /// Reads a users file; errors name the file and the line.
-    pub fn load(path: &Path) -> Result<Users, String> {
-        let text = std::fs::read_to_string(path)
-            .map_err(|e| format!("{}: cannot read the users file: {e}", path.display()))?;
-        Users::parse(&text).map_err(|(line, msg)| format!("{}:{line}: {msg}", path.display()))
+    pub fn load(path: &Path) -> Result<Users, UsersError> {
+        let text = std::fs::read_to_string(path).map_err(|error| UsersError::Read {
+            path: path.to_path_buf(),
+            error,
+        })?;
+        Users::parse(&text).map_err(|(line, message)| UsersError::Line {
+            path: path.to_path_buf(),
+            line,
+            message,
+        })
     }
 
     /// Parses users-file text; errors carry the 1-based line.

@@ -66,7 +66,7 @@ impl Inbound {
             _ => None,
         };
         let users = match &config.server.auth_users_file {
-            Some(path) => Some(Users::load(path).map_err(StartError)?),
+            Some(path) => Some(Users::load(path).map_err(|e| StartError(e.to_string()))?),
             None => None,
         };
         let mut listeners = Vec::new();

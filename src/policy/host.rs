@@ -166,19 +166,29 @@ pub fn requiretls_ok(
     req: &Requirement,
     mx_security: Security,
     host_in_sts_policy: bool,
-) -> Result<(), String> {
+) -> Result<(), RequireTlsRefusal> {
     if !mx_security.is_secure() && !host_in_sts_policy {
-        return Err(
-            "REQUIRETLS: the MX record was not DNSSEC-validated and no MTA-STS policy lists the host".into(),
-        );
+        return Err(RequireTlsRefusal::NotLearntSecurely);
     }
     match req.check {
         PeerCheck::WebPki | PeerCheck::Dane { .. } | PeerCheck::Names { .. } => Ok(()),
-        PeerCheck::EncryptOnly | PeerCheck::Fingerprint { .. } => Err(format!(
-            "REQUIRETLS: the host would be authenticated by `{}`, which does not verify its certificate chain",
-            req.mechanism
-        )),
+        PeerCheck::EncryptOnly | PeerCheck::Fingerprint { .. } => {
+            Err(RequireTlsRefusal::NotVerified(req.mechanism))
+        }
     }
+}
+
+/// Why a host may not carry a REQUIRETLS message (RFC 8689 §4.2.1).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, thiserror::Error)]
+pub enum RequireTlsRefusal {
+    /// Neither DNSSEC nor an MTA-STS policy vouches for the MX host.
+    #[error(
+        "REQUIRETLS: the MX record was not DNSSEC-validated and no MTA-STS policy lists the host"
+    )]
+    NotLearntSecurely,
+    /// The host would be authenticated without checking its certificate chain.
+    #[error("REQUIRETLS: the host would be authenticated by `{0}`, which does not verify its certificate chain")]
+    NotVerified(Mechanism),
 }
 
 /// The requirement for `host` when a local policy decides for the domain.
