@@ -202,39 +202,13 @@ fn header_section(msg: &[u8]) -> &[u8] {
 
 /// The envelope of a DSN about `env`: from the null sender to `env`'s sender.
 pub fn notice_envelope(env: &Envelope, hostname: &str, size: u64) -> Envelope {
-    use crate::spool::{BodyType, ClientInfo, RcptState, Recipient};
-    let now = crate::spool::now_unix();
     Envelope {
-        id: crate::spool::new_queue_id(),
-        received_at: now,
-        client: ClientInfo {
-            addr: "local".into(),
-            helo: hostname.to_string(),
-            tls: None,
-            auth_user: None,
-        },
-        sender: String::new(),
-        size,
-        body: BodyType::EightBitMime,
+        body: crate::spool::BodyType::EightBitMime,
         // The notice needs SMTPUTF8 only to reach a non-ASCII sender address.
         smtputf8: !env.sender.is_ascii(),
         // RFC 8689 §4.4: a notice about a REQUIRETLS message is sent with REQUIRETLS.
         requiretls: env.requiretls,
-        tls_required_no: false,
-        tls_report: false,
-        ret: None,
-        envid: None,
-        recipients: vec![Recipient {
-            address: env.sender.clone(),
-            notify: Notify::default(),
-            orcpt: None,
-            state: RcptState::Queued,
-            last_reason: None,
-            status: None,
-        }],
-        attempts: 0,
-        next_attempt: now,
-        delay_notice_sent: false,
+        ..Envelope::generated(hostname, "", &env.sender, Notify::default(), size)
     }
 }
 

@@ -23,7 +23,7 @@ use crate::model::domain::{Domain, DomainError};
 use crate::reporting::outcome::{Outcome, OutcomeLog, SessionResult};
 use crate::reporting::tlsrpt::{self, PolicyDomain, RecordError, Rua, TlsReport};
 use crate::resolve::dns::{Answer, Dns};
-use crate::spool::{self, Envelope, RcptState, Recipient, Spool};
+use crate::spool::{Envelope, Spool};
 
 /// Sends TLS reports.
 pub struct Reporter {
@@ -417,19 +417,13 @@ impl Reporter {
 
     /// An HTTPS client that reaches `host` at `addrs`, never redirected, no proxy.
     fn https_client(&self, host: &str, addrs: &[SocketAddr]) -> reqwest::Result<reqwest::Client> {
-        reqwest::Client::builder()
-            .tls_backend_preconfigured((*self.tls).clone())
-            .redirect(reqwest::redirect::Policy::none())
-            .https_only(true)
-            .user_agent(concat!(
-                "tlsrelay/",
-                env!("CARGO_PKG_VERSION"),
-                " (TLS-RPT)"
-            ))
-            .timeout(Duration::from_secs(60))
-            .resolve_to_addrs(host, addrs)
-            .no_proxy()
-            .build()
+        crate::resolve::https::strict_client(
+            &self.tls,
+            host,
+            addrs,
+            "TLS-RPT",
+            Duration::from_secs(60),
+        )
     }
 
     async fn queue_mail(
@@ -571,36 +565,10 @@ fn from_address(config: &Config) -> String {
 
 /// The envelope of one report message to `to`, flagged as report mail.
 fn report_envelope(config: &Config, from: &str, to: &str, size: usize) -> Envelope {
-    let now = spool::now_unix();
+    let notify = crate::model::notify::Notify::NEVER;
     Envelope {
-        id: spool::new_queue_id(),
-        received_at: now,
-        client: spool::ClientInfo {
-            addr: "local".into(),
-            helo: config.server.hostname.clone(),
-            tls: None,
-            auth_user: None,
-        },
-        sender: from.to_string(),
-        size: size as u64,
-        body: spool::BodyType::SevenBit,
-        smtputf8: false,
-        requiretls: false,
-        tls_required_no: false,
         tls_report: true,
-        ret: None,
-        envid: None,
-        recipients: vec![Recipient {
-            address: to.to_string(),
-            notify: crate::model::notify::Notify::NEVER,
-            orcpt: None,
-            state: RcptState::Queued,
-            last_reason: None,
-            status: None,
-        }],
-        attempts: 0,
-        next_attempt: now,
-        delay_notice_sent: false,
+        ..Envelope::generated(&config.server.hostname, from, to, notify, size as u64)
     }
 }
 

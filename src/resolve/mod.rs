@@ -3,4 +3,5 @@
 
 pub mod dns;
 pub mod gather;
+pub mod https;
 pub mod mta_sts;

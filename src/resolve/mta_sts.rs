@@ -486,19 +486,13 @@ impl MtaSts {
 
     /// A client that reaches `host` only at `addrs`, never redirected, no proxy.
     fn https_client(&self, host: &str, addrs: &[SocketAddr]) -> reqwest::Result<reqwest::Client> {
-        reqwest::Client::builder()
-            .tls_backend_preconfigured((*self.tls).clone())
-            .redirect(reqwest::redirect::Policy::none())
-            .https_only(true)
-            .user_agent(concat!(
-                "tlsrelay/",
-                env!("CARGO_PKG_VERSION"),
-                " (MTA-STS)"
-            ))
-            .timeout(self.settings.timeout)
-            .resolve_to_addrs(host, addrs)
-            .no_proxy()
-            .build()
+        crate::resolve::https::strict_client(
+            &self.tls,
+            host,
+            addrs,
+            "MTA-STS",
+            self.settings.timeout,
+        )
     }
 
     fn policy_url(&self, host: &str) -> String {

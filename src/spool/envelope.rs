@@ -123,6 +123,48 @@ fn secs(d: Duration) -> i64 {
 }
 
 impl Envelope {
+    /// A message tlsrelay writes itself (a DSN, a TLS report) to one recipient,
+    /// due at once; the caller sets the flags that differ.
+    pub fn generated(
+        hostname: &str,
+        sender: &str,
+        to: &str,
+        notify: Notify,
+        size: u64,
+    ) -> Envelope {
+        let now = super::now_unix();
+        Envelope {
+            id: super::new_queue_id(),
+            received_at: now,
+            client: ClientInfo {
+                addr: "local".into(),
+                helo: hostname.to_string(),
+                tls: None,
+                auth_user: None,
+            },
+            sender: sender.to_string(),
+            size,
+            body: BodyType::SevenBit,
+            smtputf8: false,
+            requiretls: false,
+            tls_required_no: false,
+            tls_report: false,
+            ret: None,
+            envid: None,
+            recipients: vec![Recipient {
+                address: to.to_string(),
+                notify,
+                orcpt: None,
+                state: RcptState::Queued,
+                last_reason: None,
+                status: None,
+            }],
+            attempts: 0,
+            next_attempt: now,
+            delay_notice_sent: false,
+        }
+    }
+
     /// Recipients still waiting for delivery.
     pub fn pending(&self) -> impl Iterator<Item = &Recipient> {
         self.recipients
