@@ -75,6 +75,16 @@ pub struct Tlsa {
     pub data: Vec<u8>,
 }
 
+impl Tlsa {
+    /// Whether tlsrelay can use the record for SMTP (RFC 7672 §3.1): usage 2
+    /// or 3, selector 0 or 1, matching type 0, 1 or 2.
+    pub fn is_usable(&self) -> bool {
+        matches!(self.usage, 2 | 3)
+            && matches!(self.selector, 0 | 1)
+            && matches!(self.matching, 0..=2)
+    }
+}
+
 /// One TXT record, its character-strings kept apart.
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub struct Txt {

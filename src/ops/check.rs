@@ -333,7 +333,7 @@ fn describe_tlsa(hf: &HostFacts) -> (Vec<String>, String) {
             let lines = records
                 .iter()
                 .map(|r| {
-                    let use_ = if crate::tls::dane::usable(r) {
+                    let use_ = if r.is_usable() {
                         "usable"
                     } else {
                         "unusable for SMTP"
@@ -477,7 +477,7 @@ impl ProbeContext<'_> {
             } = &tf.answer
             {
                 let usable: Vec<_> = (records.iter())
-                    .filter(|r| crate::tls::dane::usable(r))
+                    .filter(|r| r.is_usable())
                     .cloned()
                     .collect();
                 if !usable.is_empty() {

@@ -1,7 +1,7 @@
 //! How one MX host must be authenticated: DANE, MTA-STS, a local policy, or the floor.
 
 use crate::config::Floor;
-use crate::model::dns::{Answer, Security, TlsaAnswer};
+use crate::model::dns::{Answer, Security, Tlsa, TlsaAnswer};
 use crate::model::mechanism::Mechanism;
 use crate::model::rfc8460::{PolicyType, ResultType};
 use crate::policy::local::{Fingerprint, Level, LocalPolicy, MinTls};
@@ -106,10 +106,7 @@ pub fn host_plan(
             security: Security::Secure,
             ..
         } => {
-            let usable: Vec<_> = records
-                .into_iter()
-                .filter(crate::tls::dane::usable)
-                .collect();
+            let usable: Vec<_> = records.into_iter().filter(Tlsa::is_usable).collect();
             if usable.is_empty() {
                 // RFC 7672 §2.2: unusable records mean no DANE authentication, TLS still mandatory.
                 return without_dane(host, floor, sts);

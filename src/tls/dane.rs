@@ -20,12 +20,6 @@ use crate::model::dns::Tlsa;
 use crate::tls::keys::{check_key_strength, Der};
 use crate::tls::verify::{real_signature_checks, refused};
 
-/// Whether a TLSA record is one tlsrelay can use for SMTP (RFC 7672 §3.1):
-/// usage 2 or 3, selector 0 or 1, matching type 0, 1 or 2.
-pub fn usable(t: &Tlsa) -> bool {
-    matches!(t.usage, 2 | 3) && matches!(t.selector, 0 | 1) && matches!(t.matching, 0..=2)
-}
-
 /// Whether certificate `cert` matches the selector and matching type of `t`.
 pub fn matches(t: &Tlsa, cert: &CertificateDer<'_>) -> bool {
     let selected: Vec<u8> = match t.selector {
@@ -70,7 +64,7 @@ impl DaneVerifier {
         provider: Arc<CryptoProvider>,
     ) -> DaneVerifier {
         DaneVerifier {
-            records: records.into_iter().filter(usable).collect(),
+            records: records.into_iter().filter(Tlsa::is_usable).collect(),
             names,
             provider,
         }
@@ -279,7 +273,7 @@ mod tests {
             ((2, 1, 255), false),
         ];
         for ((u, s, m), want) in cases {
-            assert_eq!(usable(&rec(u, s, m)), want, "{u} {s} {m}");
+            assert_eq!(rec(u, s, m).is_usable(), want, "{u} {s} {m}");
         }
     }
 
