@@ -3,6 +3,7 @@
 pub mod dns;
 pub mod domain;
 pub mod mechanism;
+pub mod metric;
 pub mod notify;
 pub mod rcpt;
 pub mod rfc8460;

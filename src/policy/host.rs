@@ -275,7 +275,7 @@ mod tests {
 
     #[test]
     fn dane_table() {
-        use crate::resolve::dns::Tlsa;
+        use crate::model::dns::Tlsa;
         let t = |u, s, m| Tlsa {
             usage: u,
             selector: s,

@@ -20,8 +20,8 @@ use std::time::Duration;
 use serde::{Deserialize, Serialize};
 
 use crate::model::domain::Domain;
+use crate::model::rfc8460::ResultType;
 use crate::protocol::sts::{self, StsError, StsPolicy, StsRecord};
-use crate::reporting::outcome::ResultType;
 use crate::resolve::dns::{Answer, Dns};
 use crate::spool::now_unix;
 
@@ -391,14 +391,14 @@ impl MtaSts {
             }
         };
         if cached.as_ref().is_some_and(|c| c.id == record.id) {
-            metrics::counter!(crate::reporting::metrics::STS_CACHE, "event" => "hit").increment(1);
+            metrics::counter!(crate::model::metric::STS_CACHE, "event" => "hit").increment(1);
             return Lookup {
                 policy: cached_policy(),
                 record_id: Some(record.id),
                 error: None,
             };
         }
-        metrics::counter!(crate::reporting::metrics::STS_CACHE, "event" => "miss").increment(1);
+        metrics::counter!(crate::model::metric::STS_CACHE, "event" => "miss").increment(1);
         match self.fetch_and_store(domain, record.id.clone()).await {
             Ok((policy, _)) => Lookup {
                 policy: Some((policy, Source::Fetched)),
@@ -406,7 +406,7 @@ impl MtaSts {
                 error: None,
             },
             Err(e) => {
-                metrics::counter!(crate::reporting::metrics::STS_CACHE, "event" => "fetch_error")
+                metrics::counter!(crate::model::metric::STS_CACHE, "event" => "fetch_error")
                     .increment(1);
                 tracing::info!(domain = %domain, error = %e, "MTA-STS policy fetch failed");
                 Lookup {
