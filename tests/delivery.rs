@@ -728,3 +728,100 @@ async fn internationalised_domain_is_looked_up_and_recorded_as_its_a_label() {
     assert!(!o.is_empty());
     assert!(o.iter().all(|o| o.domain == "xn--bcher-kva.test"), "{o:?}");
 }
+
+/// One signed domain `example.test` whose MX on `addr` captures what it gets.
+async fn capturing_mx(addr: &str) -> (MxServer, DnsWorld, TestRelay) {
+    let p = pki();
+    let port = free_port();
+    let mx = MxServer::start_on(
+        ip(addr),
+        port,
+        MxOptions::with_cert(p.ca.leaf(&["mx1.example.test"])),
+    )
+    .await
+    .unwrap();
+    let world = DnsWorld::builder()
+        .zone("example.test", ZoneKind::Signed)
+        .mx("example.test", 10, "mx1.example.test")
+        .a("mx1.example.test", addr)
+        .start()
+        .await;
+    let relay = TestRelay::start(&world, &p.root, port, "").await;
+    (mx, world, relay)
+}
+
+/// Whether `data` holds a CR not followed by LF or an LF not preceded by CR.
+fn has_bare_line_end(data: &[u8]) -> bool {
+    data.iter().enumerate().any(|(i, &b)| match b {
+        b'\r' => data.get(i + 1) != Some(&b'\n'),
+        b'\n' => i == 0 || data[i - 1] != b'\r',
+        _ => false,
+    })
+}
+
+#[tokio::test]
+async fn quoted_local_parts_are_sent_on_quoted() {
+    let (mx, _world, relay) = capturing_mx("127.0.0.61").await;
+    let rcpt = "\"victim@other.test> ORCPT=rfc822;x\"@example.test";
+    relay
+        .submit_with(
+            "MAIL FROM:<\"x> RET=FULL ENVID=injected\"@org.test>",
+            &[rcpt, "\"a b\\\\c\"@example.test"],
+            &message("quoted"),
+        )
+        .await;
+    assert!(
+        mx.wait_for_messages(1, Duration::from_secs(10)).await,
+        "{}",
+        mx.transcript_text()
+    );
+    let lines: Vec<String> = mx.transcripts().concat();
+    let sent = |prefix: &str| lines.iter().any(|l| l.starts_with(prefix));
+    assert!(
+        lines.contains(&"C: MAIL FROM:<\"x> RET=FULL ENVID=injected\"@org.test>".to_string()),
+        "{lines:#?}"
+    );
+    assert!(
+        sent(&format!("C: RCPT TO:<{rcpt}>")),
+        "the quoted local part stays one address: {lines:#?}"
+    );
+    assert!(sent("C: RCPT TO:<\"a b\\\\c\"@example.test>"), "{lines:#?}");
+    assert!(!sent("C: RCPT TO:<victim@"), "{lines:#?}");
+    assert!(!sent("C: MAIL FROM:<x>"), "{lines:#?}");
+    // What the next hop's parser makes of it: one path each, no parameters injected.
+    let got = &mx.received()[0];
+    assert_eq!(got.mail_from, "\"x> RET=FULL ENVID=injected\"@org.test");
+    assert!(!got.has_mail_param("RET") && !got.has_mail_param("ENVID"));
+    assert_eq!(
+        got.rcpt_addresses(),
+        [rcpt.to_string(), "\"a b\\\\c\"@example.test".to_string()]
+    );
+    assert!(
+        got.rcpts.iter().all(|r| r.params.is_empty()),
+        "{:?}",
+        got.rcpts
+    );
+}
+
+#[tokio::test]
+async fn bare_cr_and_lf_never_reach_the_next_hop() {
+    let (mx, _world, relay) = capturing_mx("127.0.0.62").await;
+    let body = b"From: sender@org.test\r\nSubject: smuggle\r\n\r\nHello\r.\r\nMAIL FROM:<admin@org.test>\r\nbare\nlf and bare\rcr\r\n.\n.\rend\r\n";
+    let id = relay
+        .submit("sender@org.test", &["rcpt@example.test"], body)
+        .await;
+    let stored = relay.spool.read_message(&id).unwrap();
+    assert!(!has_bare_line_end(&stored), "stored: {stored:?}");
+    assert!(
+        mx.wait_for_messages(1, Duration::from_secs(10)).await,
+        "{}",
+        mx.transcript_text()
+    );
+    let got = &mx.received()[0];
+    assert!(!has_bare_line_end(&got.data), "sent: {:?}", got.data);
+    assert_eq!(got.data, stored, "the stored bytes, exactly");
+    assert!(String::from_utf8_lossy(&got.data).ends_with(
+        "Hello\r\n.\r\nMAIL FROM:<admin@org.test>\r\nbare\r\nlf and bare\r\ncr\r\n.\r\n.\r\nend\r\n"
+    ));
+    assert_eq!(mx.received().len(), 1, "one message, nothing smuggled");
+}

@@ -449,3 +449,137 @@ async fn auth_is_refused_before_tls_and_works_after() {
     let env = &queued(&s.spool)[0];
     assert_eq!(env.client.auth_user.as_deref(), Some("alice"));
 }
+
+/// Whether `data` holds a CR not followed by LF or an LF not preceded by CR.
+fn has_bare_line_end(data: &[u8]) -> bool {
+    data.iter().enumerate().any(|(i, &b)| match b {
+        b'\r' => data.get(i + 1) != Some(&b'\n'),
+        b'\n' => i == 0 || data[i - 1] != b'\r',
+        _ => false,
+    })
+}
+
+/// EHLO and MAIL and RCPT, ready for DATA or BDAT.
+async fn ready_for_data(addr: SocketAddr) -> Client {
+    let (mut c, _) = Client::connect(addr).await;
+    c.cmd("EHLO client.test").await;
+    assert_eq!(c.cmd("MAIL FROM:<a@example.org>").await.code, 250);
+    assert_eq!(c.cmd("RCPT TO:<b@example.net>").await.code, 250);
+    c
+}
+
+#[tokio::test]
+async fn lone_dot_right_after_354_ends_the_data() {
+    let s = start("").await;
+    let mut c = ready_for_data(s.addr).await;
+    assert_eq!(c.cmd("DATA").await.code, 354);
+    // Before the fix the `.` and QUIT were swallowed into the body (no reply).
+    c.send(b".\r\nQUIT\r\n").await;
+    let done = c.read().await;
+    assert!(
+        done.text().starts_with("250 2.0.0 Ok: queued as "),
+        "{done:?}"
+    );
+    assert_eq!(c.read().await.code, 221);
+    let q = queued(&s.spool);
+    let stored = s.spool.read_message(&q[0].id).unwrap();
+    assert_eq!(body_after_received(&stored), b"");
+}
+
+#[tokio::test]
+async fn first_data_line_is_dot_unstuffed() {
+    let s = start("").await;
+    let mut c = ready_for_data(s.addr).await;
+    assert_eq!(c.cmd("DATA").await.code, 354);
+    c.send(b"..x\r\nbody\r\n").await;
+    assert_eq!(c.cmd(".").await.code, 250);
+    let q = queued(&s.spool);
+    let stored = s.spool.read_message(&q[0].id).unwrap();
+    assert_eq!(
+        String::from_utf8_lossy(body_after_received(&stored)),
+        ".x\r\nbody\r\n"
+    );
+}
+
+#[tokio::test]
+async fn starttls_with_parameters_and_ehlo_with_controls_are_refused() {
+    let certs = tempfile::tempdir().unwrap();
+    let (toml, _root) = tls_files(certs.path());
+    let s = start(&toml).await;
+    let (mut c, _) = Client::connect(s.addr).await;
+    let r = c.cmd("EHLO a\0b").await;
+    assert!(r.text().starts_with("501 5.5.2 "), "{r:?}");
+    assert!(!r.text().contains('\0'), "the argument is not echoed");
+    let r = c.cmd("HELO a\x07b").await;
+    assert!(r.text().starts_with("501 5.5.2 "), "{r:?}");
+    assert!(c.cmd("EHLO client.test").await.text().contains("STARTTLS"));
+    let r = c.cmd("STARTTLS now").await;
+    assert!(r.text().starts_with("501 5.5.4 "), "{r:?}");
+    // Still in plaintext and in step: the plain command works.
+    assert_eq!(c.cmd("NOOP").await.code, 250);
+    assert!(c.cmd("STARTTLS").await.text().starts_with("220 2.0.0 "));
+}
+
+#[tokio::test]
+async fn bare_cr_and_lf_in_data_and_bdat_are_stored_as_crlf() {
+    let s = start("").await;
+    // DATA: bare CR, bare LF, and the smuggling shapes `\r.\r\n`, `\n.\n`, `\r\n.\r`.
+    let mut c = ready_for_data(s.addr).await;
+    assert_eq!(c.cmd("DATA").await.code, 354);
+    c.send(b"Subject: s\r\n\r\na\rb\nc\r.\r\nMAIL FROM:<admin@example.org>\r\nd\n.\ne\r\n.\rf\r\n")
+        .await;
+    let r = c.cmd(".").await;
+    assert_eq!(r.code, 250, "{r:?}");
+    // BDAT: the same bytes in two chunks, split inside a CR LF pair.
+    let mut c = ready_for_data(s.addr).await;
+    c.send(b"BDAT 5\r\nx\ry\r\r").await;
+    assert_eq!(c.read().await.code, 250);
+    c.send(b"BDAT 5 LAST\r\n\nz\n.\r").await;
+    let r = c.read().await;
+    assert_eq!(r.code, 250, "{r:?}");
+    let q = queued(&s.spool);
+    assert_eq!(q.len(), 2);
+    let mut bodies: Vec<String> = q
+        .iter()
+        .map(|e| {
+            let stored = s.spool.read_message(&e.id).unwrap();
+            assert!(!has_bare_line_end(&stored), "{stored:?}");
+            String::from_utf8_lossy(body_after_received(&stored)).into_owned()
+        })
+        .collect();
+    bodies.sort();
+    assert_eq!(
+        bodies,
+        [
+            "Subject: s\r\n\r\na\r\nb\r\nc\r\n.\r\nMAIL FROM:<admin@example.org>\r\nd\r\n.\r\ne\r\n.\r\nf\r\n",
+            "x\r\ny\r\n\r\nz\r\n.\r\n",
+        ]
+    );
+}
+
+#[tokio::test]
+async fn addresses_keep_their_quoting_meaning_and_controls_are_refused() {
+    let s = start("").await;
+    let (mut c, _) = Client::connect(s.addr).await;
+    c.cmd("EHLO client.test").await;
+    let r = c.cmd("MAIL FROM:<\"a\0b\"@example.org>").await;
+    assert!(r.text().starts_with("553 5.1.7 "), "{r:?}");
+    let r = c.cmd("MAIL FROM:<\"x> RET=FULL\"@example.org>").await;
+    assert_eq!(r.code, 250, "{r:?}");
+    let r = c.cmd("RCPT TO:<\"v\x01w\"@example.net>").await;
+    assert!(r.text().starts_with("553 5.1.3 "), "{r:?}");
+    let r = c.cmd("RCPT TO:<\"v\\\rw\"@example.net>").await;
+    assert!(r.text().starts_with("553 5.1.3 "), "{r:?}");
+    let r = c
+        .cmd("RCPT TO:<\"victim@other.test> ORCPT=rfc822;x\"@example.net>")
+        .await;
+    assert_eq!(r.code, 250, "{r:?}");
+    assert_eq!(c.cmd("DATA").await.code, 354);
+    assert_eq!(c.cmd("Subject: q\r\n\r\nx\r\n.").await.code, 250);
+    let q = queued(&s.spool);
+    assert_eq!(q[0].sender, "x> RET=FULL@example.org");
+    assert_eq!(
+        q[0].recipients[0].address,
+        "victim@other.test> ORCPT=rfc822;x@example.net"
+    );
+}

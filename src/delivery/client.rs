@@ -14,6 +14,7 @@ use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt, ReadBuf};
 use tokio::net::TcpStream;
 use tokio_rustls::client::TlsStream;
 
+use crate::protocol::data::normalize_line_ends;
 use crate::reporting::outcome::ResultType;
 
 /// One SMTP reply.
@@ -541,10 +542,14 @@ pub struct TransactionReplies {
 }
 
 /// The message with leading dots doubled, ending in CRLF.CRLF (RFC 5321 §4.5.2).
+/// Every bare CR and bare LF goes out as CRLF (RFC 5321 §2.3.8): inbound already
+/// stores only CRLF, and this keeps it true for any message however it was
+/// spooled, so no `\r.\r\n` ever reaches a receiver as smuggling material.
 pub fn dot_stuff(message: &[u8]) -> Vec<u8> {
+    let message = normalize_line_ends(message);
     let mut out = Vec::with_capacity(message.len() + message.len() / 64 + 5);
     let mut at_line_start = true;
-    for &b in message {
+    for &b in &message {
         if at_line_start && b == b'.' {
             out.push(b'.');
         }
@@ -570,6 +575,11 @@ mod tests {
             (b"no newline", b"no newline\r\n.\r\n"),
             (b"", b"\r\n.\r\n"),
             (b"x\r\n..y\r\n", b"x\r\n...y\r\n.\r\n"),
+            (
+                b"a\r.\r\nb\n.\nc\r.\rd",
+                b"a\r\n..\r\nb\r\n..\r\nc\r\n..\r\nd\r\n.\r\n",
+            ),
+            (b"x\r", b"x\r\n.\r\n"),
         ];
         for (input, want) in cases {
             assert_eq!(

@@ -4,6 +4,7 @@
 use super::client::{Reply, Session, TransactionReplies};
 use super::execute::Job;
 use super::Context;
+use crate::model::address::Mailbox;
 use crate::model::mechanism::TlsDemand;
 use crate::model::rcpt::RcptResult;
 use crate::model::status::EnhancedStatus;
@@ -31,8 +32,20 @@ pub(super) async fn transact(
         session.quit().await;
         return Some(job.all(result));
     }
-    let mail = mail_command(job.env, &session, job.demand);
-    let rcpts = rcpt_commands(job.env, job.idxs, session.caps.dsn);
+    let Some(sender) = smtp_path(&job.env.sender) else {
+        session.quit().await;
+        return Some(job.all(RcptResult::failed(
+            EnhancedStatus::BAD_SENDER_SYNTAX,
+            "the sender address cannot be written in SMTP",
+        )));
+    };
+    let (idxs, mut unwritable) = writable_recipients(job.env, job.idxs);
+    if idxs.is_empty() {
+        session.quit().await;
+        return Some(unwritable);
+    }
+    let mail = mail_command(job.env, &sender, &session, job.demand);
+    let rcpts = rcpt_commands(job.env, &idxs, session.caps.dsn);
     let replies = match session.transaction(&mail, &rcpts, job.message).await {
         Ok(r) => r,
         Err(e) => {
@@ -40,8 +53,9 @@ pub(super) async fn transact(
             return None;
         }
     };
-    let results = interpret(&replies, job.idxs, &session.host, &where_, req);
+    let mut results = interpret(&replies, &idxs, &session.host, &where_, req);
     log_transaction(job, &session, req, reused, &replies, &results);
+    results.append(&mut unwritable);
     if ctx.config.delivery.connection_reuse_time.get().is_zero() {
         session.quit().await;
     } else {
@@ -68,10 +82,33 @@ fn refuse_before_mail(env: &Envelope, session: &Session) -> Option<(EnhancedStat
     ))
 }
 
+/// A stored address as written in a command, quoted where its local part needs
+/// it (so a quoted local part never turns into parameters at the next hop);
+/// the empty reverse-path stays empty. None when SMTP cannot carry it.
+fn smtp_path(stored: &str) -> Option<String> {
+    if stored.is_empty() {
+        return Some(String::new());
+    }
+    Mailbox::from_stored(stored).ok().map(|m| m.to_smtp())
+}
+
+/// The recipients that can be written in SMTP, and a failure for each other
+/// one (an envelope stored before addresses were checked at the door).
+fn writable_recipients(env: &Envelope, idxs: &[usize]) -> (Vec<usize>, Vec<(usize, RcptResult)>) {
+    let (ok, bad): (Vec<usize>, Vec<usize>) = idxs
+        .iter()
+        .partition(|&&i| smtp_path(&env.recipients[i].address).is_some());
+    let failed = RcptResult::failed(
+        EnhancedStatus::BAD_MAILBOX_SYNTAX,
+        "the recipient address cannot be written in SMTP",
+    );
+    (ok, bad.into_iter().map(|i| (i, failed.clone())).collect())
+}
+
 /// MAIL FROM with the parameters the host offers and the message carries.
-fn mail_command(env: &Envelope, session: &Session, demand: TlsDemand) -> String {
+fn mail_command(env: &Envelope, sender: &str, session: &Session, demand: TlsDemand) -> String {
     let caps = &session.caps;
-    let mut mail = format!("MAIL FROM:<{}>", env.sender);
+    let mut mail = format!("MAIL FROM:<{sender}>");
     if caps.size.is_some() {
         mail.push_str(&format!(" SIZE={}", env.size));
     }
@@ -102,7 +139,8 @@ fn rcpt_commands(env: &Envelope, idxs: &[usize], dsn: bool) -> Vec<String> {
     idxs.iter()
         .map(|&i| {
             let r = &env.recipients[i];
-            let mut c = format!("RCPT TO:<{}>", r.address);
+            let path = smtp_path(&r.address).unwrap_or_default();
+            let mut c = format!("RCPT TO:<{path}>");
             if dsn {
                 if !r.notify.is_empty() {
                     c.push_str(&format!(" NOTIFY={}", r.notify.to_string().to_uppercase()));
@@ -239,6 +277,25 @@ mod tests {
             waiver: None,
             policy: PolicyType::NoPolicyFound,
             tls13_only: false,
+        }
+    }
+
+    #[test]
+    fn paths_are_quoted_or_refused() {
+        let cases = [
+            ("", Some("")),
+            ("a@b.test", Some("a@b.test")),
+            (
+                "x> ORCPT=rfc822;y@a.test",
+                Some("\"x> ORCPT=rfc822;y\"@a.test"),
+            ),
+            ("a\"b@c.test", Some("\"a\\\"b\"@c.test")),
+            ("a\0b@c.test", None),
+            ("a\r\nRSET@c.test", None),
+            ("nodomain", None),
+        ];
+        for (stored, want) in cases {
+            assert_eq!(smtp_path(stored).as_deref(), want, "{stored:?}");
         }
     }
 

@@ -22,7 +22,9 @@ use tokio::sync::watch;
 use super::auth::{decode_line, decode_plain};
 use super::conn::Conn;
 use super::Shared;
+use crate::model::address::{self, AddressError, Mailbox};
 use crate::model::notify::Notify;
+use crate::protocol::data::{normalize_line_ends, DataReceiver};
 use crate::spool::{self, BodyType, ClientInfo, DsnRet, Envelope, RcptState, Recipient};
 
 /// Hops after which a message is taken to be looping (RFC 5321 §6.3).
@@ -235,15 +237,16 @@ impl Session {
         tracing::debug!(client = %self.peer, "session end");
     }
 
-    async fn command(&mut self, mut line: Vec<u8>) -> Result<(), Stop> {
+    async fn command(&mut self, raw: Vec<u8>) -> Result<(), Stop> {
+        let mut line = raw.clone();
         line.extend_from_slice(b"\r\n");
         let parsed = Request::parse(&mut line.iter()).map(Request::into_owned);
         match parsed {
             Ok(Request::Ehlo { host }) => self.ehlo(host, true),
             Ok(Request::Helo { host }) => self.ehlo(host, false),
             Ok(Request::Lhlo { .. }) => self.error(500, "5.5.1", "LHLO is for LMTP; use EHLO"),
-            Ok(Request::Mail { from }) => self.mail(from),
-            Ok(Request::Rcpt { to }) => self.rcpt(to),
+            Ok(Request::Mail { from }) => self.mail(checked_path(&raw, &from.address), from),
+            Ok(Request::Rcpt { to }) => self.rcpt(checked_path(&raw, &to.address), to),
             Ok(Request::Data) => return self.data().await,
             Ok(Request::Bdat { chunk_size, is_last }) => return self.bdat(chunk_size, is_last).await,
             Ok(Request::Rset) => {
@@ -265,6 +268,10 @@ impl Session {
             Ok(Request::Quit) => {
                 self.reply(221, "2.0.0", "Bye");
                 return Err(Stop::Quit);
+            }
+            // RFC 3207 §4: STARTTLS takes no parameters.
+            Ok(Request::StartTls) if raw.get(8..).is_some_and(|p| !p.trim_ascii().is_empty()) => {
+                self.error(501, "5.5.4", "Syntax: STARTTLS takes no parameters")
             }
             Ok(Request::StartTls) => return self.starttls().await,
             Ok(Request::Auth { mechanism, initial_response }) => {
@@ -303,6 +310,15 @@ impl Session {
     }
 
     fn ehlo(&mut self, host: String, esmtp: bool) {
+        // A domain or address literal never holds controls; echoing them would
+        // put a client's NUL or escape sequence into our reply and trace header.
+        if host.chars().any(char::is_control) {
+            return self.error(
+                501,
+                "5.5.2",
+                "Invalid domain name: control characters are not allowed",
+            );
+        }
         self.tx = None;
         self.helo = Some(host.clone());
         self.esmtp = esmtp;
@@ -339,6 +355,25 @@ impl Session {
         }
     }
 
+    /// The reply to a MAIL or RCPT path that was not taken; `esc` is 5.1.7 for
+    /// the sender, 5.1.3 for a recipient.
+    fn bad_path(&mut self, e: AddressError, esc: &str, whose: &str) {
+        match e {
+            AddressError::Unrepresentable => self.error(
+                553,
+                esc,
+                &format!(
+                    "The {whose} address contains a control character, which SMTP cannot carry"
+                ),
+            ),
+            AddressError::Syntax => self.error(
+                501,
+                esc,
+                &format!("Bad {whose} address syntax; a full address (user@domain) is needed"),
+            ),
+        }
+    }
+
     fn may_relay(&self) -> bool {
         self.auth_user.is_some()
             || self
@@ -348,13 +383,17 @@ impl Session {
                 .any(|n| n.contains(self.peer.ip()))
     }
 
-    fn mail(&mut self, from: MailFrom<String>) {
+    fn mail(&mut self, path: Result<Option<Mailbox>, AddressError>, from: MailFrom<String>) {
         if self.helo.is_none() {
             return self.error(503, "5.5.1", "Send EHLO first");
         }
         if self.tx.is_some() {
             return self.error(503, "5.5.1", "Nested MAIL command; send RSET first");
         }
+        let sender = match path {
+            Ok(sender) => sender.map(|m| m.to_string()).unwrap_or_default(),
+            Err(e) => return self.bad_path(e, "5.1.7", "sender"),
+        };
         let tls = matches!(self.conn, Conn::Tls(_));
         let smtputf8 = from.flags & MAIL_SMTPUTF8 != 0;
         if from.flags & MAIL_BODY_BINARYMIME != 0 {
@@ -388,15 +427,8 @@ impl Session {
                 ),
             );
         }
-        let ret = if from.flags & MAIL_RET_FULL != 0 {
-            Some(DsnRet::Full)
-        } else if from.flags & MAIL_RET_HDRS != 0 {
-            Some(DsnRet::Hdrs)
-        } else {
-            None
-        };
         self.tx = Some(Transaction {
-            sender: from.address,
+            sender,
             body: if from.flags & MAIL_BODY_8BITMIME != 0 {
                 BodyType::EightBitMime
             } else {
@@ -404,7 +436,7 @@ impl Session {
             },
             smtputf8,
             requiretls: from.flags & MAIL_REQUIRETLS != 0,
-            ret,
+            ret: dsn_ret(from.flags),
             envid: from.env_id,
             recipients: vec![],
             bdat: vec![],
@@ -413,7 +445,7 @@ impl Session {
         self.reply(250, "2.1.0", "Sender ok");
     }
 
-    fn rcpt(&mut self, to: RcptTo<String>) {
+    fn rcpt(&mut self, path: Result<Option<Mailbox>, AddressError>, to: RcptTo<String>) {
         let max = self.cfg().max_recipients;
         let may_relay = self.may_relay();
         let peer = self.peer.ip();
@@ -438,16 +470,11 @@ impl Session {
                 "Non-ASCII recipient address needs SMTPUTF8 on MAIL",
             );
         }
-        match to.address.rsplit_once('@') {
-            Some((local, domain)) if !local.is_empty() && !domain.is_empty() => {}
-            _ => {
-                return self.error(
-                    501,
-                    "5.1.3",
-                    "Recipient must be a full address (user@domain); tlsrelay only relays",
-                )
-            }
-        }
+        let address = match path {
+            Ok(Some(mailbox)) => mailbox.to_string(),
+            Ok(None) => return self.bad_path(AddressError::Syntax, "5.1.3", "recipient"),
+            Err(e) => return self.bad_path(e, "5.1.3", "recipient"),
+        };
         let Some(tx) = self.tx.as_mut() else { return };
         if tx.recipients.len() >= max {
             // 452 lets the client send the rest in another transaction (RFC 5321 §4.5.3.1.10).
@@ -469,7 +496,7 @@ impl Session {
             }
         }
         tx.recipients.push(Recipient {
-            address: to.address,
+            address,
             notify,
             orcpt: to.orcpt,
             state: RcptState::Queued,
@@ -498,19 +525,17 @@ impl Session {
         self.reply(354, "", "End data with <CR><LF>.<CR><LF>");
         let max = self.cfg().max_message_size as usize;
         let timeout = self.cfg().data_timeout.get();
-        let mut receiver = smtp_proto::request::receiver::DataReceiver::new();
+        let mut receiver = DataReceiver::new();
         let mut body = Vec::new();
         let mut oversize = false;
         loop {
-            let mut iter = self.rbuf.iter();
-            let done = receiver.ingest(&mut iter, &mut body);
-            let consumed = self.rbuf.len() - iter.as_slice().len();
-            self.rbuf.drain(..consumed);
+            let used = receiver.ingest(&self.rbuf, &mut body);
+            self.rbuf.drain(..used.unwrap_or(self.rbuf.len()));
             if body.len() > max {
                 oversize = true;
                 body.clear();
             }
-            if done {
+            if used.is_some() {
                 break;
             }
             self.fill(timeout, false).await?;
@@ -579,7 +604,8 @@ impl Session {
             Some(tx) => {
                 tx.bdat.extend_from_slice(&chunk);
                 if last {
-                    let body = std::mem::take(&mut tx.bdat);
+                    // Once over all chunks: a CR LF pair may straddle two of them.
+                    let body = normalize_line_ends(&std::mem::take(&mut tx.bdat));
                     return self.finish(body).await;
                 }
                 self.reply(250, "2.0.0", &format!("{size} octets received"));
@@ -816,6 +842,32 @@ impl Session {
                 Ok(None)
             }
         }
+    }
+}
+
+/// The RET parameter of MAIL (RFC 3461 §4.3).
+fn dsn_ret(flags: u64) -> Option<DsnRet> {
+    if flags & MAIL_RET_FULL != 0 {
+        Some(DsnRet::Full)
+    } else if flags & MAIL_RET_HDRS != 0 {
+        Some(DsnRet::Hdrs)
+    } else {
+        None
+    }
+}
+
+/// The mailbox of a MAIL or RCPT line, parsed from the raw line: smtp-proto
+/// drops the quoting, so its address alone cannot say where a quoted local
+/// part ends. Its address must agree with ours, or the command is refused.
+fn checked_path(raw: &[u8], proto_address: &str) -> Result<Option<Mailbox>, AddressError> {
+    let text = std::str::from_utf8(raw).map_err(|_| AddressError::Syntax)?;
+    let (_, after) = text.split_once(':').ok_or(AddressError::Syntax)?;
+    let (mailbox, _) = address::parse_path(after.trim_start_matches(' '))?;
+    let ours = mailbox.as_ref().map(Mailbox::to_string).unwrap_or_default();
+    if ours == proto_address {
+        Ok(mailbox)
+    } else {
+        Err(AddressError::Syntax)
     }
 }
 

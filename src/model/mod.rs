@@ -1,5 +1,6 @@
 //! Pure types shared by every layer: no I/O, no async, no TLS configuration.
 
+pub mod address;
 pub mod dns;
 pub mod domain;
 pub mod mechanism;

@@ -20,6 +20,10 @@ impl EnhancedStatus {
     pub const PERMANENT: EnhancedStatus = EnhancedStatus::new(5, 0, 0);
     /// `5.1.2`: the destination domain does not exist.
     pub const BAD_DESTINATION_SYSTEM: EnhancedStatus = EnhancedStatus::new(5, 1, 2);
+    /// `5.1.3`: the destination mailbox address cannot be written in SMTP.
+    pub const BAD_MAILBOX_SYNTAX: EnhancedStatus = EnhancedStatus::new(5, 1, 3);
+    /// `5.1.7`: the sender's mailbox address cannot be written in SMTP.
+    pub const BAD_SENDER_SYNTAX: EnhancedStatus = EnhancedStatus::new(5, 1, 7);
     /// `5.1.10`: the destination publishes a null MX (RFC 7505).
     pub const NULL_MX: EnhancedStatus = EnhancedStatus::new(5, 1, 10);
     /// `5.3.4`: the message is too big for the receiving system.

@@ -601,7 +601,18 @@ fn parse_path(rest: &str, prefix: &str) -> Option<(String, Vec<String>)> {
     }
     let rest = rest[prefix.len()..].trim_start();
     let rest = rest.strip_prefix('<')?;
-    let close = rest.find('>')?;
+    // The path ends at the first `>` outside a quoted local part, as in RFC 5321.
+    let (mut quoted, mut escaped) = (false, false);
+    let close = rest.char_indices().find_map(|(i, c)| {
+        match c {
+            _ if escaped => escaped = false,
+            '\\' if quoted => escaped = true,
+            '"' => quoted = !quoted,
+            '>' if !quoted => return Some(i),
+            _ => {}
+        }
+        None
+    })?;
     let path = rest[..close].to_string();
     let params = rest[close + 1..]
         .split_ascii_whitespace()
