@@ -152,14 +152,32 @@ pub struct ServerConfig {
     pub command_timeout: HumanDuration,
     /// How long to wait for the next piece of a message during DATA or BDAT.
     pub data_timeout: HumanDuration,
+    /// Total time allowed to receive one command line, however the bytes trickle in.
+    pub command_deadline: HumanDuration,
+    /// Total time allowed to receive one message (DATA, or all BDAT chunks of a transaction).
+    pub data_deadline: HumanDuration,
     /// Most simultaneous sessions.
     pub max_sessions: usize,
+    /// Sessions beyond `max_sessions` that only clients in `relay_networks` may use.
+    pub reserved_sessions: usize,
     /// Most simultaneous sessions from one client address.
     pub max_sessions_per_client: usize,
     /// Errors a client may make before the session is closed.
     pub max_errors: u32,
     /// How long sessions in flight may take to finish after SIGTERM.
     pub shutdown_grace: HumanDuration,
+    /// Password checks run at once; unset means the number of CPU cores.
+    pub auth_parallel_checks: Option<usize>,
+    /// Password checks that may wait for a free slot; beyond, AUTH gets 454 4.7.0.
+    pub auth_queue_limit: usize,
+    /// Delay before a failed AUTH is answered, times the recent failures of the address or user.
+    pub auth_failure_delay: HumanDuration,
+    /// Failed AUTHs from one client address before that address is locked out.
+    pub auth_max_failures_per_client: u32,
+    /// Failed AUTHs for one user before that user is locked out.
+    pub auth_max_failures_per_user: u32,
+    /// How long a lockout lasts, and how long a failure is remembered.
+    pub auth_lockout: HumanDuration,
 }
 
 impl Default for ServerConfig {
@@ -179,15 +197,36 @@ impl Default for ServerConfig {
             max_line_length: 4096,
             command_timeout: HumanDuration(Duration::from_secs(300)),
             data_timeout: HumanDuration(Duration::from_secs(180)),
+            command_deadline: HumanDuration(Duration::from_secs(300)),
+            data_deadline: HumanDuration(Duration::from_secs(600)),
             max_sessions: 500,
+            reserved_sessions: 50,
             max_sessions_per_client: 100,
             max_errors: 20,
             shutdown_grace: HumanDuration(Duration::from_secs(30)),
+            auth_parallel_checks: None,
+            auth_queue_limit: 32,
+            auth_failure_delay: HumanDuration(Duration::from_secs(1)),
+            auth_max_failures_per_client: 5,
+            auth_max_failures_per_user: 20,
+            auth_lockout: HumanDuration(Duration::from_secs(900)),
         }
     }
 }
 
 impl ServerConfig {
+    /// Whether `ip` is in `relay_networks` (may relay without AUTH, may use reserved sessions).
+    pub fn is_relay_client(&self, ip: IpAddr) -> bool {
+        self.relay_networks.iter().any(|n| n.contains(ip))
+    }
+
+    /// Password checks run at once: `auth_parallel_checks`, or the number of CPU cores.
+    pub fn auth_parallel_checks(&self) -> usize {
+        self.auth_parallel_checks.unwrap_or_else(|| {
+            std::thread::available_parallelism().map_or(1, std::num::NonZeroUsize::get)
+        })
+    }
+
     /// The `[server]` rules: TLS and AUTH go together, limits are usable.
     fn check(&self) -> Result<(), Violation> {
         if self.listen.is_empty() {
@@ -230,9 +269,32 @@ impl ServerConfig {
             ("max_recipients", self.max_recipients),
             ("max_sessions", self.max_sessions),
             ("max_sessions_per_client", self.max_sessions_per_client),
+            (
+                "auth_parallel_checks",
+                self.auth_parallel_checks.unwrap_or(1),
+            ),
+            (
+                "auth_max_failures_per_client",
+                self.auth_max_failures_per_client as usize,
+            ),
+            (
+                "auth_max_failures_per_user",
+                self.auth_max_failures_per_user as usize,
+            ),
         ] {
             if v == 0 {
                 return Err(violation(key, format!("server.{key} must be at least 1")));
+            }
+        }
+        for (key, d) in [
+            ("command_deadline", self.command_deadline),
+            ("data_deadline", self.data_deadline),
+        ] {
+            if d.get().is_zero() {
+                return Err(violation(
+                    key,
+                    format!("server.{key} must be longer than 0s, e.g. \"5m\""),
+                ));
             }
         }
         if self.max_message_size == 0 {

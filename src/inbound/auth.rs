@@ -6,9 +6,17 @@
 use std::collections::HashMap;
 use std::path::Path;
 
-use argon2::password_hash::{PasswordHash, PasswordVerifier};
-use argon2::Argon2;
+use argon2::password_hash::{Output, PasswordHash};
+use argon2::{Algorithm, Argon2, Block, Params, Version};
 use base64::Engine;
+
+/// The largest argon2 memory cost (KiB) a users file may name: one check needs
+/// this much memory, and several run at once.
+pub const MAX_MEMORY_KIB: u32 = 256 * 1024;
+
+/// Stands in for unknown users, so their timing and memory are like those of
+/// known ones (argon2id, m=19456, t=2, p=1).
+const DUMMY: &str = "$argon2id$v=19$m=19456,t=2,p=1$c29tZXNhbHRzb21lc2FsdA$3nT8bEJtNgFdm1Cq9hkCAkMOdIBYr9eMRQ2AS5lBQ8o";
 
 /// A users file that cannot be used: the file, the line and what is wrong.
 #[derive(Debug, thiserror::Error)]
@@ -64,11 +72,24 @@ impl Users {
             let Some((name, hash)) = line.split_once(':') else {
                 return Err((i + 1, "expected `name:$argon2id$...`".into()));
             };
-            if PasswordHash::new(hash).is_err() || !hash.starts_with("$argon2") {
+            let params = PasswordHash::new(hash)
+                .ok()
+                .filter(|_| hash.starts_with("$argon2"))
+                .and_then(|h| Params::try_from(&h).ok());
+            let Some(params) = params else {
                 return Err((
                     i + 1,
                     format!(
                         "the hash for `{name}` is not an argon2 PHC string (`$argon2id$v=19$...`)"
+                    ),
+                ));
+            };
+            if params.m_cost() > MAX_MEMORY_KIB {
+                return Err((
+                    i + 1,
+                    format!(
+                        "the hash for `{name}` needs m={} KiB per check; the limit is m={MAX_MEMORY_KIB} (m=19456 is recommended)",
+                        params.m_cost()
                     ),
                 ));
             }
@@ -79,20 +100,52 @@ impl Users {
         Ok(Users { hashes })
     }
 
+    /// Whether `user` is listed in the file.
+    pub fn contains(&self, user: &str) -> bool {
+        self.hashes.contains_key(user)
+    }
+
     /// Whether `password` is right for `user`. Unknown users cost the same work as known ones.
     pub fn verify(&self, user: &str, password: &str) -> bool {
-        // A fixed hash keeps the timing of unknown users like that of known ones.
-        const DUMMY: &str = "$argon2id$v=19$m=19456,t=2,p=1$c29tZXNhbHRzb21lc2FsdA$3nT8bEJtNgFdm1Cq9hkCAkMOdIBYr9eMRQ2AS5lBQ8o";
+        self.verify_with(user, password, &mut Vec::new())
+    }
+
+    /// Like `verify`, with argon2's working memory in `memory` (grown as needed), so
+    /// a caller can reuse a few buffers instead of allocating one per check.
+    pub fn verify_with(&self, user: &str, password: &str, memory: &mut Vec<Block>) -> bool {
         let stored = self.hashes.get(user).map(String::as_str).unwrap_or(DUMMY);
-        let ok = PasswordHash::new(stored)
-            .map(|h| {
-                Argon2::default()
-                    .verify_password(password.as_bytes(), &h)
-                    .is_ok()
-            })
-            .unwrap_or(false);
+        let ok =
+            PasswordHash::new(stored).is_ok_and(|h| matches_hash(&h, password.as_bytes(), memory));
         ok && self.hashes.contains_key(user)
     }
+}
+
+/// Recomputes `hash` for `password` in `memory`; compares in constant time.
+fn matches_hash(hash: &PasswordHash<'_>, password: &[u8], memory: &mut Vec<Block>) -> bool {
+    let (Some(expected), Some(salt)) = (hash.hash, hash.salt) else {
+        return false;
+    };
+    let (Ok(algorithm), Ok(params)) = (Algorithm::try_from(hash.algorithm), Params::try_from(hash))
+    else {
+        return false;
+    };
+    let version = match hash.version.map(Version::try_from) {
+        None => Version::default(),
+        Some(Ok(v)) => v,
+        Some(Err(_)) => return false,
+    };
+    let mut salt_buf = [0u8; 64];
+    let Ok(salt) = salt.decode_b64(&mut salt_buf) else {
+        return false;
+    };
+    if memory.len() < params.block_count() {
+        memory.resize(params.block_count(), Block::default());
+    }
+    let mut out = vec![0u8; expected.len()];
+    Argon2::new(algorithm, version, params)
+        .hash_password_into_with_memory(password, salt, &mut out, &mut memory[..])
+        .is_ok()
+        && Output::new(&out).is_ok_and(|o| o == expected)
 }
 
 /// Decodes an AUTH PLAIN response (`authzid NUL authcid NUL password`, base64).
@@ -146,6 +199,20 @@ mod tests {
         assert_eq!(Users::parse("\nalice:plaintext\n").unwrap_err().0, 2);
         let dup = format!("a:{0}\na:{0}\n", hash("x"));
         assert!(Users::parse(&dup).unwrap_err().1.contains("twice"));
+        let greedy = "a:$argon2id$v=19$m=1048576,t=2,p=1$c29tZXNhbHRzb21lc2FsdA$3nT8bEJtNgFdm1Cq9hkCAkMOdIBYr9eMRQ2AS5lBQ8o\n";
+        assert!(Users::parse(greedy).unwrap_err().1.contains("m=1048576"));
+    }
+
+    #[test]
+    fn reused_memory_gives_the_same_answers() {
+        let users = Users::parse(&format!("alice:{}\n", hash("s3cret"))).unwrap();
+        let mut memory = Vec::new();
+        for _ in 0..2 {
+            assert!(users.verify_with("alice", "s3cret", &mut memory));
+            assert!(!users.verify_with("alice", "s3creT", &mut memory));
+            assert!(!users.verify_with("bob", "s3cret", &mut memory));
+        }
+        assert_eq!(memory.len(), 19456);
     }
 
     #[test]

@@ -6,6 +6,7 @@
 mod auth;
 mod conn;
 mod session;
+mod throttle;
 
 pub use auth::Users;
 
@@ -15,7 +16,7 @@ use std::sync::{Arc, Mutex};
 
 use tokio::io::AsyncWriteExt;
 use tokio::net::{TcpListener, TcpStream};
-use tokio::sync::{mpsc, watch, Semaphore};
+use tokio::sync::{mpsc, watch, OwnedSemaphorePermit, Semaphore};
 use tokio::task::JoinSet;
 use tokio_rustls::TlsAcceptor;
 
@@ -27,10 +28,14 @@ pub(crate) struct Shared {
     pub config: Arc<Config>,
     pub spool: Spool,
     pub tls: Option<TlsAcceptor>,
-    pub users: Option<Users>,
+    pub users: Option<Arc<Users>>,
+    /// The password-check pool and AUTH failure throttling.
+    pub auth_gate: throttle::AuthGate,
     /// Told about each message as soon as it is durable, so delivery can start.
     pub queued: Option<mpsc::UnboundedSender<Envelope>>,
     sessions: Arc<Semaphore>,
+    /// `server.reserved_sessions`: used only by `relay_networks` clients once `sessions` is full.
+    reserved: Arc<Semaphore>,
     per_client: Mutex<HashMap<IpAddr, usize>>,
 }
 
@@ -66,7 +71,9 @@ impl Inbound {
             _ => None,
         };
         let users = match &config.server.auth_users_file {
-            Some(path) => Some(Users::load(path).map_err(|e| StartError(e.to_string()))?),
+            Some(path) => Some(Arc::new(
+                Users::load(path).map_err(|e| StartError(e.to_string()))?,
+            )),
             None => None,
         };
         let mut listeners = Vec::new();
@@ -77,15 +84,18 @@ impl Inbound {
             listeners.push(l);
         }
         let sessions = Arc::new(Semaphore::new(config.server.max_sessions));
+        let reserved = Arc::new(Semaphore::new(config.server.reserved_sessions));
         Ok(Inbound {
             listeners,
             shared: Arc::new(Shared {
+                auth_gate: throttle::AuthGate::new(&config.server),
                 config,
                 spool,
                 tls,
                 users,
                 queued,
                 sessions,
+                reserved,
                 per_client: Mutex::new(HashMap::new()),
             }),
         })
@@ -163,14 +173,14 @@ async fn admit(
     shutdown: watch::Receiver<bool>,
 ) {
     let _ = stream.set_nodelay(true);
-    let Ok(_permit) = shared.sessions.clone().try_acquire_owned() else {
+    let ip = peer.ip();
+    let Some(_permit) = session_permit(&shared, ip) else {
         tracing::warn!(client = %peer, "session refused: server.max_sessions reached");
         let _ = stream
             .write_all(b"421 4.3.2 Too many connections; try again later\r\n")
             .await;
         return;
     };
-    let ip = peer.ip();
     let admitted = {
         let mut map = shared.per_client.lock().unwrap();
         let n = map.entry(ip).or_insert(0);
@@ -194,6 +204,25 @@ async fn admit(
     session::Session::new(shared.clone(), stream, peer, shutdown)
         .run()
         .await;
+}
+
+/// A session slot: an ordinary one, or else, for a `relay_networks` client, a
+/// reserved one, so strangers holding every ordinary slot cannot lock out the
+/// organization's own MTAs.
+fn session_permit(shared: &Shared, ip: IpAddr) -> Option<OwnedSemaphorePermit> {
+    shared
+        .sessions
+        .clone()
+        .try_acquire_owned()
+        .ok()
+        .or_else(|| {
+            shared
+                .config
+                .server
+                .is_relay_client(ip)
+                .then(|| shared.reserved.clone().try_acquire_owned().ok())
+                .flatten()
+        })
 }
 
 /// Frees a per-client session slot when the session ends.

@@ -18,9 +18,11 @@ use smtp_proto::{
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::TcpStream;
 use tokio::sync::watch;
+use tokio::time::Instant;
 
 use super::auth::{decode_line, decode_plain};
 use super::conn::Conn;
+use super::throttle::Verdict;
 use super::Shared;
 use crate::model::address::{self, AddressError, Mailbox};
 use crate::model::notify::Notify;
@@ -59,6 +61,8 @@ struct Transaction {
     bdat: Vec<u8>,
     /// Set when a BDAT chunk broke a limit: the rest of the chunks are refused.
     bdat_failed: bool,
+    /// When all BDAT chunks must have arrived (`server.data_deadline` after the first).
+    data_deadline: Option<Instant>,
 }
 
 /// One client session.
@@ -135,13 +139,17 @@ impl Session {
         }
     }
 
-    /// Reads more bytes into `rbuf`, flushing pending replies first.
+    /// Reads more bytes into `rbuf`, flushing pending replies first. Each read
+    /// waits at most `timeout`, and never past `deadline`: without the deadline a
+    /// client sending a byte now and then would hold its session for ever.
     /// With `idle`, a shutdown signal ends the wait with 421.
-    async fn fill(&mut self, timeout: Duration, idle: bool) -> Result<(), Stop> {
+    async fn fill(&mut self, timeout: Duration, deadline: Instant, idle: bool) -> Result<(), Stop> {
         self.flush().await?;
         let mut chunk = [0u8; 16 * 1024];
         let mut shutdown = self.shutdown.clone();
-        let read = async { tokio::time::timeout(timeout, self.conn.read(&mut chunk)).await };
+        let by_deadline = deadline <= Instant::now() + timeout;
+        let until = deadline.min(Instant::now() + timeout);
+        let read = async { tokio::time::timeout_at(until, self.conn.read(&mut chunk)).await };
         let outcome = tokio::select! {
             r = read => Some(r),
             _ = shutdown.wait_for(|v| *v), if idle => None,
@@ -153,14 +161,7 @@ impl Session {
                 Err(Stop::Quit)
             }
             Some(Err(_)) => {
-                let what = if idle { "command" } else { "message data" };
-                tracing::info!(client = %self.peer, "timeout waiting for {what}");
-                self.reply(
-                    421,
-                    "4.4.2",
-                    &format!("Timeout waiting for {what}; closing connection"),
-                );
-                let _ = self.flush().await;
+                self.timed_out(idle, by_deadline).await;
                 Err(Stop::Quit)
             }
             Some(Ok(Ok(0))) | Some(Ok(Err(_))) => Err(Stop::Closed),
@@ -171,10 +172,29 @@ impl Session {
         }
     }
 
+    /// Says 421 4.4.2 for an idle timeout or a passed deadline.
+    async fn timed_out(&mut self, idle: bool, by_deadline: bool) {
+        let what = if idle { "command" } else { "message data" };
+        let text = if by_deadline {
+            let limit = if idle {
+                self.cfg().command_deadline
+            } else {
+                self.cfg().data_deadline
+            };
+            format!("The {what} was not complete within {limit}; closing connection")
+        } else {
+            format!("Timeout waiting for {what}; closing connection")
+        };
+        tracing::info!(client = %self.peer, by_deadline, "timeout waiting for {what}");
+        self.reply(421, "4.4.2", &text);
+        let _ = self.flush().await;
+    }
+
     /// Reads one command line, enforcing `server.max_line_length`.
     async fn read_line(&mut self) -> Result<Input, Stop> {
         let max = self.cfg().max_line_length;
         let timeout = self.cfg().command_timeout.get();
+        let deadline = Instant::now() + self.cfg().command_deadline.get();
         let mut skipping = false;
         loop {
             if let Some(pos) = memchr(&self.rbuf, b'\n') {
@@ -190,7 +210,8 @@ impl Session {
                 skipping = true;
                 self.rbuf.clear();
             }
-            self.fill(timeout, self.tx.is_none() && !skipping).await?;
+            self.fill(timeout, deadline, self.tx.is_none() && !skipping)
+                .await?;
         }
     }
 
@@ -441,6 +462,7 @@ impl Session {
             recipients: vec![],
             bdat: vec![],
             bdat_failed: false,
+            data_deadline: None,
         });
         self.reply(250, "2.1.0", "Sender ok");
     }
@@ -525,6 +547,7 @@ impl Session {
         self.reply(354, "", "End data with <CR><LF>.<CR><LF>");
         let max = self.cfg().max_message_size as usize;
         let timeout = self.cfg().data_timeout.get();
+        let deadline = Instant::now() + self.cfg().data_deadline.get();
         let mut receiver = DataReceiver::new();
         let mut body = Vec::new();
         let mut oversize = false;
@@ -538,7 +561,7 @@ impl Session {
             if used.is_some() {
                 break;
             }
-            self.fill(timeout, false).await?;
+            self.fill(timeout, deadline, false).await?;
         }
         if oversize {
             self.tx = None;
@@ -554,6 +577,12 @@ impl Session {
 
     async fn bdat(&mut self, size: usize, last: bool) -> Result<(), Stop> {
         let timeout = self.cfg().data_timeout.get();
+        // One deadline for all chunks of a transaction, set by its first BDAT.
+        let fresh = Instant::now() + self.cfg().data_deadline.get();
+        let deadline = match self.tx.as_mut() {
+            Some(tx) => *tx.data_deadline.get_or_insert(fresh),
+            None => fresh,
+        };
         let max = self.cfg().max_message_size as usize;
         // The chunk is read whatever the state, so the command stream stays in step.
         let keep = self
@@ -578,7 +607,7 @@ impl Session {
             if left == 0 {
                 break;
             }
-            self.fill(timeout, false).await?;
+            self.fill(timeout, deadline, false).await?;
         }
         match &mut self.tx {
             None => self.error(503, "5.5.1", "Send MAIL first"),
@@ -698,6 +727,7 @@ impl Session {
             size = env.size,
             tls = %env.client.tls.as_deref().unwrap_or("no"),
             requiretls = env.requiretls,
+            user = %env.client.auth_user.as_deref().unwrap_or("-"),
             "accepted"
         );
         metrics::counter!(crate::reporting::metrics::ACCEPTED).increment(1);
@@ -775,56 +805,107 @@ impl Session {
             );
             return Ok(());
         }
-        let creds = if mechanism == smtp_proto::AUTH_PLAIN {
-            let response = if initial.is_empty() {
-                match self.challenge("").await? {
-                    Some(r) => r,
-                    None => return Ok(()),
-                }
-            } else {
-                initial
-            };
-            decode_plain(&response)
-        } else if mechanism == smtp_proto::AUTH_LOGIN {
-            let user = if initial.is_empty() {
-                match self.challenge("VXNlcm5hbWU6").await? {
-                    Some(r) => decode_line(&r),
-                    None => return Ok(()),
-                }
-            } else {
-                decode_line(&initial)
-            };
-            match self.challenge("UGFzc3dvcmQ6").await? {
-                Some(r) => user.zip(decode_line(&r)),
-                None => return Ok(()),
-            }
-        } else {
-            self.error(
-                504,
-                "5.5.4",
-                "Unrecognized authentication type; use PLAIN or LOGIN",
-            );
+        if self.shared.auth_gate.client_locked(self.peer.ip()) {
+            return Err(self.client_locked());
+        }
+        let Some(creds) = self.credentials(mechanism, initial).await? else {
             return Ok(());
         };
         let Some((user, pass)) = creds else {
             self.error(501, "5.5.2", "Cannot decode the AUTH response");
             return Ok(());
         };
-        let ok = {
-            let u = user.clone();
-            tokio::task::spawn_blocking(move || users.verify(&u, &pass))
-                .await
-                .unwrap_or(false)
-        };
-        if ok {
-            tracing::info!(client = %self.peer, user = %user, "authenticated");
-            self.auth_user = Some(user);
-            self.reply(235, "2.7.0", "Authentication successful");
+        let verdict = self
+            .shared
+            .auth_gate
+            .check(self.peer.ip(), &users, &user, pass)
+            .await;
+        self.auth_verdict(verdict, user)
+    }
+
+    /// Reads the user and password of PLAIN or LOGIN. `None` when the exchange
+    /// ended with its own reply (cancelled, unknown mechanism); `Some(None)` when
+    /// the response cannot be decoded.
+    async fn credentials(
+        &mut self,
+        mechanism: u64,
+        initial: String,
+    ) -> Result<Option<Option<(String, String)>>, Stop> {
+        if mechanism == smtp_proto::AUTH_PLAIN {
+            let response = if initial.is_empty() {
+                match self.challenge("").await? {
+                    Some(r) => r,
+                    None => return Ok(None),
+                }
+            } else {
+                initial
+            };
+            Ok(Some(decode_plain(&response)))
+        } else if mechanism == smtp_proto::AUTH_LOGIN {
+            let user = if initial.is_empty() {
+                match self.challenge("VXNlcm5hbWU6").await? {
+                    Some(r) => decode_line(&r),
+                    None => return Ok(None),
+                }
+            } else {
+                decode_line(&initial)
+            };
+            Ok(self
+                .challenge("UGFzc3dvcmQ6")
+                .await?
+                .map(|r| user.zip(decode_line(&r))))
         } else {
-            tracing::warn!(client = %self.peer, user = %user, "authentication failed");
-            self.error(535, "5.7.8", "Authentication credentials invalid");
+            self.error(
+                504,
+                "5.5.4",
+                "Unrecognized authentication type; use PLAIN or LOGIN",
+            );
+            Ok(None)
+        }
+    }
+
+    /// Answers an AUTH attempt after the password check (or its refusal).
+    fn auth_verdict(&mut self, verdict: Verdict, user: String) -> Result<(), Stop> {
+        match verdict {
+            Verdict::Ok => {
+                tracing::info!(client = %self.peer, user = %user, "authenticated");
+                self.auth_user = Some(user);
+                self.reply(235, "2.7.0", "Authentication successful");
+            }
+            Verdict::Failed => {
+                tracing::warn!(client = %self.peer, user = %user, "authentication failed");
+                self.error(535, "5.7.8", "Authentication credentials invalid");
+            }
+            Verdict::ClientLocked => return Err(self.client_locked()),
+            Verdict::UserLocked => {
+                tracing::warn!(client = %self.peer, user = %user, "AUTH refused: user locked out");
+                self.error(
+                    454,
+                    "4.7.0",
+                    "Too many failed authentications for this user; try again later",
+                );
+            }
+            Verdict::Busy => {
+                tracing::warn!(client = %self.peer, "AUTH refused: server.auth_queue_limit reached");
+                self.reply(
+                    454,
+                    "4.7.0",
+                    "Too many authentications in progress; try again later",
+                );
+            }
         }
         Ok(())
+    }
+
+    /// The client's address is locked out of AUTH: 421, and the session ends.
+    fn client_locked(&mut self) -> Stop {
+        tracing::warn!(client = %self.peer, "AUTH refused: address locked out");
+        self.reply(
+            421,
+            "4.7.0",
+            "Too many failed authentications from your address; try again later",
+        );
+        Stop::Quit
     }
 
     /// Sends a 334 challenge and reads the answer; `None` when the client cancelled.

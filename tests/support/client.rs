@@ -42,6 +42,24 @@ impl Client {
         (c, greeting)
     }
 
+    /// A client on an already connected stream (nothing read yet).
+    pub fn from_stream(tcp: TcpStream) -> Client {
+        Client {
+            io: BufReader::new(Box::new(tcp)),
+        }
+    }
+
+    /// Connects from the local address `source` (e.g. another 127.0.0.x, to be
+    /// a different client to the server) and returns the client and the greeting.
+    pub async fn connect_from(addr: SocketAddr, source: std::net::IpAddr) -> (Client, Reply) {
+        let tcp = connect_tcp_from(addr, source).await;
+        let mut c = Client {
+            io: BufReader::new(Box::new(tcp)),
+        };
+        let greeting = c.read().await;
+        (c, greeting)
+    }
+
     /// Sends raw bytes.
     pub async fn send(&mut self, bytes: &[u8]) {
         self.io.get_mut().write_all(bytes).await.expect("write");
@@ -118,4 +136,17 @@ impl Client {
             io: BufReader::new(Box::new(tls)),
         }
     }
+}
+
+/// A TCP connection to `addr` from the local address `source`.
+pub async fn connect_tcp_from(addr: SocketAddr, source: std::net::IpAddr) -> TcpStream {
+    let socket = match source {
+        std::net::IpAddr::V4(_) => tokio::net::TcpSocket::new_v4(),
+        std::net::IpAddr::V6(_) => tokio::net::TcpSocket::new_v6(),
+    }
+    .expect("socket");
+    socket
+        .bind(SocketAddr::new(source, 0))
+        .expect("bind source");
+    socket.connect(addr).await.expect("connect")
 }
