@@ -23,6 +23,7 @@ use super::auth::{decode_line, decode_plain};
 use super::conn::Conn;
 use super::Shared;
 use crate::model::notify::Notify;
+use crate::protocol::xtext;
 use crate::spool::{self, BodyType, ClientInfo, DsnRet, Envelope, RcptState, Recipient};
 
 /// Hops after which a message is taken to be looping (RFC 5321 §6.3).
@@ -370,6 +371,9 @@ impl Session {
         if !self.esmtp && (from.flags != 0 || from.size != 0 || from.env_id.is_some()) {
             return self.error(555, "5.5.4", "MAIL parameters need EHLO, not HELO");
         }
+        if let Some(Err(e)) = (from.env_id.as_deref()).map(|v| xtext::check_decoded("ENVID", v)) {
+            return self.error(501, "5.5.4", &e.to_string());
+        }
         if !from.address.is_ascii() && !smtputf8 {
             return self.error(
                 553,
@@ -447,6 +451,9 @@ impl Session {
                     "Recipient must be a full address (user@domain); tlsrelay only relays",
                 )
             }
+        }
+        if let Some(Err(e)) = (to.orcpt.as_deref()).map(|v| xtext::check_decoded("ORCPT", v)) {
+            return self.error(501, "5.5.4", &e.to_string());
         }
         let Some(tx) = self.tx.as_mut() else { return };
         if tx.recipients.len() >= max {
