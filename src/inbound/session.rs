@@ -665,6 +665,7 @@ impl Session {
             attempts: 0,
             next_attempt: now,
             delay_notice_sent: false,
+            pending_dsns: vec![],
         };
         (env, message)
     }

@@ -16,7 +16,8 @@ use crate::model::notify::Notify;
 use crate::spool::{DsnRet, Envelope};
 
 /// Whether the DSN reports failures or delays.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
+#[serde(rename_all = "lowercase")]
 pub enum Kind {
     /// The recipients failed permanently.
     Failure,
@@ -24,8 +25,8 @@ pub enum Kind {
     Delay,
 }
 
-/// One recipient's line in a DSN.
-#[derive(Debug, Clone)]
+/// One recipient's line in a DSN (kept in the spool while the DSN is owed).
+#[derive(Debug, Clone, PartialEq, serde::Serialize, serde::Deserialize)]
 pub struct RecipientStatus {
     /// The recipient address.
     pub address: String,
@@ -287,6 +288,7 @@ mod tests {
             attempts: 3,
             next_attempt,
             delay_notice_sent: false,
+            pending_dsns: vec![],
         }
     }
 
