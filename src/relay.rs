@@ -20,7 +20,7 @@ pub struct Relay {
     inbound: Inbound,
     delivery: Delivery,
     initial: Vec<crate::spool::Envelope>,
-    _lock: std::fs::File,
+    _lock: crate::spool::SpoolLock,
 }
 
 /// The DNS settings of a configuration.

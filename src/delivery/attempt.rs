@@ -17,9 +17,19 @@ use crate::protocol::dsn;
 use crate::reporting::metrics as names;
 use crate::spool::{now_unix, Envelope, RcptState};
 
-/// One attempt at a message. Returns the envelope to keep queued, or None when
-/// the message is finished and removed.
-pub(super) async fn attempt(ctx: Arc<Context>, mut env: Envelope) -> Option<Envelope> {
+/// What an attempt leaves for the scheduler.
+pub(super) enum AfterAttempt {
+    /// The message is finished and removed (or was removed meanwhile).
+    Removed,
+    /// The message stays queued; the spool holds this state.
+    Queued(Envelope),
+    /// The message stays queued, but the spool could not be written: this state,
+    /// its next attempt time included, exists only in memory until it can be.
+    Unsaved(Envelope),
+}
+
+/// One attempt at a message.
+pub(super) async fn attempt(ctx: Arc<Context>, mut env: Envelope) -> AfterAttempt {
     let spool = ctx.spool.clone();
     let id = env.id.clone();
     let message = match tokio::task::spawn_blocking(move || spool.read_message(&id)).await {
@@ -27,10 +37,11 @@ pub(super) async fn attempt(ctx: Arc<Context>, mut env: Envelope) -> Option<Enve
         other => {
             tracing::error!(id = %env.id, error = ?other.err(), "cannot read the queued message; will retry");
             env.next_attempt = now_unix() + 60;
-            return Some(env);
+            return AfterAttempt::Unsaved(env);
         }
     };
-    let mut failed = settle_invalid_domains(&mut env);
+    let failed = settle_invalid_domains(&mut env);
+    env.owe(dsn::Kind::Failure, failed);
     let mut domains = JoinSet::new();
     for (domain, idxs) in pending_by_domain(&env) {
         let (ctx, env, message) = (ctx.clone(), env.clone(), message.clone());
@@ -48,14 +59,18 @@ pub(super) async fn attempt(ctx: Arc<Context>, mut env: Envelope) -> Option<Enve
     }
     while let Some(done) = domains.join_next().await {
         let Ok(results) = done else { continue };
+        let mut failed = Vec::new();
         for (i, result) in results {
             failed.extend(apply(&mut env, i, &result));
         }
-        if !persist(&ctx, &env).await {
-            return None;
+        // The failure and the notice it owes are written together, so a crash
+        // before the notice is stored cannot lose it.
+        env.owe(dsn::Kind::Failure, failed);
+        if persist(&ctx, &env).await == Persisted::Gone {
+            return AfterAttempt::Removed;
         }
     }
-    finish_attempt(&ctx, env, &message, failed).await
+    finish_attempt(&ctx, env, &message).await
 }
 
 /// What the message demands of TLS, with the operator's setting for `TLS-Required: No`.
@@ -108,60 +123,85 @@ fn apply(env: &mut Envelope, i: usize, result: &RcptResult) -> Option<dsn::Recip
 }
 
 /// After the domains: expiry, failure and delay notices, next attempt, removal.
-async fn finish_attempt(
-    ctx: &Context,
-    mut env: Envelope,
-    message: &[u8],
-    mut failed: Vec<dsn::RecipientStatus>,
-) -> Option<Envelope> {
+/// The message leaves the queue only once every notice it owes is stored.
+async fn finish_attempt(ctx: &Context, mut env: Envelope, message: &[u8]) -> AfterAttempt {
     env.attempts += 1;
     let now = now_unix();
     let d = &ctx.config.delivery;
-    failed.extend(env.expire(now, d.queue_lifetime.get()));
-    if !failed.is_empty() {
-        queue_dsn(ctx, &env, message, dsn::Kind::Failure, &failed).await;
-    }
+    let expired = env.expire(now, d.queue_lifetime.get());
+    env.owe(dsn::Kind::Failure, expired);
     let schedule: Vec<std::time::Duration> = d.retry_schedule.iter().map(|s| s.get()).collect();
     env.schedule_next(now, &schedule);
     let delayed = env.delay_notice_due(now, d.delay_notice_after.get());
-    if !delayed.is_empty() {
-        queue_dsn(ctx, &env, message, dsn::Kind::Delay, &delayed).await;
-    }
-    if env.is_finished() {
+    env.owe(dsn::Kind::Delay, delayed);
+    store_owed(ctx, &mut env, message).await;
+    if env.is_done() {
         let (spool, id) = (ctx.spool.clone(), env.id.clone());
-        let _ = tokio::task::spawn_blocking(move || spool.remove(&id)).await;
-        tracing::info!(id = %env.id, "finished; removed from the queue");
-        return None;
+        match tokio::task::spawn_blocking(move || spool.remove(&id)).await {
+            Ok(Ok(())) => {
+                tracing::info!(id = %env.id, "finished; removed from the queue");
+                return AfterAttempt::Removed;
+            }
+            other => {
+                tracing::error!(id = %env.id, error = ?other, "cannot remove the finished message; will retry")
+            }
+        }
     }
-    persist(ctx, &env).await.then_some(env)
+    match persist(ctx, &env).await {
+        Persisted::Saved => AfterAttempt::Queued(env),
+        Persisted::Gone => AfterAttempt::Removed,
+        Persisted::Failed => AfterAttempt::Unsaved(env),
+    }
 }
 
-/// Writes the envelope; false when the message vanished (deleted by the operator).
-async fn persist(ctx: &Context, env: &Envelope) -> bool {
+/// What became of an envelope update.
+#[derive(Debug, PartialEq, Eq)]
+enum Persisted {
+    /// Written and durable.
+    Saved,
+    /// The message is no longer queued (deleted by the operator).
+    Gone,
+    /// The spool refused (a full disk): the state is only in memory.
+    Failed,
+}
+
+/// Writes the envelope.
+async fn persist(ctx: &Context, env: &Envelope) -> Persisted {
     let (spool, copy) = (ctx.spool.clone(), env.clone());
     match tokio::task::spawn_blocking(move || spool.update(&copy)).await {
-        Ok(Ok(())) => true,
+        Ok(Ok(())) => Persisted::Saved,
         Ok(Err(e)) if e.kind() == std::io::ErrorKind::NotFound => {
             tracing::info!(id = %env.id, "message was removed from the queue during the attempt");
-            false
+            Persisted::Gone
         }
         other => {
-            tracing::error!(id = %env.id, error = ?other, "cannot update the envelope");
-            true
+            tracing::error!(id = %env.id, error = ?other, "cannot update the envelope; the message stays queued");
+            Persisted::Failed
         }
     }
 }
 
-/// Stores a DSN to the envelope sender (never for the null sender) and queues it.
+/// Stores every notice the envelope owes; one that cannot be stored stays owed,
+/// and with it the message stays queued, for the next attempt.
+async fn store_owed(ctx: &Context, env: &mut Envelope, message: &[u8]) {
+    for owed in std::mem::take(&mut env.pending_dsns) {
+        if !queue_dsn(ctx, env, message, owed.kind, &owed.recipients).await {
+            env.pending_dsns.push(owed);
+        }
+    }
+}
+
+/// Stores a DSN to the envelope sender (never for the null sender) and queues
+/// it; false when it could not be stored.
 async fn queue_dsn(
     ctx: &Context,
     env: &Envelope,
     message: &[u8],
     kind: dsn::Kind,
     rcpts: &[dsn::RecipientStatus],
-) {
+) -> bool {
     if env.sender.is_empty() {
-        return;
+        return true;
     }
     let hostname = &ctx.config.server.hostname;
     let retry_until = env.retry_until(ctx.config.delivery.queue_lifetime.get());
@@ -172,7 +212,11 @@ async fn queue_dsn(
         Ok(Ok(())) => {
             tracing::info!(id = %env.id, dsn = %notice.id, kind = ?kind, to = %env.sender, recipients = rcpts.len(), "delivery status notification queued");
             let _ = ctx.requeue.send(notice);
+            true
         }
-        other => tracing::error!(id = %env.id, error = ?other, "cannot queue the DSN"),
+        other => {
+            tracing::error!(id = %env.id, error = ?other, "cannot queue the DSN; the message stays queued until it can be");
+            false
+        }
     }
 }

@@ -8,7 +8,7 @@ use std::time::{Duration, Instant};
 use tokio::sync::watch;
 use tokio::task::JoinSet;
 
-use super::attempt::attempt;
+use super::attempt::{attempt, AfterAttempt};
 use super::{Context, Delivery};
 use crate::reporting::metrics as names;
 use crate::resolve::mta_sts::MtaSts;
@@ -18,7 +18,11 @@ use crate::spool::{now_unix, Envelope};
 struct Queue {
     waiting: HashMap<String, Envelope>,
     in_flight: HashSet<String>,
-    tasks: JoinSet<(String, Option<Envelope>)>,
+    /// Messages whose last attempt could not be written to the spool: their
+    /// state in `waiting` is newer than the disk's, so a rescan keeps it (else a
+    /// full disk would make every scan retry them at once).
+    unsaved: HashSet<String>,
+    tasks: JoinSet<(String, AfterAttempt)>,
 }
 
 impl Delivery {
@@ -43,6 +47,7 @@ impl Delivery {
         let mut q = Queue {
             waiting: initial.into_iter().map(|e| (e.id.clone(), e)).collect(),
             in_flight: HashSet::new(),
+            unsaved: HashSet::new(),
             tasks: JoinSet::new(),
         };
         let mut last_scan = Instant::now();
@@ -101,18 +106,29 @@ impl Queue {
             })
     }
 
-    /// A message announced by the inbound server (or a DSN).
+    /// A message announced by the inbound server (or a DSN), or read by a rescan;
+    /// neither replaces a message in flight or one newer in memory than on disk.
     fn add(&mut self, env: Envelope) {
-        if !self.in_flight.contains(&env.id) {
+        if !self.in_flight.contains(&env.id) && !self.unsaved.contains(&env.id) {
             self.waiting.insert(env.id.clone(), env);
         }
     }
 
-    /// An attempt ended; the envelope is kept when recipients remain.
-    fn finished(&mut self, id: String, env: Option<Envelope>) {
+    /// An attempt ended; the envelope is kept when the message stays queued.
+    fn finished(&mut self, id: String, after: AfterAttempt) {
         self.in_flight.remove(&id);
-        if let Some(env) = env {
-            self.waiting.insert(id, env);
+        match after {
+            AfterAttempt::Removed => {
+                self.unsaved.remove(&id);
+            }
+            AfterAttempt::Queued(env) => {
+                self.unsaved.remove(&id);
+                self.waiting.insert(id, env);
+            }
+            AfterAttempt::Unsaved(env) => {
+                self.unsaved.insert(id.clone());
+                self.waiting.insert(id, env);
+            }
         }
     }
 
@@ -128,6 +144,7 @@ impl Queue {
         metrics::gauge!(names::QUEUE_OLDEST)
             .set(oldest.map_or(0, |t| (now_unix() - t).max(0)) as f64);
         self.waiting.retain(|id, _| ids.contains(id));
+        self.unsaved.retain(|id| ids.contains(id));
         for env in on_disk {
             self.add(env);
         }

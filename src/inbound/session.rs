@@ -27,6 +27,7 @@ use super::Shared;
 use crate::model::address::{self, AddressError, Mailbox};
 use crate::model::notify::Notify;
 use crate::protocol::data::{normalize_line_ends, DataReceiver};
+use crate::protocol::xtext;
 use crate::spool::{self, BodyType, ClientInfo, DsnRet, Envelope, RcptState, Recipient};
 
 /// Hops after which a message is taken to be looping (RFC 5321 §6.3).
@@ -430,6 +431,9 @@ impl Session {
         if !self.esmtp && (from.flags != 0 || from.size != 0 || from.env_id.is_some()) {
             return self.error(555, "5.5.4", "MAIL parameters need EHLO, not HELO");
         }
+        if let Some(Err(e)) = (from.env_id.as_deref()).map(|v| xtext::check_decoded("ENVID", v)) {
+            return self.error(501, "5.5.4", &e.to_string());
+        }
         if !from.address.is_ascii() && !smtputf8 {
             return self.error(
                 553,
@@ -497,6 +501,9 @@ impl Session {
             Ok(None) => return self.bad_path(AddressError::Syntax, "5.1.3", "recipient"),
             Err(e) => return self.bad_path(e, "5.1.3", "recipient"),
         };
+        if let Some(Err(e)) = (to.orcpt.as_deref()).map(|v| xtext::check_decoded("ORCPT", v)) {
+            return self.error(501, "5.5.4", &e.to_string());
+        }
         let Some(tx) = self.tx.as_mut() else { return };
         if tx.recipients.len() >= max {
             // 452 lets the client send the rest in another transaction (RFC 5321 §4.5.3.1.10).
@@ -713,6 +720,7 @@ impl Session {
             attempts: 0,
             next_attempt: now,
             delay_notice_sent: false,
+            pending_dsns: vec![],
         };
         (env, message)
     }

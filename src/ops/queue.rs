@@ -230,7 +230,13 @@ pub fn bounce(spool: &Spool, id: &str, hostname: &str) -> Result<String, QueueEr
     let pending: Vec<usize> = (0..env.recipients.len())
         .filter(|&i| env.recipients[i].state == RcptState::Queued)
         .collect();
-    let mut lines = Vec::new();
+    // Failure notices an attempt owed but could not store (a full disk) go out
+    // with this one; a delay notice is moot once the message bounces.
+    let mut lines: Vec<_> = std::mem::take(&mut env.pending_dsns)
+        .into_iter()
+        .filter(|p| p.kind == dsn::Kind::Failure)
+        .flat_map(|p| p.recipients)
+        .collect();
     for &i in &pending {
         let reason = format!(
             "returned by the operator of {hostname}; last attempt: {}",

@@ -1,5 +1,12 @@
 //! Delivery status notifications (RFC 3464 in a RFC 6522 multipart/report):
 //! failure notices and delay notices that say, per recipient and per host, why.
+//!
+//! Values from the envelope (ENVID, ORCPT, addresses, replies) are written into
+//! fields only through [`field_value`], so no line break or other control
+//! character from them reaches the notice: whatever the spool holds cannot add
+//! fields, blank lines or MIME boundaries.
+
+use std::borrow::Cow;
 
 use mail_builder::headers::content_type::ContentType;
 use mail_builder::mime::MimePart;
@@ -9,7 +16,8 @@ use crate::model::notify::Notify;
 use crate::spool::{DsnRet, Envelope};
 
 /// Whether the DSN reports failures or delays.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
+#[serde(rename_all = "lowercase")]
 pub enum Kind {
     /// The recipients failed permanently.
     Failure,
@@ -17,8 +25,8 @@ pub enum Kind {
     Delay,
 }
 
-/// One recipient's line in a DSN.
-#[derive(Debug, Clone)]
+/// One recipient's line in a DSN (kept in the spool while the DSN is owed).
+#[derive(Debug, Clone, PartialEq, serde::Serialize, serde::Deserialize)]
 pub struct RecipientStatus {
     /// The recipient address.
     pub address: String,
@@ -78,7 +86,7 @@ pub fn build(
             "Mail Delivery System".to_string(),
             format!("MAILER-DAEMON@{reporting_mta}"),
         ))
-        .to(env.sender.clone())
+        .to(field_value(&env.sender).into_owned())
         .subject(subject)
         .header(
             "Auto-Submitted",
@@ -101,13 +109,14 @@ fn human_part(reporting_mta: &str, kind: Kind, recipients: &[RecipientStatus]) -
         ),
     };
     for r in recipients {
+        let reason: Vec<Cow<str>> = r.reason.lines().map(field_value).collect();
         human.push_str(&format!(
             "<{}>: {}\r\n",
-            r.address,
-            r.reason.replace('\n', "\r\n    ")
+            field_value(&r.address),
+            reason.join("\r\n    ")
         ));
         if let Some(d) = &r.diagnostic {
-            human.push_str(&format!("    The server said: {d}\r\n"));
+            human.push_str(&format!("    The server said: {}\r\n", single_line(d)));
         }
         human.push_str("\r\n");
     }
@@ -123,9 +132,9 @@ fn delivery_status(
     recipients: &[RecipientStatus],
     retry_until: i64,
 ) -> String {
-    let mut status = format!("Reporting-MTA: dns; {reporting_mta}\r\n");
+    let mut status = format!("Reporting-MTA: dns; {}\r\n", field_value(reporting_mta));
     if let Some(envid) = &env.envid {
-        status.push_str(&format!("Original-Envelope-Id: {envid}\r\n"));
+        status.push_str(&format!("Original-Envelope-Id: {}\r\n", field_value(envid)));
     }
     status.push_str(&format!(
         "Arrival-Date: {}\r\n",
@@ -143,7 +152,10 @@ fn delivery_status(
 fn recipient_fields(r: &RecipientStatus, kind: Kind, now: &str, retry_until: i64) -> String {
     let mut f = String::new();
     if let Some(o) = &r.orcpt {
-        f.push_str(&format!("Original-Recipient: rfc822; {o}\r\n"));
+        f.push_str(&format!(
+            "Original-Recipient: rfc822; {}\r\n",
+            field_value(o)
+        ));
     }
     let action = match kind {
         Kind::Failure => "failed",
@@ -151,10 +163,11 @@ fn recipient_fields(r: &RecipientStatus, kind: Kind, now: &str, retry_until: i64
     };
     f.push_str(&format!(
         "Final-Recipient: rfc822; {}\r\nAction: {action}\r\nStatus: {}\r\n",
-        r.address, r.status
+        field_value(&r.address),
+        field_value(&r.status)
     ));
     if let Some(m) = &r.remote_mta {
-        f.push_str(&format!("Remote-MTA: dns; {m}\r\n"));
+        f.push_str(&format!("Remote-MTA: dns; {}\r\n", field_value(m)));
     }
     match &r.diagnostic {
         Some(d) => f.push_str(&format!("Diagnostic-Code: smtp; {}\r\n", single_line(d))),
@@ -188,8 +201,31 @@ fn rfc5322_date(unix: i64) -> String {
         .to_rfc2822()
 }
 
+/// Folds a reply onto one line (whitespace runs become one space), then makes
+/// it a safe field value.
 fn single_line(s: &str) -> String {
-    s.split_whitespace().collect::<Vec<_>>().join(" ")
+    field_value(&s.split_whitespace().collect::<Vec<_>>().join(" ")).into_owned()
+}
+
+/// A value as it may appear in a header field: each control character
+/// (CR and LF above all) is written as xtext's `+HH` for each of its bytes, so
+/// the value stays readable and can never end the field or the header section.
+pub fn field_value(s: &str) -> Cow<'_, str> {
+    if !s.chars().any(char::is_control) {
+        return Cow::Borrowed(s);
+    }
+    let mut out = String::with_capacity(s.len() + 8);
+    for c in s.chars() {
+        if c.is_control() {
+            let mut buf = [0u8; 4];
+            for b in c.encode_utf8(&mut buf).bytes() {
+                out.push_str(&format!("+{b:02X}"));
+            }
+        } else {
+            out.push(c);
+        }
+    }
+    Cow::Owned(out)
 }
 
 /// The message's header section (up to and including the blank line).
@@ -252,6 +288,7 @@ mod tests {
             attempts: 3,
             next_attempt,
             delay_notice_sent: false,
+            pending_dsns: vec![],
         }
     }
 
@@ -305,6 +342,37 @@ mod tests {
             );
             assert_eq!(field(&dsn, "Action").as_deref(), Some("delayed"));
         }
+    }
+
+    #[test]
+    fn envelope_values_cannot_add_lines_to_the_notice() {
+        let mut env = envelope(1_767_225_600, 0);
+        env.envid = Some("ENV\r\nX-Injected: yes\r\n\r\n--fake".into());
+        let mut l = line("no\r\nX-Reason-Injected: yes");
+        l.address = "bob@example.net\nX-Addr-Injected: yes".into();
+        l.orcpt = Some("bob\r\nX-Orcpt-Injected: yes".into());
+        l.remote_mta = Some("mx\rX-Mta-Injected: yes".into());
+        let dsn = build(
+            "relay.test",
+            &env,
+            b"Subject: x\r\n\r\n",
+            Kind::Failure,
+            &[l],
+            0,
+        );
+        let text = String::from_utf8(dsn).unwrap();
+        for line in text.split(['\r', '\n']) {
+            assert!(
+                !line.starts_with("X-") && !line.starts_with("--fake"),
+                "{line:?} in\n{text}"
+            );
+        }
+        assert_eq!(
+            field(text.as_bytes(), "Original-Envelope-Id").as_deref(),
+            Some("ENV+0D+0AX-Injected: yes+0D+0A+0D+0A--fake")
+        );
+        assert_eq!(field_value("plain <a@b>"), "plain <a@b>");
+        assert_eq!(field_value("a\u{1b}[2J\u{85}"), "a+1B[2J+C2+85");
     }
 
     #[test]

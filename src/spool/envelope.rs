@@ -52,6 +52,19 @@ pub struct Envelope {
     pub next_attempt: i64,
     /// Whether a delay notice has been sent.
     pub delay_notice_sent: bool,
+    /// Notices owed to the sender and not yet stored (the spool could not be
+    /// written): the message stays queued until they are.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub pending_dsns: Vec<PendingDsn>,
+}
+
+/// A DSN that is owed to the sender but not yet stored as a message of its own.
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
+pub struct PendingDsn {
+    /// Failure or delay.
+    pub kind: dsn::Kind,
+    /// The recipients it reports on.
+    pub recipients: Vec<RecipientStatus>,
 }
 
 /// Facts about the SMTP client that submitted a message.
@@ -162,6 +175,7 @@ impl Envelope {
             attempts: 0,
             next_attempt: now,
             delay_notice_sent: false,
+            pending_dsns: vec![],
         }
     }
 
@@ -175,6 +189,27 @@ impl Envelope {
     /// Whether no recipient is waiting any more.
     pub fn is_finished(&self) -> bool {
         self.pending().next().is_none()
+    }
+
+    /// Whether the message can leave the queue: no recipient waits and every
+    /// notice owed to the sender is stored.
+    pub fn is_done(&self) -> bool {
+        self.is_finished() && self.pending_dsns.is_empty()
+    }
+
+    /// Records that a notice of `kind` about `lines` is owed to the sender
+    /// (never to the null sender), joining an owed notice of the same kind.
+    pub fn owe(&mut self, kind: dsn::Kind, lines: Vec<RecipientStatus>) {
+        if lines.is_empty() || self.sender.is_empty() {
+            return;
+        }
+        match self.pending_dsns.iter_mut().find(|p| p.kind == kind) {
+            Some(p) => p.recipients.extend(lines),
+            None => self.pending_dsns.push(PendingDsn {
+                kind,
+                recipients: lines,
+            }),
+        }
     }
 
     /// When retries stop (Unix seconds): arrival plus the queue lifetime.
@@ -332,6 +367,7 @@ mod tests {
             attempts: 0,
             next_attempt: T0,
             delay_notice_sent: false,
+            pending_dsns: vec![],
         }
     }
 
@@ -544,6 +580,28 @@ mod tests {
             );
             assert_eq!(env.attempts, attempts);
         }
+    }
+
+    #[test]
+    fn owed_notices_keep_a_finished_message_queued() {
+        let mut env = one(Notify::default());
+        let line = env.apply(0, &failed(EnhancedStatus::new(5, 1, 1))).unwrap();
+        assert!(env.is_finished() && env.is_done());
+        env.owe(dsn::Kind::Failure, vec![line.clone()]);
+        env.owe(dsn::Kind::Failure, vec![line.clone()]);
+        env.owe(dsn::Kind::Delay, vec![]);
+        assert_eq!(env.pending_dsns.len(), 1);
+        assert_eq!(env.pending_dsns[0].recipients, [line.clone(), line.clone()]);
+        assert!(!env.is_done());
+        // Written and read back, the owed notice is still there.
+        let text = serde_json::to_string(&env).unwrap();
+        let back: Envelope = serde_json::from_str(&text).unwrap();
+        assert_eq!(back, env);
+        // Nothing is owed to the null sender.
+        let mut null = one(Notify::default());
+        null.sender.clear();
+        null.owe(dsn::Kind::Failure, vec![line]);
+        assert!(null.pending_dsns.is_empty());
     }
 
     #[test]

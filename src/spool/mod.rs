@@ -9,6 +9,10 @@
 //! A message exists once `queue/ID.env` exists. `ID.msg` is renamed into place and
 //! the directory fsynced *before* `ID.env` is, so an envelope never points at a
 //! missing body. Recovery deletes `tmp/*` and any `ID.msg` without an envelope.
+//!
+//! Nothing read from the spool is trusted: ids are checked (letters and digits,
+//! and an envelope's `id` must be its file name) before they become paths, and
+//! entries recovery does not expect are set aside in `corrupt/`, never fatal.
 
 use std::fs::{self, File, OpenOptions};
 use std::io::{self, Read, Write};
@@ -17,7 +21,7 @@ use std::time::{SystemTime, UNIX_EPOCH};
 
 mod envelope;
 
-pub use envelope::{BodyType, ClientInfo, DsnRet, Envelope, RcptState, Recipient};
+pub use envelope::{BodyType, ClientInfo, DsnRet, Envelope, PendingDsn, RcptState, Recipient};
 
 /// An open spool directory.
 #[derive(Debug, Clone)]
@@ -60,6 +64,14 @@ pub enum SpoolError {
         /// What the JSON reader found.
         reason: serde_json::Error,
     },
+    /// An envelope file names another message than its file name says.
+    #[error("envelope file {file}.env names message `{field}`")]
+    IdMismatch {
+        /// The id in the file name.
+        file: String,
+        /// The id the envelope holds.
+        field: String,
+    },
     /// Another process holds the spool's lock.
     #[error("the spool {} is in use by another tlsrelay process", .0.display())]
     Locked(PathBuf),
@@ -75,7 +87,9 @@ impl SpoolError {
         match self {
             SpoolError::BadId(_) => io::ErrorKind::InvalidInput,
             SpoolError::NotFound(_) | SpoolError::Gone(_) => io::ErrorKind::NotFound,
-            SpoolError::Damaged { .. } => io::ErrorKind::InvalidData,
+            SpoolError::Damaged { .. } | SpoolError::IdMismatch { .. } => {
+                io::ErrorKind::InvalidData
+            }
             SpoolError::Locked(_) => io::ErrorKind::WouldBlock,
             SpoolError::Io(e) => e.kind(),
         }
@@ -123,31 +137,32 @@ impl Spool {
     }
 
     /// Takes an exclusive lock so that two servers never share one spool.
-    /// The lock lasts as long as the returned file is open.
-    pub fn lock(&self) -> Result<File, SpoolError> {
-        let f = OpenOptions::new()
+    /// The lock lasts as long as the returned value lives.
+    ///
+    /// The lock is held on the spool directory itself, which cannot be removed
+    /// while it holds the queue, and on the `lock` file that earlier versions use.
+    pub fn lock(&self) -> Result<SpoolLock, SpoolError> {
+        let dir = File::open(&self.dir)?;
+        flock_exclusive(&dir).map_err(|_| SpoolError::Locked(self.dir.clone()))?;
+        let file = OpenOptions::new()
             .create(true)
             .truncate(false)
             .write(true)
             .open(self.dir.join("lock"))?;
-        // SAFETY: flock on a valid open descriptor.
-        let rc = unsafe {
-            libc::flock(
-                std::os::fd::AsRawFd::as_raw_fd(&f),
-                libc::LOCK_EX | libc::LOCK_NB,
-            )
-        };
-        if rc != 0 {
-            return Err(SpoolError::Locked(self.dir.clone()));
-        }
-        Ok(f)
+        flock_exclusive(&file).map_err(|_| SpoolError::Locked(self.dir.clone()))?;
+        Ok(SpoolLock {
+            _dir: dir,
+            _file: file,
+        })
     }
 
     /// Cleans up after a crash and returns every queued envelope, oldest first.
+    /// Entries it does not expect are set aside or removed with a log line;
+    /// only an unreadable `tmp/` or `queue/` directory stops it.
     pub fn recover(&self) -> Result<Recovery, SpoolError> {
         let mut rec = Recovery::default();
         for entry in fs::read_dir(self.dir.join("tmp"))? {
-            fs::remove_file(entry?.path())?;
+            self.discard(&entry?.path());
             rec.discarded_partial += 1;
         }
         let mut ids = Vec::new();
@@ -156,11 +171,13 @@ impl Spool {
             let name = path.file_name().and_then(|n| n.to_str()).unwrap_or("");
             if let Some(id) = name.strip_suffix(".msg") {
                 if !self.env_path(id).exists() {
-                    fs::remove_file(&path)?;
+                    self.discard(&path);
                     rec.discarded_partial += 1;
                 }
             } else if let Some(id) = name.strip_suffix(".env") {
                 ids.push(id.to_string());
+            } else {
+                self.set_aside(&path, "not a queue file");
             }
         }
         ids.sort();
@@ -170,11 +187,8 @@ impl Spool {
                 Ok(_) | Err(_) => {
                     for ext in ["env", "msg"] {
                         let from = self.queue_dir().join(format!("{id}.{ext}"));
-                        if from.exists() {
-                            fs::rename(
-                                &from,
-                                self.dir.join("corrupt").join(format!("{id}.{ext}")),
-                            )?;
+                        if fs::symlink_metadata(&from).is_ok() {
+                            self.set_aside(&from, "damaged envelope");
                         }
                     }
                     rec.corrupt.push(id);
@@ -185,8 +199,43 @@ impl Spool {
         Ok(rec)
     }
 
+    /// Removes a leftover file (an entry that is no file is set aside); a
+    /// failure is logged, never fatal.
+    fn discard(&self, path: &Path) {
+        match fs::symlink_metadata(path) {
+            Ok(m) if m.is_file() || m.is_symlink() => {}
+            _ => return self.set_aside(path, "not a file"),
+        }
+        if let Err(e) = fs::remove_file(path) {
+            tracing::warn!(path = %path.display(), error = %e, "cannot remove a leftover spool file");
+        }
+    }
+
+    /// Moves an unexpected entry into `corrupt/` (under its own name when that
+    /// is free), or removes it when it cannot be moved; logs either way.
+    fn set_aside(&self, path: &Path, why: &str) {
+        let name = path.file_name().map(|n| n.to_string_lossy().into_owned());
+        let mut to = self.dir.join("corrupt").join(name.unwrap_or_default());
+        if fs::symlink_metadata(&to).is_ok() {
+            to.as_mut_os_string().push(format!(".{}", new_queue_id()));
+        }
+        match fs::rename(path, &to) {
+            Ok(()) => {
+                tracing::warn!(path = %path.display(), to = %to.display(), why, "unexpected spool entry set aside");
+            }
+            Err(e) => {
+                let removed = match fs::symlink_metadata(path) {
+                    Ok(m) if m.is_dir() => fs::remove_dir_all(path),
+                    _ => fs::remove_file(path),
+                };
+                tracing::warn!(path = %path.display(), why, error = %e, removed = removed.is_ok(), "unexpected spool entry could not be moved aside");
+            }
+        }
+    }
+
     /// Stores a new message durably. When this returns Ok, a crash cannot lose it.
     pub fn store(&self, env: &Envelope, message: &[u8]) -> Result<(), SpoolError> {
+        check_id(&env.id)?;
         let tmp = self.dir.join("tmp");
         let tmp_msg = tmp.join(format!("{}.msg", env.id));
         let tmp_env = tmp.join(format!("{}.env", env.id));
@@ -208,6 +257,7 @@ impl Spool {
 
     /// Replaces a message's envelope atomically (state changes after an attempt).
     pub fn update(&self, env: &Envelope) -> Result<(), SpoolError> {
+        check_id(&env.id)?;
         if !self.env_path(&env.id).exists() {
             return Err(SpoolError::Gone(env.id.clone()));
         }
@@ -219,12 +269,16 @@ impl Spool {
             &tmp,
             &serde_json::to_vec_pretty(env).map_err(io::Error::from)?,
         )?;
-        fs::rename(&tmp, self.env_path(&env.id))?;
+        if let Err(e) = fs::rename(&tmp, self.env_path(&env.id)) {
+            let _ = fs::remove_file(&tmp);
+            return Err(e.into());
+        }
         Ok(sync_dir(&self.queue_dir())?)
     }
 
     /// Removes a message from the queue (delivered, bounced or deleted).
     pub fn remove(&self, id: &str) -> Result<(), SpoolError> {
+        check_id(id)?;
         fs::remove_file(self.env_path(id))?;
         sync_dir(&self.queue_dir())?;
         match fs::remove_file(self.msg_path(id)) {
@@ -233,23 +287,30 @@ impl Spool {
         }
     }
 
-    /// Reads one envelope.
+    /// Reads one envelope; its `id` field must be `id`, the file's name.
     pub fn load(&self, id: &str) -> Result<Envelope, SpoolError> {
-        if id.is_empty() || !id.chars().all(|c| c.is_ascii_alphanumeric()) {
-            return Err(SpoolError::BadId(id.to_string()));
-        }
+        check_id(id)?;
         let bytes = fs::read(self.env_path(id)).map_err(|e| match e.kind() {
             io::ErrorKind::NotFound => SpoolError::NotFound(id.to_string()),
             _ => SpoolError::Io(e),
         })?;
-        serde_json::from_slice(&bytes).map_err(|reason| SpoolError::Damaged {
-            id: id.to_string(),
-            reason,
-        })
+        let env: Envelope =
+            serde_json::from_slice(&bytes).map_err(|reason| SpoolError::Damaged {
+                id: id.to_string(),
+                reason,
+            })?;
+        if env.id != id {
+            return Err(SpoolError::IdMismatch {
+                file: id.to_string(),
+                field: env.id,
+            });
+        }
+        Ok(env)
     }
 
     /// Reads a message's stored bytes.
     pub fn read_message(&self, id: &str) -> Result<Vec<u8>, SpoolError> {
+        check_id(id)?;
         let mut buf = Vec::new();
         File::open(self.msg_path(id))?.read_to_end(&mut buf)?;
         Ok(buf)
@@ -271,11 +332,46 @@ impl Spool {
     }
 }
 
-/// Writes a new file and fsyncs it.
+/// The exclusive lock on a spool, held while this value lives.
+#[derive(Debug)]
+pub struct SpoolLock {
+    _dir: File,
+    _file: File,
+}
+
+/// A queue id becomes a file name: only ASCII letters and digits.
+fn check_id(id: &str) -> Result<(), SpoolError> {
+    if id.is_empty() || !id.chars().all(|c| c.is_ascii_alphanumeric()) {
+        return Err(SpoolError::BadId(id.to_string()));
+    }
+    Ok(())
+}
+
+/// Takes a non-blocking exclusive flock on an open file or directory.
+fn flock_exclusive(f: &File) -> io::Result<()> {
+    // SAFETY: flock on a valid open descriptor.
+    let rc = unsafe {
+        libc::flock(
+            std::os::fd::AsRawFd::as_raw_fd(f),
+            libc::LOCK_EX | libc::LOCK_NB,
+        )
+    };
+    if rc != 0 {
+        return Err(io::Error::last_os_error());
+    }
+    Ok(())
+}
+
+/// Writes a new file and fsyncs it; on failure the file is removed again, so a
+/// full disk leaves no empty files behind.
 fn write_synced(path: &Path, data: &[u8]) -> io::Result<()> {
     let mut f = OpenOptions::new().write(true).create_new(true).open(path)?;
-    f.write_all(data)?;
-    f.sync_all()
+    let written = f.write_all(data).and_then(|()| f.sync_all());
+    if written.is_err() {
+        drop(f);
+        let _ = fs::remove_file(path);
+    }
+    written
 }
 
 /// Fsyncs a directory so that renames and removals in it are durable.
@@ -312,6 +408,7 @@ mod tests {
             attempts: 0,
             next_attempt: 0,
             delay_notice_sent: false,
+            pending_dsns: vec![],
         }
     }
 
@@ -470,6 +567,80 @@ mod tests {
         let e = spool.update(&envelope("GONE1")).unwrap_err();
         assert_eq!(e.to_string(), "message GONE1 is no longer in the queue");
         assert_eq!(e.kind(), io::ErrorKind::NotFound);
+    }
+
+    #[test]
+    fn envelope_naming_another_id_is_set_aside_and_never_used() {
+        let dir = tempfile::tempdir().unwrap();
+        let spool = Spool::open(dir.path()).unwrap();
+        let evil = serde_json::to_vec(&envelope("../../x")).unwrap();
+        fs::write(dir.path().join("queue/AAAA0001.env"), evil).unwrap();
+        fs::write(dir.path().join("queue/AAAA0001.msg"), b"x").unwrap();
+        let e = spool.load("AAAA0001").unwrap_err();
+        assert_eq!(
+            e.to_string(),
+            "envelope file AAAA0001.env names message `../../x`"
+        );
+        assert!(spool.list().unwrap().is_empty());
+        let rec = spool.recover().unwrap();
+        assert!(rec.queued.is_empty());
+        assert_eq!(rec.corrupt, ["AAAA0001"]);
+        assert!(dir.path().join("corrupt/AAAA0001.env").exists());
+        // Paths are never built from a bad id.
+        for id in ["../../x", "a/b", ""] {
+            let env = envelope(id);
+            assert_eq!(
+                spool.store(&env, b"x").unwrap_err().kind(),
+                io::ErrorKind::InvalidInput
+            );
+            assert_eq!(
+                spool.update(&env).unwrap_err().kind(),
+                io::ErrorKind::InvalidInput
+            );
+            assert_eq!(
+                spool.remove(id).unwrap_err().kind(),
+                io::ErrorKind::InvalidInput
+            );
+            assert_eq!(
+                spool.read_message(id).unwrap_err().kind(),
+                io::ErrorKind::InvalidInput
+            );
+        }
+    }
+
+    #[test]
+    fn odd_entries_in_tmp_and_queue_do_not_stop_recovery() {
+        let dir = tempfile::tempdir().unwrap();
+        let spool = Spool::open(dir.path()).unwrap();
+        let d = dir.path();
+        fs::create_dir_all(d.join("tmp/sub/deeper")).unwrap();
+        fs::write(d.join("tmp/sub/deeper/f"), b"x").unwrap();
+        fs::write(d.join("tmp/AAAA0002.env"), b"partial").unwrap();
+        std::os::unix::fs::symlink("/nonexistent", d.join("tmp/dangling")).unwrap();
+        fs::create_dir(d.join("queue/AAAA0003.msg")).unwrap();
+        fs::create_dir(d.join("queue/stray")).unwrap();
+        let env = envelope("AAAA0001");
+        spool.store(&env, b"hello").unwrap();
+        let rec = spool.recover().unwrap();
+        assert_eq!(rec.queued, vec![env]);
+        assert_eq!(fs::read_dir(d.join("tmp")).unwrap().count(), 0);
+        assert!(d.join("corrupt/sub/deeper/f").exists());
+        let queue: Vec<String> = fs::read_dir(d.join("queue"))
+            .unwrap()
+            .map(|e| e.unwrap().file_name().to_string_lossy().into_owned())
+            .collect();
+        assert_eq!(queue.len(), 2, "{queue:?}");
+    }
+
+    #[test]
+    fn lock_holds_when_the_lock_file_is_removed() {
+        let dir = tempfile::tempdir().unwrap();
+        let spool = Spool::open(dir.path()).unwrap();
+        let held = spool.lock().unwrap();
+        fs::remove_file(dir.path().join("lock")).unwrap();
+        assert_eq!(spool.lock().unwrap_err().kind(), io::ErrorKind::WouldBlock);
+        drop(held);
+        spool.lock().unwrap();
     }
 
     #[test]

@@ -140,7 +140,9 @@ impl TestRelay {
         TestRelay::start_with(dir, text).await
     }
 
-    async fn start_with(dir: Arc<tempfile::TempDir>, text: String) -> TestRelay {
+    /// Starts a relay from configuration text in a directory the caller prepared
+    /// (for example with a small file system mounted at `spool`).
+    pub async fn start_with(dir: Arc<tempfile::TempDir>, text: String) -> TestRelay {
         let _ = tracing_subscriber::fmt()
             .with_test_writer()
             .with_env_filter("tlsrelay=debug")
