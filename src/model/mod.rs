@@ -3,6 +3,7 @@
 pub mod address;
 pub mod dns;
 pub mod domain;
+pub mod dsn;
 pub mod mechanism;
 pub mod metric;
 pub mod notify;

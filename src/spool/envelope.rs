@@ -9,10 +9,10 @@ use std::time::Duration;
 use serde::{Deserialize, Serialize};
 
 use crate::config::HumanDuration;
+use crate::model::dsn::{self, RecipientStatus};
 use crate::model::notify::Notify;
 use crate::model::rcpt::RcptResult;
 use crate::model::status::EnhancedStatus;
-use crate::protocol::dsn::{self, RecipientStatus};
 
 /// The envelope of one queued message and the state of each recipient.
 #[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
