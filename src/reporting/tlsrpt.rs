@@ -83,9 +83,6 @@ pub enum RecordError {
     /// A field value outside the `tlsrpt-ext-value` grammar.
     #[error("TLSRPT field {0:?} has an invalid value")]
     FieldValue(String),
-    /// Two `rua` fields.
-    #[error("TLSRPT record has more than one rua field")]
-    TwoRua,
     /// No `rua` field.
     #[error("TLSRPT record has no rua field")]
     NoRua,
@@ -177,9 +174,9 @@ fn parse_record(record: &[u8]) -> Result<Vec<Rua>, RecordError> {
             return Err(RecordError::EmptyField);
         }
         if let Some(uris) = parse_field(field)? {
-            if rua.replace(uris).is_some() {
-                return Err(RecordError::TwoRua);
-            }
+            // RFC 8460 §3 repeats fields in its grammar and allows more than
+            // one rua: every one of them is a destination.
+            rua.get_or_insert_with(Vec::new).extend(uris);
         }
     }
     let uris = rua.ok_or(RecordError::NoRua)?;
@@ -1002,8 +999,8 @@ mod tests {
             (vec!["v=TLSRPTv1;"], Err("no rua")),
             (vec!["v=TLSRPTv1; RUA=mailto:a@example.com"], Err("no rua")),
             (
-                vec!["v=TLSRPTv1; rua=mailto:a@example.com; rua=mailto:b@example.com"],
-                Err("more than one rua"),
+                vec!["v=TLSRPTv1; rua=mailto:a@example.com; rua=https://r.example.com/x"],
+                ok(vec![m("a@example.com"), h("https://r.example.com/x")]),
             ),
             (vec!["v=TLSRPTv1; rua="], Err("empty URI")),
             (

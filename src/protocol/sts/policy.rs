@@ -164,6 +164,10 @@ struct PolicyFields {
     mode: Option<Mode>,
     max_age: Option<u64>,
     mx: Vec<MxPattern>,
+    /// `mx` lines that are not host patterns, each with its line and reason.
+    /// They are ignored rather than rejecting the whole policy: rejecting would
+    /// leave an enforce domain unprotected, the weaker outcome.
+    bad_mx: Vec<StsError>,
     /// Field names that differ from a known one only in case, with their
     /// lines, for the hint in "missing required field".
     case_hints: Vec<(usize, String)>,
@@ -190,10 +194,14 @@ impl PolicyFields {
             "max_age" if self.max_age.is_none() => {
                 self.max_age = Some(max_age(n, value)?);
             }
-            "mx" => self.mx.push(
-                MxPattern::parse(value)
-                    .map_err(|e| line_err(n, format!("mx pattern {value:?}: {}", e.why)))?,
-            ),
+            "mx" => match MxPattern::parse(value) {
+                Ok(p) => self.mx.push(p),
+                Err(e) => {
+                    let err = line_err(n, format!("mx pattern {value:?}: {}", e.why));
+                    tracing::warn!(error = %err, "MTA-STS policy: mx line ignored");
+                    self.bad_mx.push(err);
+                }
+            },
             // An extension, or a later duplicate of version, mode or max_age
             // (ignored, RFC 8461 §3.2).
             _ => self.take_other(n, name, value)?,
@@ -235,6 +243,14 @@ impl PolicyFields {
         }
         let mode = self.mode.ok_or_else(|| StsError(missing("mode")))?;
         let max_age = self.max_age.ok_or_else(|| StsError(missing("max_age")))?;
+        if self.mx.is_empty() && mode != Mode::None && !self.bad_mx.is_empty() {
+            let why: Vec<String> = self.bad_mx.iter().map(|e| e.0.clone()).collect();
+            return Err(StsError(format!(
+                "{}; no valid mx pattern remains (at least one is required in mode {})",
+                why.join("; "),
+                mode.as_str()
+            )));
+        }
         if self.mx.is_empty() && mode != Mode::None {
             return Err(StsError(format!(
                 "{} (at least one is required in mode {})",
@@ -299,6 +315,9 @@ mod tests {
             ("rfc example, LF", RFC_EXAMPLE.into(), P::Ok(Mode::Enforce, RFC_MX, 604800)),
             ("rfc example, CRLF", RFC_EXAMPLE.replace('\n', "\r\n"), P::Ok(Mode::Enforce, RFC_MX, 604800)),
             ("mixed CRLF and LF", "version: STSv1\r\nmode: enforce\nmx: mail.example.com\r\nmax_age: 86400\n".into(), P::Ok(Mode::Enforce, MX1, 86400)),
+            // An mx line that is not a host pattern is ignored, the policy kept (rejecting it would leave the domain unprotected).
+            ("invalid mx line ignored", "version: STSv1\nmode: enforce\nmx: 192.0.2.1\nmx: mail.example.com\nmax_age: 86400\n".into(), P::Ok(Mode::Enforce, MX1, 86400)),
+            ("only invalid mx lines", "version: STSv1\nmode: enforce\nmx: 192.0.2.1\nmax_age: 86400\n".into(), P::Err("no valid mx pattern remains")),
             ("no final newline", "version: STSv1\nmode: enforce\nmx: mail.example.com\nmax_age: 86400".into(), P::Ok(Mode::Enforce, MX1, 86400)),
             ("no final CRLF", "version: STSv1\r\nmode: enforce\r\nmx: mail.example.com\r\nmax_age: 86400".into(), P::Ok(Mode::Enforce, MX1, 86400)),
             // The RFC sets no field order for the policy (unlike the TXT
