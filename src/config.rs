@@ -313,12 +313,17 @@ impl ServerConfig {
 pub struct SpoolConfig {
     /// Spool directory; created if missing. Relative paths are relative to the working directory.
     pub dir: PathBuf,
+    /// Bytes that must stay free on the spool's file system: below this (plus
+    /// the size a client declares), MAIL gets 452 4.3.1 while delivery goes on
+    /// (like Postfix's `queue_minfree`).
+    pub min_free: u64,
 }
 
 impl Default for SpoolConfig {
     fn default() -> Self {
         SpoolConfig {
             dir: PathBuf::from("spool"),
+            min_free: 100 * 1024 * 1024,
         }
     }
 }

@@ -10,6 +10,7 @@ use tokio::sync::watch;
 use crate::config::Config;
 use crate::delivery::{Delivery, DeliveryError};
 use crate::inbound::Inbound;
+use crate::ops::control::Handler;
 use crate::resolve::dns::{Dns, DnsSettings, DnsSetupError};
 use crate::spool::{Spool, SpoolError};
 
@@ -20,7 +21,7 @@ pub struct Relay {
     inbound: Inbound,
     delivery: Delivery,
     initial: Vec<crate::spool::Envelope>,
-    _lock: crate::spool::SpoolLock,
+    control: Handler,
 }
 
 /// The DNS settings of a configuration.
@@ -47,14 +48,6 @@ pub enum StartError {
     /// Another server holds the spool, or the lock cannot be taken.
     #[error("{0}")]
     Lock(SpoolError),
-    /// Recovery of the spool failed.
-    #[error("cannot recover the spool {}: {source}", dir.display())]
-    Recover {
-        /// The spool directory.
-        dir: std::path::PathBuf,
-        /// What went wrong.
-        source: SpoolError,
-    },
     /// The metrics endpoint cannot listen.
     #[error("{0}")]
     Metrics(String),
@@ -76,24 +69,7 @@ impl Relay {
     /// Locks and recovers the spool, sets up DNS and TLS, and binds the listeners.
     pub async fn start(config: Arc<Config>) -> Result<Relay, StartError> {
         let dir = &config.spool.dir;
-        let spool = Spool::open(dir).map_err(|source| StartError::Spool {
-            dir: dir.clone(),
-            source,
-        })?;
-        let lock = spool.lock().map_err(StartError::Lock)?;
-        let recovery = spool.recover().map_err(|source| StartError::Recover {
-            dir: dir.clone(),
-            source,
-        })?;
-        tracing::info!(
-            spool = %dir.display(),
-            queued = recovery.queued.len(),
-            discarded_partial = recovery.discarded_partial,
-            "spool recovered"
-        );
-        for id in &recovery.corrupt {
-            tracing::error!(id = %id, "damaged envelope moved to {}/corrupt; inspect it by hand", dir.display());
-        }
+        let spool = open_spool(dir)?;
         if let Some(addr) = config.metrics.listen {
             crate::reporting::metrics::install(addr)
                 .map_err(|e| StartError::Metrics(e.to_string()))?;
@@ -113,6 +89,7 @@ impl Relay {
             });
         }
         let delivery = Delivery::new(config.clone(), spool.clone(), dns.clone())?;
+        let control_dns = dns.clone();
         let reporter = if config.tls_rpt.enabled && config.delivery.enabled {
             Some(
                 crate::reporting::reporter::Reporter::new(
@@ -126,14 +103,20 @@ impl Relay {
         } else {
             None
         };
+        let control = Handler {
+            config: config.clone(),
+            spool: spool.clone(),
+            dns: control_dns,
+            requeue: config.delivery.enabled.then(|| delivery.queue_sender()),
+        };
         let inbound = Inbound::bind(config.clone(), spool, Some(delivery.queue_sender())).await?;
         Ok(Relay {
             config,
             reporter,
             inbound,
             delivery,
-            initial: recovery.queued,
-            _lock: lock,
+            initial: control.spool.list(),
+            control,
         })
     }
 
@@ -148,6 +131,11 @@ impl Relay {
         }
     }
 
+    /// The spool this relay holds (open and locked while the relay lives).
+    pub fn spool(&self) -> &Spool {
+        &self.control.spool
+    }
+
     /// The inbound listening addresses.
     pub fn local_addrs(&self) -> Vec<SocketAddr> {
         self.inbound.local_addrs()
@@ -156,12 +144,46 @@ impl Relay {
     /// Serves until `shutdown` turns true, then stops both halves cleanly.
     pub async fn run(self, shutdown: watch::Receiver<bool>) {
         let delivery = tokio::spawn(self.delivery.run(self.initial, shutdown.clone()));
+        let control = self.control.clone();
+        let stop = shutdown.clone();
+        tokio::spawn(async move {
+            if let Err(e) = crate::ops::control::serve(control, stop).await {
+                tracing::error!(error = %e, "the control socket cannot listen; queue commands cannot reach this server");
+            }
+        });
         if let Some(r) = self.reporter {
             tokio::spawn(r.run(shutdown.clone()));
         }
         self.inbound.run(shutdown).await;
         let _ = delivery.await;
     }
+}
+
+/// Opens (locks, imports, replays) the spool and logs what recovery found.
+fn open_spool(dir: &std::path::Path) -> Result<Spool, StartError> {
+    let spool = Spool::open(dir).map_err(|source| match source {
+        SpoolError::Locked(_) => StartError::Lock(source),
+        source => StartError::Spool {
+            dir: dir.to_path_buf(),
+            source,
+        },
+    })?;
+    let rec = spool.recovery();
+    tracing::info!(
+        spool = %dir.display(),
+        queued = rec.queued,
+        segments = rec.segments,
+        imported = rec.imported.messages,
+        discarded_partial = rec.imported.discarded_partial,
+        "spool recovered"
+    );
+    for d in &rec.dropped {
+        tracing::error!(segment = d.seg, offset = d.offset, bytes = d.bytes, why = %d.why, "spool recovery dropped part of a segment");
+    }
+    for id in &rec.imported.corrupt {
+        tracing::error!(id = %id, "damaged envelope moved to {}/corrupt; inspect it by hand", dir.display());
+    }
+    Ok(spool)
 }
 
 /// Reloads policies (and checks the configuration) on SIGHUP without dropping mail.

@@ -41,7 +41,7 @@ async fn start(extra: &str) -> Server {
 }
 
 fn queued(spool: &Spool) -> Vec<Envelope> {
-    spool.list().unwrap()
+    spool.list()
 }
 
 /// The stored message without our Received header (which is its first field).

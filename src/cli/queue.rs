@@ -4,9 +4,11 @@ use std::path::Path;
 use std::process::ExitCode;
 
 use clap::Subcommand;
+use tlsrelay::ops::control::{self, Request};
 use tlsrelay::ops::queue;
+use tlsrelay::spool::SpoolError;
 
-use super::load_config;
+use super::{load_config, runtime};
 
 /// What to do with the queue.
 #[derive(Subcommand)]
@@ -25,8 +27,7 @@ pub enum QueueAction {
         #[arg(long)]
         json: bool,
     },
-    /// Make deferred messages due now (the running relay picks them up within
-    /// `delivery.queue_scan_interval`).
+    /// Make deferred messages due now (the running relay starts them at once).
     Retry {
         /// Queue id.
         #[arg(required_unless_present = "all")]
@@ -47,18 +48,38 @@ pub enum QueueAction {
     },
 }
 
-/// Runs one queue command on the configured spool and prints its output.
+/// Runs one queue command: through the running server when one holds the
+/// spool, else on the spool directly; prints its output.
 pub fn run(config_path: Option<&Path>, action: QueueAction) -> anyhow::Result<ExitCode> {
     let config = load_config(config_path)?;
-    let spool = queue::open_spool(&config.spool.dir)?;
-    let out = match action {
-        QueueAction::List { json } => queue::list(&spool, json),
-        QueueAction::Show { id, json } => queue::show(&spool, &id, json),
-        // Without an id, clap has made sure `--all` was given.
-        QueueAction::Retry { id, all: _ } => queue::retry(&spool, id.as_deref()),
-        QueueAction::Delete { id } => queue::delete(&spool, &id),
-        QueueAction::Bounce { id } => queue::bounce(&spool, &id, &config.server.hostname),
-    }?;
+    let req = request(action);
+    let dir = &config.spool.dir;
+    let out = match queue::open_spool(dir) {
+        Ok(spool) => control::run_queue(&spool, &config.server.hostname, &req)?,
+        Err(queue::QueueError::Open {
+            err: SpoolError::Locked(_),
+            ..
+        }) => {
+            let answer = runtime()?.block_on(control::call(dir, &req))?;
+            if !answer.ok {
+                anyhow::bail!("{}", answer.output);
+            }
+            answer.output
+        }
+        Err(e) => return Err(e.into()),
+    };
     print!("{out}");
     Ok(ExitCode::SUCCESS)
+}
+
+/// The control request a command line stands for.
+fn request(action: QueueAction) -> Request {
+    match action {
+        QueueAction::List { json } => Request::QueueList { json },
+        QueueAction::Show { id, json } => Request::QueueShow { id, json },
+        // Without an id, clap has made sure `--all` was given.
+        QueueAction::Retry { id, all: _ } => Request::QueueRetry { id },
+        QueueAction::Delete { id } => Request::QueueDelete { id },
+        QueueAction::Bounce { id } => Request::QueueBounce { id },
+    }
 }

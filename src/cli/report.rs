@@ -8,9 +8,10 @@ use std::sync::Arc;
 use chrono::NaiveDate;
 use clap::Subcommand;
 use tlsrelay::config::Config;
+use tlsrelay::ops::control::{self, Request};
 use tlsrelay::reporting::outcome::OutcomeLog;
 use tlsrelay::reporting::reporter::{summarize, DomainSummary, Reporter, Sent};
-use tlsrelay::spool::Spool;
+use tlsrelay::spool::{Spool, SpoolError};
 
 use super::{dns, load_config, pretty_json, runtime};
 
@@ -102,11 +103,21 @@ fn render_period(label: &str, day: NaiveDate, sum: &BTreeMap<String, DomainSumma
     out
 }
 
-/// Sends the day's due reports (all of them with `now`) and says what happened.
+/// Sends the day's due reports (all of them with `now`) and says what happened:
+/// through the running server when one holds the spool.
 fn send(config: Config, day: NaiveDate, now: bool, json: bool) -> anyhow::Result<ExitCode> {
     let sent = runtime()?.block_on(async {
+        let spool = match Spool::open(&config.spool.dir) {
+            Ok(spool) => spool,
+            Err(SpoolError::Locked(_)) => {
+                let req = Request::ReportSend { day, now };
+                let answer = control::call(&config.spool.dir, &req).await?;
+                anyhow::ensure!(answer.ok, "{}", answer.output);
+                return Ok(serde_json::from_str(&answer.output)?);
+            }
+            Err(e) => return Err(e.into()),
+        };
         let dns = dns(&config)?;
-        let spool = Spool::open(&config.spool.dir)?;
         let reporter =
             Reporter::new(Arc::new(config), spool, dns, None).map_err(anyhow::Error::msg)?;
         anyhow::Ok(if now {

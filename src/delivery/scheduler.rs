@@ -135,7 +135,7 @@ impl Queue {
     /// The disk is the truth: picks up `queue retry`, `queue delete` and DSNs.
     async fn rescan(&mut self, ctx: &Context) {
         let spool = ctx.spool.clone();
-        let Ok(Ok(on_disk)) = tokio::task::spawn_blocking(move || spool.list()).await else {
+        let Ok(on_disk) = tokio::task::spawn_blocking(move || spool.list()).await else {
             return;
         };
         let ids: HashSet<String> = on_disk.iter().map(|e| e.id.clone()).collect();

@@ -452,6 +452,9 @@ impl Session {
                 ),
             );
         }
+        if let Some(why) = self.no_room(from.size as u64) {
+            return self.error(452, "4.3.1", &why);
+        }
         self.tx = Some(Transaction {
             sender,
             body: if from.flags & MAIL_BODY_8BITMIME != 0 {
@@ -669,6 +672,10 @@ impl Session {
         let stored = tokio::task::spawn_blocking(move || spool.store(&env2, &message)).await;
         match stored {
             Ok(Ok(())) => self.accepted(env),
+            Ok(Err(e)) if e.kind() == std::io::ErrorKind::StorageFull => {
+                tracing::error!(client = %self.peer, error = %e, "spool full: message refused");
+                self.reply(452, "4.3.1", "Insufficient system storage; try again later");
+            }
             Ok(Err(e)) => {
                 tracing::error!(client = %self.peer, error = %e, "cannot store message in the spool");
                 self.cannot_store();
@@ -747,6 +754,22 @@ impl Session {
     }
 
     /// The spool could not take the message: the client should try again later.
+    /// Why a new message cannot be taken now: the spool's file system is
+    /// below its reserve (`[spool] min_free`), counting the declared size.
+    fn no_room(&self, declared: u64) -> Option<String> {
+        let reserve = self.shared.config.spool.min_free;
+        let free = self.shared.spool.free_bytes().ok()?;
+        (free < reserve.saturating_add(declared)).then(|| {
+            tracing::warn!(
+                free,
+                reserve,
+                declared,
+                "spool below its free-space reserve; new mail is refused with 452"
+            );
+            "Insufficient system storage in the queue; try again later".to_string()
+        })
+    }
+
     fn cannot_store(&mut self) {
         self.reply(
             451,

@@ -1,4 +1,5 @@
 //! The operator's views: the queue commands and `tlsrelay check`.
 
 pub mod check;
+pub mod control;
 pub mod queue;

@@ -26,16 +26,37 @@ pub enum QueueError {
     /// Reading or changing the queue failed.
     #[error(transparent)]
     Spool(#[from] SpoolError),
+    /// Root would leave files the server's user cannot read.
+    #[error("{} belongs to uid {uid}; run this as that user (e.g. `sudo -u` the service user), or start the server so the command goes through it", .dir.display())]
+    NotOwner {
+        /// The spool directory.
+        dir: PathBuf,
+        /// Its owner.
+        uid: u32,
+    },
     /// The JSON rendering failed.
     #[error(transparent)]
     Json(#[from] serde_json::Error),
 }
 
-/// Opens the spool at `dir` for the operator, refusing a directory without a queue
-/// (so that a wrong working directory does not create an empty spool).
+/// Opens the spool at `dir` for the operator when no server holds it,
+/// refusing a directory that is no spool (so that a wrong working directory
+/// does not create an empty one) and, for root, a spool another user owns.
 pub fn open_spool(dir: &Path) -> Result<Spool, QueueError> {
-    if !dir.join("queue").is_dir() {
+    let is_spool = ["VERSION", "segments", "queue"]
+        .iter()
+        .any(|p| dir.join(p).exists());
+    if !is_spool {
         return Err(QueueError::NoSpool(dir.to_path_buf()));
+    }
+    use std::os::unix::fs::MetadataExt;
+    let owner = std::fs::metadata(dir).map(|m| m.uid()).unwrap_or(0);
+    // SAFETY: geteuid has no preconditions.
+    if unsafe { libc::geteuid() } == 0 && owner != 0 && !crate::spool::is_locked(dir) {
+        return Err(QueueError::NotOwner {
+            dir: dir.to_path_buf(),
+            uid: owner,
+        });
     }
     Spool::open(dir).map_err(|err| QueueError::Open {
         dir: dir.to_path_buf(),
@@ -75,7 +96,7 @@ pub fn summary(env: &Envelope) -> serde_json::Value {
 
 /// `queue list`: a table for people or a JSON array for scripts.
 pub fn list(spool: &Spool, as_json: bool) -> Result<String, QueueError> {
-    let envs = spool.list()?;
+    let envs = spool.list();
     if as_json {
         let rows: Vec<_> = envs.iter().map(summary).collect();
         return Ok(serde_json::to_string_pretty(&rows)? + "\n");
@@ -201,7 +222,7 @@ fn human_age(secs: i64) -> String {
 pub fn retry(spool: &Spool, id: Option<&str>) -> Result<String, QueueError> {
     let envs = match id {
         Some(id) => vec![spool.load(id)?],
-        None => spool.list()?,
+        None => spool.list(),
     };
     let now = now_unix();
     let mut n = 0;

@@ -147,7 +147,7 @@ pub enum RuaError {
 }
 
 /// What happened to one (day, domain) report.
-#[derive(Debug, Clone, Serialize)]
+#[derive(Debug, Clone, Serialize, serde::Deserialize)]
 pub struct Sent {
     /// The UTC day reported on.
     pub day: String,

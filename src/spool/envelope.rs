@@ -610,3 +610,39 @@ mod tests {
         assert_eq!(env.retry_until(Duration::from_secs(86400)), T0 + 86400);
     }
 }
+
+/// Envelopes for the spool's own unit tests.
+#[cfg(test)]
+pub(crate) mod tests_support {
+    use super::*;
+
+    /// A queued message with one recipient.
+    pub fn envelope(id: &str) -> Envelope {
+        Envelope {
+            id: id.into(),
+            received_at: 1,
+            client: ClientInfo::default(),
+            sender: "a@example.org".into(),
+            size: 5,
+            body: BodyType::SevenBit,
+            smtputf8: false,
+            requiretls: false,
+            tls_required_no: false,
+            tls_report: false,
+            ret: None,
+            envid: None,
+            recipients: vec![Recipient {
+                address: "b@example.net".into(),
+                notify: Default::default(),
+                orcpt: None,
+                state: RcptState::Queued,
+                last_reason: None,
+                status: None,
+            }],
+            attempts: 0,
+            next_attempt: 0,
+            delay_notice_sent: false,
+            pending_dsns: vec![],
+        }
+    }
+}

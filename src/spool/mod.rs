@@ -1,32 +1,82 @@
 //! The spool: accepted messages on disk, durable before the client hears 250.
 //!
-//! Layout under the spool directory:
-//! - `tmp/`: files being written; anything here after a crash was never acknowledged.
-//! - `queue/ID.msg`: the message as it will be sent (our Received header, then the
-//!   client's bytes), written once.
-//! - `queue/ID.env`: the envelope and per-recipient state (JSON), replaced atomically.
+//! Layout under the spool directory (directories 0700, files 0600):
+//! - `VERSION`: the spool format (2); a newer one is refused, never guessed at.
+//! - `segments/N.seg`: append-only logs of CRC-checked records — a new message
+//!   (envelope and body), a new envelope state, a removal. Many messages share
+//!   one `fdatasync` ([`log`]); no file is created or renamed per message.
+//! - `corrupt/`: whatever recovery set aside.
 //!
-//! A message exists once `queue/ID.env` exists. `ID.msg` is renamed into place and
-//! the directory fsynced *before* `ID.env` is, so an envelope never points at a
-//! missing body. Recovery deletes `tmp/*` and any `ID.msg` without an envelope.
+//! Only one process opens a spool ([`Spool::open`] takes an exclusive lock and
+//! keeps every envelope in memory); other commands reach the running server
+//! through its control socket. At start the segments are replayed in order
+//! ([`index`]): a torn tail (a write that was never acknowledged) is cut off,
+//! damaged records are skipped and reported. A segment is deleted once no
+//! queued message's body is in it and every older segment is gone; a
+//! message that stays queued is copied forward so it never pins old
+//! segments. A spool in the earlier one-file-per-message layout is imported
+//! at start ([`legacy`]).
 //!
-//! Nothing read from the spool is trusted: ids are checked (letters and digits,
-//! and an envelope's `id` must be its file name) before they become paths, and
-//! entries recovery does not expect are set aside in `corrupt/`, never fatal.
+//! Nothing read from the spool is trusted: ids are checked (letters and digits)
+//! before they are used, and an envelope must name the id its record carries.
 
-use std::fs::{self, File, OpenOptions};
-use std::io::{self, Read, Write};
+use std::collections::BTreeMap;
+use std::fs::{self, DirBuilder, File, OpenOptions};
+use std::io;
+use std::os::unix::fs::{DirBuilderExt, FileExt, OpenOptionsExt};
 use std::path::{Path, PathBuf};
-use std::time::{SystemTime, UNIX_EPOCH};
+use std::sync::{Arc, Mutex, MutexGuard, Weak};
+use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
 mod envelope;
+mod index;
+mod legacy;
+mod log;
+mod record;
 
 pub use envelope::{BodyType, ClientInfo, DsnRet, Envelope, PendingDsn, RcptState, Recipient};
+pub use index::{DropReason, Dropped};
+pub use legacy::Imported;
 
-/// An open spool directory.
+use index::{Index, Loc};
+use record::{Kind, SEGMENT_HEADER};
+
+/// The spool format this release writes and reads.
+pub const FORMAT: u32 = 2;
+
+/// An open spool, shared by every part of the server.
 #[derive(Debug, Clone)]
 pub struct Spool {
+    inner: Arc<Inner>,
+}
+
+#[derive(Debug)]
+struct Inner {
     dir: PathBuf,
+    segments: PathBuf,
+    index: Mutex<Index>,
+    log: log::Log,
+    segment_bytes: u64,
+    recovery: Mutex<Recovery>,
+    _lock: SpoolLock,
+}
+
+/// How a spool is opened.
+#[derive(Debug, Clone, Copy)]
+pub struct Options {
+    /// A segment is closed and the next begun once it holds this many bytes.
+    pub segment_bytes: u64,
+    /// How often old segments are checked for deletion or compaction.
+    pub compact_every: Duration,
+}
+
+impl Default for Options {
+    fn default() -> Options {
+        Options {
+            segment_bytes: 64 << 20,
+            compact_every: Duration::from_secs(2),
+        }
+    }
 }
 
 /// The current time in Unix seconds.
@@ -56,7 +106,7 @@ pub enum SpoolError {
     /// The message was removed (delivered, bounced or deleted) while in use.
     #[error("message {0} is no longer in the queue")]
     Gone(String),
-    /// The envelope file does not hold an envelope.
+    /// An envelope (of the earlier layout) does not hold an envelope.
     #[error("envelope of {id} is damaged: {reason}")]
     Damaged {
         /// The queue id.
@@ -75,6 +125,17 @@ pub enum SpoolError {
     /// Another process holds the spool's lock.
     #[error("the spool {} is in use by another tlsrelay process", .0.display())]
     Locked(PathBuf),
+    /// The spool was written by a newer release.
+    #[error("the spool {} has format {found}; this release reads format {FORMAT} and earlier: run the newer release, or move the spool aside", .dir.display())]
+    NewerFormat {
+        /// The spool directory.
+        dir: PathBuf,
+        /// The format its `VERSION` file names.
+        found: u32,
+    },
+    /// The `VERSION` file holds no format number.
+    #[error("{} does not hold a spool format number (expected `{FORMAT}`); restore it or move the spool aside", .0.display())]
+    BadVersion(PathBuf),
     /// The file system refused.
     #[error(transparent)]
     Io(#[from] io::Error),
@@ -87,261 +148,463 @@ impl SpoolError {
         match self {
             SpoolError::BadId(_) => io::ErrorKind::InvalidInput,
             SpoolError::NotFound(_) | SpoolError::Gone(_) => io::ErrorKind::NotFound,
-            SpoolError::Damaged { .. } | SpoolError::IdMismatch { .. } => {
-                io::ErrorKind::InvalidData
-            }
+            SpoolError::Damaged { .. }
+            | SpoolError::IdMismatch { .. }
+            | SpoolError::NewerFormat { .. }
+            | SpoolError::BadVersion(_) => io::ErrorKind::InvalidData,
             SpoolError::Locked(_) => io::ErrorKind::WouldBlock,
             SpoolError::Io(e) => e.kind(),
         }
     }
 }
 
-/// What recovery found when the spool was opened.
-#[derive(Debug, Default)]
+/// What opening the spool found.
+#[derive(Debug, Default, Clone)]
 pub struct Recovery {
-    /// Envelopes of the queued messages.
-    pub queued: Vec<Envelope>,
-    /// Partial files removed (never acknowledged).
-    pub discarded_partial: usize,
-    /// Envelopes that could not be read, moved to `corrupt/`.
-    pub corrupt: Vec<String>,
+    /// Messages queued after recovery.
+    pub queued: usize,
+    /// Segments replayed.
+    pub segments: usize,
+    /// Parts of segments that could not be used.
+    pub dropped: Vec<Dropped>,
+    /// What importing an earlier layout did.
+    pub imported: Imported,
 }
 
 impl Spool {
-    /// Opens (creating if needed) a spool directory without recovering it.
+    /// Opens a spool with the default options: locks it, imports an earlier
+    /// layout, replays the segments and starts the committer.
     pub fn open(dir: &Path) -> Result<Spool, SpoolError> {
-        for sub in ["tmp", "queue", "corrupt"] {
-            fs::create_dir_all(dir.join(sub))?;
+        Spool::open_with(dir, Options::default())
+    }
+
+    /// Opens a spool (see [`Spool::open`]).
+    pub fn open_with(dir: &Path, opts: Options) -> Result<Spool, SpoolError> {
+        for sub in ["", "segments", "corrupt"] {
+            DirBuilder::new()
+                .recursive(true)
+                .mode(0o700)
+                .create(dir.join(sub))?;
         }
-        Ok(Spool {
-            dir: dir.to_path_buf(),
-        })
+        let lock = lock(dir)?;
+        check_version(dir)?;
+        let segments = dir.join("segments");
+        let mut index = Index::default();
+        let mut recovery = Recovery::default();
+        let (active, len) = replay_all(&segments, &mut index, &mut recovery)?;
+        let log = log::Log::start(&segments, active, len, opts.segment_bytes)?;
+        let spool = Spool {
+            inner: Arc::new(Inner {
+                dir: dir.to_path_buf(),
+                segments,
+                index: Mutex::new(index),
+                log,
+                segment_bytes: opts.segment_bytes,
+                recovery: Mutex::new(Recovery::default()),
+                _lock: lock,
+            }),
+        };
+        recovery.imported = legacy::import(&spool, dir)?;
+        write_version(dir)?;
+        recovery.queued = spool.index().entries.len();
+        *spool.inner.recovery.lock().unwrap() = recovery;
+        spawn_compactor(Arc::downgrade(&spool.inner), opts.compact_every);
+        Ok(spool)
+    }
+
+    /// What opening the spool found.
+    pub fn recovery(&self) -> Recovery {
+        self.inner.recovery.lock().unwrap().clone()
     }
 
     /// The spool directory.
     pub fn dir(&self) -> &Path {
-        &self.dir
+        &self.inner.dir
     }
 
-    fn queue_dir(&self) -> PathBuf {
-        self.dir.join("queue")
-    }
-
-    /// Path of a message's body file.
-    pub fn msg_path(&self, id: &str) -> PathBuf {
-        self.queue_dir().join(format!("{id}.msg"))
-    }
-
-    fn env_path(&self, id: &str) -> PathBuf {
-        self.queue_dir().join(format!("{id}.env"))
-    }
-
-    /// Takes an exclusive lock so that two servers never share one spool.
-    /// The lock lasts as long as the returned value lives.
-    ///
-    /// The lock is held on the spool directory itself, which cannot be removed
-    /// while it holds the queue, and on the `lock` file that earlier versions use.
-    pub fn lock(&self) -> Result<SpoolLock, SpoolError> {
-        let dir = File::open(&self.dir)?;
-        flock_exclusive(&dir).map_err(|_| SpoolError::Locked(self.dir.clone()))?;
-        let file = OpenOptions::new()
-            .create(true)
-            .truncate(false)
-            .write(true)
-            .open(self.dir.join("lock"))?;
-        flock_exclusive(&file).map_err(|_| SpoolError::Locked(self.dir.clone()))?;
-        Ok(SpoolLock {
-            _dir: dir,
-            _file: file,
-        })
-    }
-
-    /// Cleans up after a crash and returns every queued envelope, oldest first.
-    /// Entries it does not expect are set aside or removed with a log line;
-    /// only an unreadable `tmp/` or `queue/` directory stops it.
-    pub fn recover(&self) -> Result<Recovery, SpoolError> {
-        let mut rec = Recovery::default();
-        for entry in fs::read_dir(self.dir.join("tmp"))? {
-            self.discard(&entry?.path());
-            rec.discarded_partial += 1;
-        }
-        let mut ids = Vec::new();
-        for entry in fs::read_dir(self.queue_dir())? {
-            let path = entry?.path();
-            let name = path.file_name().and_then(|n| n.to_str()).unwrap_or("");
-            if let Some(id) = name.strip_suffix(".msg") {
-                if !self.env_path(id).exists() {
-                    self.discard(&path);
-                    rec.discarded_partial += 1;
-                }
-            } else if let Some(id) = name.strip_suffix(".env") {
-                ids.push(id.to_string());
-            } else {
-                self.set_aside(&path, "not a queue file");
-            }
-        }
-        ids.sort();
-        for id in ids {
-            match self.load(&id) {
-                Ok(env) if self.msg_path(&id).exists() => rec.queued.push(env),
-                Ok(_) | Err(_) => {
-                    for ext in ["env", "msg"] {
-                        let from = self.queue_dir().join(format!("{id}.{ext}"));
-                        if fs::symlink_metadata(&from).is_ok() {
-                            self.set_aside(&from, "damaged envelope");
-                        }
-                    }
-                    rec.corrupt.push(id);
-                }
-            }
-        }
-        sync_dir(&self.queue_dir())?;
-        Ok(rec)
-    }
-
-    /// Removes a leftover file (an entry that is no file is set aside); a
-    /// failure is logged, never fatal.
-    fn discard(&self, path: &Path) {
-        match fs::symlink_metadata(path) {
-            Ok(m) if m.is_file() || m.is_symlink() => {}
-            _ => return self.set_aside(path, "not a file"),
-        }
-        if let Err(e) = fs::remove_file(path) {
-            tracing::warn!(path = %path.display(), error = %e, "cannot remove a leftover spool file");
-        }
-    }
-
-    /// Moves an unexpected entry into `corrupt/` (under its own name when that
-    /// is free), or removes it when it cannot be moved; logs either way.
-    fn set_aside(&self, path: &Path, why: &str) {
-        let name = path.file_name().map(|n| n.to_string_lossy().into_owned());
-        let mut to = self.dir.join("corrupt").join(name.unwrap_or_default());
-        if fs::symlink_metadata(&to).is_ok() {
-            to.as_mut_os_string().push(format!(".{}", new_queue_id()));
-        }
-        match fs::rename(path, &to) {
-            Ok(()) => {
-                tracing::warn!(path = %path.display(), to = %to.display(), why, "unexpected spool entry set aside");
-            }
-            Err(e) => {
-                let removed = match fs::symlink_metadata(path) {
-                    Ok(m) if m.is_dir() => fs::remove_dir_all(path),
-                    _ => fs::remove_file(path),
-                };
-                tracing::warn!(path = %path.display(), why, error = %e, removed = removed.is_ok(), "unexpected spool entry could not be moved aside");
-            }
-        }
+    fn index(&self) -> MutexGuard<'_, Index> {
+        self.inner.index.lock().unwrap_or_else(|e| e.into_inner())
     }
 
     /// Stores a new message durably. When this returns Ok, a crash cannot lose it.
     pub fn store(&self, env: &Envelope, message: &[u8]) -> Result<(), SpoolError> {
         check_id(&env.id)?;
-        let tmp = self.dir.join("tmp");
-        let tmp_msg = tmp.join(format!("{}.msg", env.id));
-        let tmp_env = tmp.join(format!("{}.env", env.id));
-        let result = (|| {
-            write_synced(&tmp_msg, message)?;
-            write_synced(&tmp_env, &serde_json::to_vec_pretty(env)?)?;
-            fs::rename(&tmp_msg, self.msg_path(&env.id))?;
-            sync_dir(&self.queue_dir())?;
-            fs::rename(&tmp_env, self.env_path(&env.id))?;
-            sync_dir(&self.queue_dir())
-        })();
-        if result.is_err() {
-            let _ = fs::remove_file(&tmp_msg);
-            let _ = fs::remove_file(&tmp_env);
-            let _ = fs::remove_file(self.msg_path(&env.id));
-        }
-        Ok(result?)
+        let json = serde_json::to_vec(env).map_err(io::Error::from)?;
+        let rec = record::encode(Kind::Message, &env.id, &json, message);
+        let (floor, len) = (self.inner.log.active(), rec.bytes.len() as u64);
+        let waiting = {
+            let mut idx = self.index();
+            idx.pending_add(floor);
+            self.inner.log.enqueue(rec.bytes)
+        };
+        let result = waiting.and_then(|rx| wait(&rx));
+        let mut idx = self.index();
+        idx.pending_done(floor);
+        let pos = result?;
+        idx.grow(pos.seg, pos.offset + len);
+        let body = Loc {
+            seg: pos.seg,
+            offset: pos.offset + rec.body_start as u64,
+            len: message.len() as u64,
+        };
+        idx.put(env.clone(), body);
+        Ok(())
     }
 
-    /// Replaces a message's envelope atomically (state changes after an attempt).
+    /// Records a message's new envelope (state changes after an attempt).
     pub fn update(&self, env: &Envelope) -> Result<(), SpoolError> {
         check_id(&env.id)?;
-        if !self.env_path(&env.id).exists() {
-            return Err(SpoolError::Gone(env.id.clone()));
-        }
-        let tmp = self
-            .dir
-            .join("tmp")
-            .join(format!("{}.env.{}", env.id, new_queue_id()));
-        write_synced(
-            &tmp,
-            &serde_json::to_vec_pretty(env).map_err(io::Error::from)?,
-        )?;
-        if let Err(e) = fs::rename(&tmp, self.env_path(&env.id)) {
-            let _ = fs::remove_file(&tmp);
-            return Err(e.into());
-        }
-        Ok(sync_dir(&self.queue_dir())?)
+        let json = serde_json::to_vec(env).map_err(io::Error::from)?;
+        let rec = record::encode(Kind::Update, &env.id, &json, b"");
+        let rx = {
+            let mut idx = self.index();
+            if !idx.set_env(env) {
+                return Err(SpoolError::Gone(env.id.clone()));
+            }
+            self.inner.log.enqueue(rec.bytes)?
+        };
+        self.committed(&rx)
     }
 
     /// Removes a message from the queue (delivered, bounced or deleted).
     pub fn remove(&self, id: &str) -> Result<(), SpoolError> {
         check_id(id)?;
-        fs::remove_file(self.env_path(id))?;
-        sync_dir(&self.queue_dir())?;
-        match fs::remove_file(self.msg_path(id)) {
-            Err(e) if e.kind() != io::ErrorKind::NotFound => Err(e.into()),
-            _ => Ok(()),
-        }
+        let rec = record::encode(Kind::Remove, id, b"", b"");
+        let rx = {
+            let mut idx = self.index();
+            if idx.remove(id).is_none() {
+                return Err(SpoolError::NotFound(id.to_string()));
+            }
+            self.inner.log.enqueue(rec.bytes)?
+        };
+        self.committed(&rx)
     }
 
-    /// Reads one envelope; its `id` field must be `id`, the file's name.
+    /// Waits for a queued record and notes how far its segment now reaches.
+    fn committed(&self, rx: &log::Waiting) -> Result<(), SpoolError> {
+        let pos = wait(rx)?;
+        self.index().grow(pos.seg, pos.offset + 1);
+        Ok(())
+    }
+
+    /// One queued message's envelope.
     pub fn load(&self, id: &str) -> Result<Envelope, SpoolError> {
         check_id(id)?;
-        let bytes = fs::read(self.env_path(id)).map_err(|e| match e.kind() {
-            io::ErrorKind::NotFound => SpoolError::NotFound(id.to_string()),
-            _ => SpoolError::Io(e),
-        })?;
-        let env: Envelope =
-            serde_json::from_slice(&bytes).map_err(|reason| SpoolError::Damaged {
-                id: id.to_string(),
-                reason,
-            })?;
-        if env.id != id {
-            return Err(SpoolError::IdMismatch {
-                file: id.to_string(),
-                field: env.id,
-            });
-        }
-        Ok(env)
+        (self.index().entries.get(id))
+            .map(|e| e.env.clone())
+            .ok_or_else(|| SpoolError::NotFound(id.to_string()))
     }
 
     /// Reads a message's stored bytes.
     pub fn read_message(&self, id: &str) -> Result<Vec<u8>, SpoolError> {
         check_id(id)?;
-        let mut buf = Vec::new();
-        File::open(self.msg_path(id))?.read_to_end(&mut buf)?;
+        // Opened under the lock: compaction may delete the segment right
+        // after, but an open file stays readable.
+        let (file, loc) = {
+            let idx = self.index();
+            let loc = (idx.entries.get(id).map(|e| e.body))
+                .ok_or_else(|| SpoolError::NotFound(id.to_string()))?;
+            (
+                File::open(log::segment_path(&self.inner.segments, loc.seg))?,
+                loc,
+            )
+        };
+        let mut buf = vec![0; loc.len as usize];
+        file.read_exact_at(&mut buf, loc.offset)?;
         Ok(buf)
     }
 
-    /// Every queued envelope, oldest first (read-only: safe while a server runs).
-    pub fn list(&self) -> Result<Vec<Envelope>, SpoolError> {
-        let mut ids: Vec<String> = fs::read_dir(self.queue_dir())?
-            .filter_map(|e| e.ok())
-            .filter_map(|e| {
-                e.file_name()
-                    .to_str()
-                    .and_then(|n| n.strip_suffix(".env"))
-                    .map(str::to_string)
-            })
+    /// Every queued envelope, oldest first.
+    pub fn list(&self) -> Vec<Envelope> {
+        let mut envs: Vec<Envelope> = (self.index().entries.values())
+            .map(|e| e.env.clone())
             .collect();
-        ids.sort();
-        Ok(ids.iter().filter_map(|id| self.load(id).ok()).collect())
+        envs.sort_by(|a, b| a.id.cmp(&b.id));
+        envs
+    }
+
+    /// How many messages are queued.
+    pub fn len(&self) -> usize {
+        self.index().entries.len()
+    }
+
+    /// Whether no message is queued.
+    pub fn is_empty(&self) -> bool {
+        self.len() == 0
+    }
+
+    /// Disk flushes of the log so far (one per batch of records).
+    pub fn flushes(&self) -> u64 {
+        self.inner.log.commits()
+    }
+
+    /// Bytes free for an unprivileged writer on the spool's file system.
+    pub fn free_bytes(&self) -> io::Result<u64> {
+        free_bytes(&self.inner.dir)
+    }
+
+    /// Segment numbers and sizes, oldest first (for tests and `queue` tools).
+    pub fn segments(&self) -> BTreeMap<u64, u64> {
+        (self.index().segs.iter())
+            .map(|(&n, s)| (n, s.size))
+            .collect()
+    }
+
+    /// Deletes or compacts old segments until nothing more is worth doing.
+    pub fn compact(&self) -> Result<(), SpoolError> {
+        while self.compact_step()? {}
+        Ok(())
+    }
+
+    /// One step: delete the oldest segment if nothing needs it, else copy
+    /// its queued messages forward when that frees enough.
+    fn compact_step(&self) -> Result<bool, SpoolError> {
+        let movers = {
+            let mut idx = self.index();
+            let active = self.inner.log.active();
+            let Some((&oldest, _)) = idx.segs.first_key_value() else {
+                return Ok(false);
+            };
+            if oldest >= active {
+                return Ok(false);
+            }
+            if idx.deletable(oldest) {
+                fs::remove_file(log::segment_path(&self.inner.segments, oldest))?;
+                idx.segs.remove(&oldest);
+                return Ok(true);
+            }
+            if !idx.worth_compacting(oldest, self.inner.segment_bytes) {
+                return Ok(false);
+            }
+            idx.bodies_in(oldest)
+        };
+        let moved = self.move_forward(movers)?;
+        Ok(moved > 0)
+    }
+
+    /// Appends each message again (current envelope, same body) and points
+    /// the index at the copy once it is durable.
+    fn move_forward(&self, movers: Vec<(String, Loc)>) -> Result<usize, SpoolError> {
+        let mut waiting = Vec::new();
+        for (id, from) in movers {
+            let body = self.read_at(from)?;
+            let idx = self.index();
+            let Some(entry) = idx.entries.get(&id).filter(|e| e.body == from) else {
+                continue;
+            };
+            let json = serde_json::to_vec(&entry.env).map_err(io::Error::from)?;
+            let rec = record::encode(Kind::Message, &id, &json, &body);
+            let len = rec.bytes.len() as u64;
+            let rx = self.inner.log.enqueue(rec.bytes)?;
+            waiting.push((id, from, rec.body_start as u64, len, rx));
+            drop(idx);
+        }
+        let moved = waiting.len();
+        for (id, from, body_start, len, rx) in waiting {
+            let pos = wait(&rx)?;
+            let mut idx = self.index();
+            idx.grow(pos.seg, pos.offset + len);
+            let to = Loc {
+                seg: pos.seg,
+                offset: pos.offset + body_start,
+                len: from.len,
+            };
+            idx.move_body(&id, from, to);
+        }
+        Ok(moved)
+    }
+
+    fn read_at(&self, loc: Loc) -> io::Result<Vec<u8>> {
+        let file = File::open(log::segment_path(&self.inner.segments, loc.seg))?;
+        let mut buf = vec![0; loc.len as usize];
+        file.read_exact_at(&mut buf, loc.offset)?;
+        Ok(buf)
     }
 }
 
-/// The exclusive lock on a spool, held while this value lives.
+/// Waits for the committer's answer about one record.
+fn wait(rx: &log::Waiting) -> io::Result<log::Pos> {
+    rx.recv()
+        .map_err(|_| io::Error::other("the spool committer stopped"))?
+}
+
+/// Checks old segments in the background for as long as the spool is open.
+fn spawn_compactor(inner: Weak<Inner>, every: Duration) {
+    let _ = std::thread::Builder::new()
+        .name("spool-compact".into())
+        .spawn(move || loop {
+            std::thread::sleep(every);
+            let Some(inner) = inner.upgrade() else { return };
+            if let Err(e) = (Spool { inner }).compact() {
+                tracing::warn!(error = %e, "spool compaction failed; it is tried again later");
+            }
+        });
+}
+
+/// Replays every segment in order; returns the active segment and its length
+/// (a new first segment for an empty spool). The newest segment's unusable
+/// tail is cut off, so appends continue after intact records.
+fn replay_all(
+    segments: &Path,
+    index: &mut Index,
+    rec: &mut Recovery,
+) -> Result<(u64, u64), SpoolError> {
+    let mut numbers = Vec::new();
+    for entry in fs::read_dir(segments)? {
+        let entry = entry?;
+        match entry.file_name().to_str().and_then(log::segment_number) {
+            Some(n) if entry.file_type()?.is_file() => numbers.push(n),
+            _ => legacy::set_aside(
+                segments.parent().unwrap_or(segments),
+                &entry.path(),
+                "not a segment",
+            ),
+        }
+    }
+    numbers.sort_unstable();
+    let Some(&newest) = numbers.last() else {
+        log::create_segment(segments, 1)?;
+        index.grow(1, SEGMENT_HEADER.len() as u64);
+        return Ok((1, SEGMENT_HEADER.len() as u64));
+    };
+    for &n in &numbers {
+        let path = log::segment_path(segments, n);
+        let buf = fs::read(&path)?;
+        check_segment_header(segments, &buf)?;
+        let replayed = index.replay(n, &buf, n == newest);
+        if n == newest && replayed.end < buf.len() {
+            let f = OpenOptions::new().write(true).open(&path)?;
+            f.set_len(replayed.end.max(SEGMENT_HEADER.len()) as u64)?;
+            if buf.len() < SEGMENT_HEADER.len() {
+                f.write_all_at(SEGMENT_HEADER, 0)?;
+            }
+            f.sync_all()?;
+        }
+        rec.dropped.extend(replayed.dropped);
+        rec.segments += 1;
+    }
+    let len = index.segs.get(&newest).map_or(0, |s| s.size);
+    Ok((newest, len.max(SEGMENT_HEADER.len() as u64)))
+}
+
+/// A segment must start with this release's header (a short file is the
+/// torn start of a new segment and is repaired by the caller).
+fn check_segment_header(segments: &Path, buf: &[u8]) -> Result<(), SpoolError> {
+    let n = buf.len().min(SEGMENT_HEADER.len());
+    if buf[..n] == SEGMENT_HEADER[..n] {
+        return Ok(());
+    }
+    let version = SEGMENT_HEADER.len() - 1;
+    if n == SEGMENT_HEADER.len() && buf[..version] == SEGMENT_HEADER[..version] {
+        let dir = segments.parent().unwrap_or(segments).to_path_buf();
+        return Err(SpoolError::NewerFormat {
+            dir,
+            found: u32::from(buf[version]),
+        });
+    }
+    Err(io::Error::new(
+        io::ErrorKind::InvalidData,
+        format!(
+            "a segment in {} is not a tlsrelay spool segment",
+            segments.display()
+        ),
+    )
+    .into())
+}
+
+/// Refuses a spool whose `VERSION` names a newer format.
+fn check_version(dir: &Path) -> Result<(), SpoolError> {
+    let path = dir.join("VERSION");
+    let text = match fs::read_to_string(&path) {
+        Ok(t) => t,
+        Err(e) if e.kind() == io::ErrorKind::NotFound => return Ok(()),
+        Err(e) => return Err(e.into()),
+    };
+    let found: u32 = (text.trim().parse()).map_err(|_| SpoolError::BadVersion(path))?;
+    if found > FORMAT {
+        return Err(SpoolError::NewerFormat {
+            dir: dir.to_path_buf(),
+            found,
+        });
+    }
+    Ok(())
+}
+
+/// Records the format, once, durably.
+fn write_version(dir: &Path) -> io::Result<()> {
+    let path = dir.join("VERSION");
+    if fs::read_to_string(&path).is_ok_and(|t| t.trim() == FORMAT.to_string()) {
+        return Ok(());
+    }
+    let tmp = dir.join("VERSION.tmp");
+    let f = OpenOptions::new()
+        .write(true)
+        .create(true)
+        .truncate(true)
+        .mode(0o600)
+        .open(&tmp)?;
+    f.write_all_at(format!("{FORMAT}\n").as_bytes(), 0)?;
+    f.sync_all()?;
+    fs::rename(&tmp, &path)?;
+    log::sync_dir(dir)
+}
+
+/// Bytes free for an unprivileged writer on the file system holding `dir`.
+pub fn free_bytes(dir: &Path) -> io::Result<u64> {
+    use std::os::unix::ffi::OsStrExt;
+    let path = std::ffi::CString::new(dir.as_os_str().as_bytes())?;
+    // SAFETY: statvfs writes into the zeroed struct we own; the path is NUL-terminated.
+    let mut st: libc::statvfs = unsafe { std::mem::zeroed() };
+    if unsafe { libc::statvfs(path.as_ptr(), &mut st) } != 0 {
+        return Err(io::Error::last_os_error());
+    }
+    Ok((st.f_bavail as u64).saturating_mul(st.f_frsize as u64))
+}
+
+/// The exclusive lock on a spool, held while the spool is open.
 #[derive(Debug)]
 pub struct SpoolLock {
     _dir: File,
     _file: File,
 }
 
-/// A queue id becomes a file name: only ASCII letters and digits.
+/// Takes an exclusive lock so that two servers never share one spool.
+///
+/// The lock is held on the spool directory itself, which cannot be removed
+/// while it holds the queue, and on the `lock` file that earlier versions use.
+fn lock(dir: &Path) -> Result<SpoolLock, SpoolError> {
+    let d = File::open(dir)?;
+    flock_exclusive(&d).map_err(|_| SpoolError::Locked(dir.to_path_buf()))?;
+    let file = OpenOptions::new()
+        .create(true)
+        .truncate(false)
+        .write(true)
+        .mode(0o600)
+        .open(dir.join("lock"))?;
+    flock_exclusive(&file).map_err(|_| SpoolError::Locked(dir.to_path_buf()))?;
+    Ok(SpoolLock {
+        _dir: d,
+        _file: file,
+    })
+}
+
+/// Whether a spool directory is locked by a running process.
+pub fn is_locked(dir: &Path) -> bool {
+    File::open(dir).is_ok_and(|d| {
+        let held = flock_exclusive(&d).is_err();
+        // Dropping `d` releases the lock we may just have taken.
+        held
+    })
+}
+
+/// Whether `id` may be a queue id: ASCII letters and digits, 1 to 64 of them.
+pub(crate) fn valid_id(id: &str) -> bool {
+    !id.is_empty() && id.len() <= 64 && id.bytes().all(|c| c.is_ascii_alphanumeric())
+}
+
+/// A queue id is checked before use.
 fn check_id(id: &str) -> Result<(), SpoolError> {
-    if id.is_empty() || !id.chars().all(|c| c.is_ascii_alphanumeric()) {
+    if !valid_id(id) {
         return Err(SpoolError::BadId(id.to_string()));
     }
     Ok(())
@@ -362,299 +625,5 @@ fn flock_exclusive(f: &File) -> io::Result<()> {
     Ok(())
 }
 
-/// Writes a new file and fsyncs it; on failure the file is removed again, so a
-/// full disk leaves no empty files behind.
-fn write_synced(path: &Path, data: &[u8]) -> io::Result<()> {
-    let mut f = OpenOptions::new().write(true).create_new(true).open(path)?;
-    let written = f.write_all(data).and_then(|()| f.sync_all());
-    if written.is_err() {
-        drop(f);
-        let _ = fs::remove_file(path);
-    }
-    written
-}
-
-/// Fsyncs a directory so that renames and removals in it are durable.
-fn sync_dir(dir: &Path) -> io::Result<()> {
-    File::open(dir)?.sync_all()
-}
-
 #[cfg(test)]
-mod tests {
-    use super::*;
-
-    fn envelope(id: &str) -> Envelope {
-        Envelope {
-            id: id.into(),
-            received_at: 1,
-            client: ClientInfo::default(),
-            sender: "a@example.org".into(),
-            size: 5,
-            body: BodyType::SevenBit,
-            smtputf8: false,
-            requiretls: false,
-            tls_required_no: false,
-            tls_report: false,
-            ret: None,
-            envid: None,
-            recipients: vec![Recipient {
-                address: "b@example.net".into(),
-                notify: Default::default(),
-                orcpt: None,
-                state: RcptState::Queued,
-                last_reason: None,
-                status: None,
-            }],
-            attempts: 0,
-            next_attempt: 0,
-            delay_notice_sent: false,
-            pending_dsns: vec![],
-        }
-    }
-
-    #[test]
-    fn store_recover_update_remove() {
-        let dir = tempfile::tempdir().unwrap();
-        let spool = Spool::open(dir.path()).unwrap();
-        let env = envelope("AAAA0001");
-        spool.store(&env, b"hello").unwrap();
-        // Leftovers of an interrupted write: never acknowledged, so discarded.
-        fs::write(dir.path().join("tmp/AAAA0002.msg"), b"partial").unwrap();
-        fs::write(dir.path().join("queue/AAAA0003.msg"), b"no envelope").unwrap();
-        let rec = spool.recover().unwrap();
-        assert_eq!(rec.queued, vec![env.clone()]);
-        assert_eq!(rec.discarded_partial, 2);
-        assert_eq!(spool.read_message("AAAA0001").unwrap(), b"hello");
-
-        let mut changed = env.clone();
-        changed.recipients[0].state = RcptState::Delivered;
-        spool.update(&changed).unwrap();
-        assert_eq!(spool.load("AAAA0001").unwrap(), changed);
-        spool.remove("AAAA0001").unwrap();
-        assert!(spool.list().unwrap().is_empty());
-        assert!(spool.update(&changed).is_err());
-        assert!(spool.load("../etc").is_err());
-    }
-
-    #[test]
-    fn damaged_envelope_is_set_aside() {
-        let dir = tempfile::tempdir().unwrap();
-        let spool = Spool::open(dir.path()).unwrap();
-        fs::write(dir.path().join("queue/BAD1.env"), b"{not json").unwrap();
-        fs::write(dir.path().join("queue/BAD1.msg"), b"x").unwrap();
-        let rec = spool.recover().unwrap();
-        assert_eq!(rec.corrupt, vec!["BAD1".to_string()]);
-        assert!(dir.path().join("corrupt/BAD1.env").exists());
-    }
-
-    /// An envelope file as written before `Notify` and `envelope.rs` existed.
-    const OLD_ENVELOPE: &str = include_str!("../../tests/fixtures/envelope-v1.env");
-
-    #[test]
-    fn envelope_written_by_earlier_versions_reads_field_by_field() {
-        use crate::model::notify::Notify;
-        let dir = tempfile::tempdir().unwrap();
-        let spool = Spool::open(dir.path()).unwrap();
-        let id = "6A1B2C3D0E0F1A2B";
-        fs::write(dir.path().join(format!("queue/{id}.env")), OLD_ENVELOPE).unwrap();
-        let env = spool.load(id).unwrap();
-        assert_eq!(env.id, id);
-        assert_eq!(env.received_at, 1767225600);
-        assert_eq!(
-            env.client,
-            ClientInfo {
-                addr: "192.0.2.10:50123".into(),
-                helo: "mta1.example.org".into(),
-                tls: Some("TLSv1.3 TLS13_AES_256_GCM_SHA384".into()),
-                auth_user: Some("alice".into()),
-            }
-        );
-        assert_eq!(env.sender, "alice@example.org");
-        assert_eq!(env.size, 1234);
-        assert_eq!(env.body, BodyType::EightBitMime);
-        assert!(env.smtputf8 && env.requiretls && env.tls_required_no);
-        assert!(!env.tls_report);
-        assert_eq!(env.ret, Some(DsnRet::Hdrs));
-        assert_eq!(env.envid.as_deref(), Some("QQ314159"));
-        assert_eq!(env.attempts, 3);
-        assert_eq!(env.next_attempt, 1767229200);
-        assert!(env.delay_notice_sent);
-        let rcpt = |address: &str,
-                    notify,
-                    orcpt: Option<&str>,
-                    state,
-                    last: Option<&str>,
-                    status: Option<&str>| Recipient {
-            address: address.into(),
-            notify,
-            orcpt: orcpt.map(Into::into),
-            state,
-            last_reason: last.map(Into::into),
-            status: status.map(Into::into),
-        };
-        assert_eq!(
-            env.recipients,
-            [
-                rcpt(
-                    "bob@example.net",
-                    Notify::SUCCESS | Notify::DELAY,
-                    Some("bob@example.net"),
-                    RcptState::Delivered,
-                    Some("delivered to mx1.example.net"),
-                    Some("250 2.0.0 Ok: queued as 4F2A"),
-                ),
-                rcpt(
-                    "carol@example.com",
-                    Notify::default(),
-                    None,
-                    RcptState::Queued,
-                    Some("mx.example.com: no STARTTLS"),
-                    None,
-                ),
-                rcpt(
-                    "dave@example.com",
-                    Notify::NEVER,
-                    None,
-                    RcptState::Failed,
-                    Some("mx.example.com said 550 no such user"),
-                    Some("5.1.1"),
-                ),
-                rcpt(
-                    "erin@example.com",
-                    Notify::FAILURE,
-                    None,
-                    RcptState::Queued,
-                    None,
-                    None
-                ),
-            ]
-        );
-        // Written back, the envelope is byte for byte what was read.
-        assert_eq!(
-            String::from_utf8(serde_json::to_vec_pretty(&env).unwrap()).unwrap(),
-            OLD_ENVELOPE.trim_end()
-        );
-    }
-
-    #[test]
-    fn errors_name_the_message() {
-        let dir = tempfile::tempdir().unwrap();
-        let spool = Spool::open(dir.path()).unwrap();
-        fs::write(dir.path().join("queue/BAD1.env"), b"{not json").unwrap();
-        let cases = [
-            (
-                "../etc",
-                "`../etc` is not a queue id",
-                io::ErrorKind::InvalidInput,
-            ),
-            ("", "`` is not a queue id", io::ErrorKind::InvalidInput),
-            (
-                "NOPE",
-                "no message NOPE in the queue",
-                io::ErrorKind::NotFound,
-            ),
-            (
-                "BAD1",
-                "envelope of BAD1 is damaged: ",
-                io::ErrorKind::InvalidData,
-            ),
-        ];
-        for (id, words, kind) in cases {
-            let e = spool.load(id).unwrap_err();
-            assert!(e.to_string().starts_with(words), "{id}: {e}");
-            assert_eq!(e.kind(), kind, "{id}");
-        }
-        let e = spool.update(&envelope("GONE1")).unwrap_err();
-        assert_eq!(e.to_string(), "message GONE1 is no longer in the queue");
-        assert_eq!(e.kind(), io::ErrorKind::NotFound);
-    }
-
-    #[test]
-    fn envelope_naming_another_id_is_set_aside_and_never_used() {
-        let dir = tempfile::tempdir().unwrap();
-        let spool = Spool::open(dir.path()).unwrap();
-        let evil = serde_json::to_vec(&envelope("../../x")).unwrap();
-        fs::write(dir.path().join("queue/AAAA0001.env"), evil).unwrap();
-        fs::write(dir.path().join("queue/AAAA0001.msg"), b"x").unwrap();
-        let e = spool.load("AAAA0001").unwrap_err();
-        assert_eq!(
-            e.to_string(),
-            "envelope file AAAA0001.env names message `../../x`"
-        );
-        assert!(spool.list().unwrap().is_empty());
-        let rec = spool.recover().unwrap();
-        assert!(rec.queued.is_empty());
-        assert_eq!(rec.corrupt, ["AAAA0001"]);
-        assert!(dir.path().join("corrupt/AAAA0001.env").exists());
-        // Paths are never built from a bad id.
-        for id in ["../../x", "a/b", ""] {
-            let env = envelope(id);
-            assert_eq!(
-                spool.store(&env, b"x").unwrap_err().kind(),
-                io::ErrorKind::InvalidInput
-            );
-            assert_eq!(
-                spool.update(&env).unwrap_err().kind(),
-                io::ErrorKind::InvalidInput
-            );
-            assert_eq!(
-                spool.remove(id).unwrap_err().kind(),
-                io::ErrorKind::InvalidInput
-            );
-            assert_eq!(
-                spool.read_message(id).unwrap_err().kind(),
-                io::ErrorKind::InvalidInput
-            );
-        }
-    }
-
-    #[test]
-    fn odd_entries_in_tmp_and_queue_do_not_stop_recovery() {
-        let dir = tempfile::tempdir().unwrap();
-        let spool = Spool::open(dir.path()).unwrap();
-        let d = dir.path();
-        fs::create_dir_all(d.join("tmp/sub/deeper")).unwrap();
-        fs::write(d.join("tmp/sub/deeper/f"), b"x").unwrap();
-        fs::write(d.join("tmp/AAAA0002.env"), b"partial").unwrap();
-        std::os::unix::fs::symlink("/nonexistent", d.join("tmp/dangling")).unwrap();
-        fs::create_dir(d.join("queue/AAAA0003.msg")).unwrap();
-        fs::create_dir(d.join("queue/stray")).unwrap();
-        let env = envelope("AAAA0001");
-        spool.store(&env, b"hello").unwrap();
-        let rec = spool.recover().unwrap();
-        assert_eq!(rec.queued, vec![env]);
-        assert_eq!(fs::read_dir(d.join("tmp")).unwrap().count(), 0);
-        assert!(d.join("corrupt/sub/deeper/f").exists());
-        let queue: Vec<String> = fs::read_dir(d.join("queue"))
-            .unwrap()
-            .map(|e| e.unwrap().file_name().to_string_lossy().into_owned())
-            .collect();
-        assert_eq!(queue.len(), 2, "{queue:?}");
-    }
-
-    #[test]
-    fn lock_holds_when_the_lock_file_is_removed() {
-        let dir = tempfile::tempdir().unwrap();
-        let spool = Spool::open(dir.path()).unwrap();
-        let held = spool.lock().unwrap();
-        fs::remove_file(dir.path().join("lock")).unwrap();
-        assert_eq!(spool.lock().unwrap_err().kind(), io::ErrorKind::WouldBlock);
-        drop(held);
-        spool.lock().unwrap();
-    }
-
-    #[test]
-    fn second_lock_is_refused() {
-        let dir = tempfile::tempdir().unwrap();
-        let spool = Spool::open(dir.path()).unwrap();
-        let _held = spool.lock().unwrap();
-        let e = spool.lock().unwrap_err();
-        assert_eq!(
-            e.to_string(),
-            format!(
-                "the spool {} is in use by another tlsrelay process",
-                dir.path().display()
-            )
-        );
-    }
-}
+mod tests;

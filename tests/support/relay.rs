@@ -148,8 +148,8 @@ impl TestRelay {
             .with_env_filter("tlsrelay=debug")
             .try_init();
         let config = Config::parse(&text, None).unwrap();
-        let spool = Spool::open(&config.spool.dir).unwrap();
         let relay = Relay::start(Arc::new(config)).await.unwrap();
+        let spool = relay.spool().clone();
         let addr = relay.local_addrs()[0];
         let (stop, rx) = watch::channel(false);
         let handle = tokio::spawn(relay.run(rx));
@@ -217,7 +217,7 @@ impl TestRelay {
 
     /// The queued envelopes.
     pub fn queue(&self) -> Vec<Envelope> {
-        self.spool.list().unwrap()
+        self.spool.list()
     }
 
     /// Waits until `pred` holds for the queue (10 s at most); returns whether it did.

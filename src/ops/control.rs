@@ -1,0 +1,290 @@
+//! The control socket: how `tlsrelay queue …` and `tlsrelay report send`
+//! reach a running server, which alone holds the spool.
+//!
+//! `SPOOL/control.sock` is a Unix socket in the spool directory (mode 0700),
+//! so only the server's user and root can reach it; the server also checks
+//! the peer's uid. One request per connection: a JSON line in, a JSON line
+//! out. Every request is logged with the peer's uid and pid.
+
+use std::path::{Path, PathBuf};
+use std::sync::Arc;
+
+use chrono::NaiveDate;
+use serde::{Deserialize, Serialize};
+use tokio::io::{AsyncBufReadExt, AsyncWriteExt, BufReader};
+use tokio::net::{UnixListener, UnixStream};
+use tokio::sync::{mpsc, watch};
+
+use crate::config::Config;
+use crate::ops::queue;
+use crate::resolve::dns::Dns;
+use crate::spool::{Envelope, Spool};
+
+/// A command for the running server.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(tag = "command", rename_all = "kebab-case")]
+pub enum Request {
+    /// `queue list`.
+    QueueList {
+        /// JSON instead of a table.
+        json: bool,
+    },
+    /// `queue show ID`.
+    QueueShow {
+        /// Queue id.
+        id: String,
+        /// JSON instead of text.
+        json: bool,
+    },
+    /// `queue retry [ID]`.
+    QueueRetry {
+        /// Queue id; every message without one.
+        id: Option<String>,
+    },
+    /// `queue delete ID`.
+    QueueDelete {
+        /// Queue id.
+        id: String,
+    },
+    /// `queue bounce ID`.
+    QueueBounce {
+        /// Queue id.
+        id: String,
+    },
+    /// `report send`: the day's reports, all of them with `now`.
+    ReportSend {
+        /// The UTC day.
+        day: NaiveDate,
+        /// Send even those not due yet.
+        now: bool,
+    },
+}
+
+/// The server's answer.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Response {
+    /// Whether the command succeeded.
+    pub ok: bool,
+    /// What to print (on success), or the error (on failure).
+    pub output: String,
+}
+
+/// Why the control socket could not be used.
+#[derive(Debug, thiserror::Error)]
+pub enum ControlError {
+    /// Connecting, writing or reading failed.
+    #[error("cannot reach the running server through {}: {source}", path.display())]
+    Io {
+        /// The socket.
+        path: PathBuf,
+        /// What failed.
+        source: std::io::Error,
+    },
+    /// The server's answer is not a response.
+    #[error("the running server answered something unreadable: {0}")]
+    Answer(String),
+}
+
+/// The control socket of the spool at `dir`.
+pub fn socket_path(dir: &Path) -> PathBuf {
+    dir.join("control.sock")
+}
+
+/// Sends one request to the server running on the spool at `dir`.
+pub async fn call(dir: &Path, req: &Request) -> Result<Response, ControlError> {
+    let path = socket_path(dir);
+    let io = |source| ControlError::Io {
+        path: path.clone(),
+        source,
+    };
+    let mut stream = UnixStream::connect(&path).await.map_err(io)?;
+    let mut line = serde_json::to_vec(req).map_err(|e| io(e.into()))?;
+    line.push(b'\n');
+    stream.write_all(&line).await.map_err(io)?;
+    let mut answer = String::new();
+    BufReader::new(stream)
+        .read_line(&mut answer)
+        .await
+        .map_err(io)?;
+    serde_json::from_str(&answer).map_err(|e| ControlError::Answer(format!("{e}: {answer:?}")))
+}
+
+/// What the server needs to carry out requests.
+#[derive(Clone)]
+pub struct Handler {
+    /// The configuration.
+    pub config: Arc<Config>,
+    /// The spool.
+    pub spool: Spool,
+    /// The resolver (for `report send`).
+    pub dns: Dns,
+    /// Where changed envelopes go so the scheduler sees them at once.
+    pub requeue: Option<mpsc::UnboundedSender<Envelope>>,
+}
+
+/// Listens on the spool's control socket until `stop` turns true.
+pub async fn serve(handler: Handler, mut stop: watch::Receiver<bool>) -> std::io::Result<()> {
+    let path = socket_path(handler.spool.dir());
+    // A socket left by a server that was killed; the spool lock says none runs.
+    let _ = std::fs::remove_file(&path);
+    let listener = UnixListener::bind(&path)?;
+    use std::os::unix::fs::PermissionsExt;
+    std::fs::set_permissions(&path, std::fs::Permissions::from_mode(0o600))?;
+    let handler = Arc::new(handler);
+    loop {
+        tokio::select! {
+            _ = stop.wait_for(|v| *v) => break,
+            accepted = listener.accept() => {
+                if let Ok((stream, _)) = accepted {
+                    tokio::spawn(answer(handler.clone(), stream));
+                }
+            }
+        }
+    }
+    let _ = std::fs::remove_file(&path);
+    Ok(())
+}
+
+/// Reads one request, carries it out, writes the response.
+async fn answer(handler: Arc<Handler>, stream: UnixStream) {
+    let cred = stream.peer_cred().ok();
+    let (uid, pid) = (cred.map(|c| c.uid()), cred.and_then(|c| c.pid()));
+    // SAFETY: geteuid has no preconditions.
+    let me = unsafe { libc::geteuid() };
+    let (read, mut write) = stream.into_split();
+    let mut line = String::new();
+    if BufReader::new(read).read_line(&mut line).await.is_err() {
+        return;
+    }
+    let response = match serde_json::from_str::<Request>(&line) {
+        _ if uid != Some(me) && uid != Some(0) => {
+            refuse("permission denied: not the server's user or root")
+        }
+        Err(e) => refuse(&format!("not a control request: {e}")),
+        Ok(req) => {
+            tracing::info!(?uid, ?pid, request = ?req, "operator command");
+            let response = handler.clone().run(req).await;
+            if !response.ok {
+                tracing::warn!(?uid, ?pid, error = %response.output, "operator command failed");
+            }
+            response
+        }
+    };
+    let mut out = serde_json::to_vec(&response).unwrap_or_default();
+    out.push(b'\n');
+    let _ = write.write_all(&out).await;
+}
+
+fn refuse(why: &str) -> Response {
+    Response {
+        ok: false,
+        output: why.to_string(),
+    }
+}
+
+impl Handler {
+    /// Carries out one request (spool work off the async threads).
+    pub async fn run(self: Arc<Self>, req: Request) -> Response {
+        if let Request::ReportSend { day, now } = req {
+            return self.report_send(day, now).await;
+        }
+        let h = self.clone();
+        let result = tokio::task::spawn_blocking(move || h.queue(&req)).await;
+        match result {
+            Ok(Ok(output)) => Response { ok: true, output },
+            Ok(Err(e)) => refuse(&e.to_string()),
+            Err(e) => refuse(&format!("the command failed: {e}")),
+        }
+    }
+
+    /// Runs a queue command on the server's spool, then tells the scheduler.
+    fn queue(&self, req: &Request) -> Result<String, queue::QueueError> {
+        let out = run_queue(&self.spool, &self.config.server.hostname, req)?;
+        if let (Some(tx), Request::QueueRetry { .. } | Request::QueueBounce { .. }) =
+            (&self.requeue, req)
+        {
+            // Due messages and new DSNs start now, not at the next scan.
+            for env in self.spool.list() {
+                if env.next_attempt <= crate::spool::now_unix() {
+                    let _ = tx.send(env);
+                }
+            }
+        }
+        Ok(out)
+    }
+
+    async fn report_send(&self, day: NaiveDate, now: bool) -> Response {
+        let reporter = crate::reporting::reporter::Reporter::new(
+            self.config.clone(),
+            self.spool.clone(),
+            self.dns.clone(),
+            self.requeue.clone(),
+        );
+        let reporter = match reporter {
+            Ok(r) => r,
+            Err(e) => return refuse(&e.to_string()),
+        };
+        let sent = if now {
+            reporter.send_day(day).await
+        } else {
+            reporter
+                .send_day_due(day, chrono::Utc::now().timestamp())
+                .await
+        };
+        match serde_json::to_string(&sent) {
+            Ok(output) => Response { ok: true, output },
+            Err(e) => refuse(&e.to_string()),
+        }
+    }
+}
+
+/// Runs a queue request against an open spool (the server's, or the one a
+/// command opened itself because no server runs).
+pub fn run_queue(
+    spool: &Spool,
+    hostname: &str,
+    req: &Request,
+) -> Result<String, queue::QueueError> {
+    match req {
+        Request::QueueList { json } => queue::list(spool, *json),
+        Request::QueueShow { id, json } => queue::show(spool, id, *json),
+        Request::QueueRetry { id } => queue::retry(spool, id.as_deref()),
+        Request::QueueDelete { id } => queue::delete(spool, id),
+        Request::QueueBounce { id } => queue::bounce(spool, id, hostname),
+        Request::ReportSend { .. } => Ok(String::new()),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn requests_keep_their_wire_form() {
+        let cases = [
+            (
+                Request::QueueList { json: true },
+                r#"{"command":"queue-list","json":true}"#,
+            ),
+            (
+                Request::QueueRetry { id: None },
+                r#"{"command":"queue-retry","id":null}"#,
+            ),
+            (
+                Request::QueueBounce { id: "AB12".into() },
+                r#"{"command":"queue-bounce","id":"AB12"}"#,
+            ),
+            (
+                Request::ReportSend {
+                    day: NaiveDate::from_ymd_opt(2026, 12, 1).unwrap(),
+                    now: true,
+                },
+                r#"{"command":"report-send","day":"2026-12-01","now":true}"#,
+            ),
+        ];
+        for (req, wire) in cases {
+            assert_eq!(serde_json::to_string(&req).unwrap(), wire);
+            assert_eq!(serde_json::from_str::<Request>(wire).unwrap(), req);
+        }
+    }
+}
