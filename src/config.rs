@@ -317,6 +317,9 @@ pub struct SpoolConfig {
     /// the size a client declares), MAIL gets 452 4.3.1 while delivery goes on
     /// (like Postfix's `queue_minfree`).
     pub min_free: u64,
+    /// Bytes after which a spool segment is closed and the next begun; space
+    /// comes back a whole segment at a time.
+    pub segment_size: u64,
 }
 
 impl Default for SpoolConfig {
@@ -324,6 +327,7 @@ impl Default for SpoolConfig {
         SpoolConfig {
             dir: PathBuf::from("spool"),
             min_free: 100 * 1024 * 1024,
+            segment_size: 64 * 1024 * 1024,
         }
     }
 }

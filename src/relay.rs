@@ -69,7 +69,7 @@ impl Relay {
     /// Locks and recovers the spool, sets up DNS and TLS, and binds the listeners.
     pub async fn start(config: Arc<Config>) -> Result<Relay, StartError> {
         let dir = &config.spool.dir;
-        let spool = open_spool(dir)?;
+        let spool = open_spool(dir, config.spool.segment_size)?;
         if let Some(addr) = config.metrics.listen {
             crate::reporting::metrics::install(addr)
                 .map_err(|e| StartError::Metrics(e.to_string()))?;
@@ -160,8 +160,12 @@ impl Relay {
 }
 
 /// Opens (locks, imports, replays) the spool and logs what recovery found.
-fn open_spool(dir: &std::path::Path) -> Result<Spool, StartError> {
-    let spool = Spool::open(dir).map_err(|source| match source {
+fn open_spool(dir: &std::path::Path, segment_bytes: u64) -> Result<Spool, StartError> {
+    let opts = crate::spool::Options {
+        segment_bytes: segment_bytes.max(64 * 1024),
+        ..Default::default()
+    };
+    let spool = Spool::open_with(dir, opts).map_err(|source| match source {
         SpoolError::Locked(_) => StartError::Lock(source),
         source => StartError::Spool {
             dir: dir.to_path_buf(),

@@ -65,14 +65,6 @@ fn rcpts(mx: &MxServer) -> usize {
         .count()
 }
 
-/// Entries in the spool's `tmp/`.
-fn tmp_entries(spool: &Path) -> Vec<String> {
-    std::fs::read_dir(spool.join("tmp"))
-        .unwrap()
-        .map(|e| e.unwrap().file_name().to_string_lossy().into_owned())
-        .collect()
-}
-
 async fn sink(ca: &TestCa, port: u16) -> MxServer {
     MxServer::start_on(
         ip("127.0.0.99"),
@@ -130,6 +122,7 @@ async fn permanent_failure_on_a_full_disk_keeps_the_message_until_its_bounce_is_
         port,
         "retry_schedule = [\"1s\"]\nconnection_reuse_time = \"0s\"",
     );
+    let text = text.replace("[spool]\n", "[spool]\nmin_free = 0\n");
     let relay = TestRelay::start_with(dir.clone(), text).await;
     let id = relay
         .submit(
@@ -207,6 +200,7 @@ async fn unwritable_spool_keeps_the_retry_schedule_and_leaves_nothing_in_tmp() {
         port,
         "retry_schedule = [\"3s\", \"1h\"]\nconnection_reuse_time = \"0s\"",
     );
+    let text = text.replace("[spool]\n", "[spool]\nmin_free = 0\n");
     let relay = TestRelay::start_with(dir.clone(), text).await;
     let id = relay
         .submit(
@@ -229,12 +223,141 @@ async fn unwritable_spool_keeps_the_retry_schedule_and_leaves_nothing_in_tmp() {
         "no retry every queue scan: {}",
         mx.transcript_text()
     );
-    assert_eq!(
-        tmp_entries(&spool_dir),
-        Vec::<String>::new(),
-        "tmp/ is empty"
-    );
+    assert!(!spool_dir.join("tmp").exists(), "no partial files anywhere");
     assert!(relay.spool.load(&id).is_ok(), "still queued");
+    relay.stop().await;
+    drop(mount);
+}
+
+/// One message over its own connection; the reply to MAIL if it was not 250,
+/// else the reply to the final dot.
+async fn try_send(relay: &TestRelay, i: usize, body: &[u8]) -> support::client::Reply {
+    let (mut c, _) = support::client::Client::connect(relay.addr).await;
+    c.cmd("EHLO client.test").await;
+    let r = c.cmd(&format!("MAIL FROM:<s{i}@org.test>")).await;
+    if r.code != 250 {
+        return r;
+    }
+    assert_eq!(c.cmd("RCPT TO:<r@nowhere.test>").await.code, 250);
+    assert_eq!(c.cmd("DATA").await.code, 354);
+    c.send(body).await;
+    c.cmd(".").await
+}
+
+/// A spool on a 4 MiB tmpfs with a 1 MiB reserve and 256 KiB segments, delivery off.
+/// The DNS world and CA live as long as the relay may be restarted.
+async fn reserve_relay(
+    dir: &Arc<tempfile::TempDir>,
+    min_free: u64,
+) -> (TestRelay, DnsWorld, TrustedCa) {
+    let p = TrustedCa::new("tlsrelay test CA");
+    let world = world("nowhere.test", "127.0.0.83").start().await;
+    let text = config_text(dir.path(), &world, &p.root, free_port(), "enabled = false").replace(
+        "[spool]\n",
+        &format!("[spool]\nmin_free = {min_free}\nsegment_size = 262144\n"),
+    );
+    (TestRelay::start_with(dir.clone(), text).await, world, p)
+}
+
+#[tokio::test]
+#[ignore = "needs root: mounts a tmpfs for the spool"]
+async fn below_the_reserve_new_mail_gets_452_and_service_returns_with_space() {
+    let dir = Arc::new(tempfile::tempdir().unwrap());
+    let spool_dir = dir.path().join("spool");
+    let mount = Tmpfs::mount(&spool_dir, "4m");
+    let (relay, _world, _ca) = reserve_relay(&dir, 1 << 20).await;
+    let body = vec![b'x'; 32 * 1024];
+    let body: Vec<u8> = body
+        .chunks(998)
+        .flat_map(|l| [l, b"\r\n"].concat())
+        .collect();
+    let mut acked = Vec::new();
+    let refused = loop {
+        let r = try_send(&relay, acked.len(), &body).await;
+        if r.code != 250 {
+            break r;
+        }
+        acked.push(r.text().rsplit(' ').next().unwrap().to_string());
+        assert!(acked.len() < 200, "the reserve never applied");
+    };
+    assert_eq!(refused.code, 452, "{refused:?}");
+    assert!(refused.text().starts_with("452 4.3.1 "), "{refused:?}");
+    println!(
+        "{} messages acknowledged before the reserve applied",
+        acked.len()
+    );
+    assert!(acked.len() >= 40, "{}", acked.len());
+
+    // Inside the reserve the queue can still change: delete most of it
+    // (as delivery would), and whole segments come back.
+    for id in &acked[..acked.len() - 5] {
+        relay.spool.remove(id).unwrap();
+    }
+    relay.spool.compact().unwrap();
+    println!(
+        "after deleting: {:?} bytes free, segments {:?}",
+        relay.spool.free_bytes(),
+        relay.spool.segments()
+    );
+    let back = try_send(&relay, 999, &body).await;
+    assert_eq!(back.code, 250, "service is back once space is: {back:?}");
+    let mut kept: Vec<String> = acked[acked.len() - 5..].to_vec();
+    kept.push(back.text().rsplit(' ').next().unwrap().to_string());
+    for id in &kept {
+        assert!(relay.spool.read_message(id).unwrap().ends_with(&body));
+    }
+    let (dir, text) = relay.stop().await;
+    let relay = TestRelay::start_with(dir, text).await;
+    let mut queued: Vec<String> = relay.spool.list().into_iter().map(|e| e.id).collect();
+    queued.sort();
+    kept.sort();
+    assert_eq!(
+        queued, kept,
+        "nothing acknowledged lost, nothing deleted back"
+    );
+    assert!(relay.spool.recovery().dropped.is_empty());
+    relay.stop().await;
+    drop(mount);
+}
+
+#[tokio::test]
+#[ignore = "needs root: mounts a tmpfs for the spool"]
+async fn a_full_disk_at_the_end_of_data_gets_452_and_nothing_half_written_remains() {
+    let dir = Arc::new(tempfile::tempdir().unwrap());
+    let spool_dir = dir.path().join("spool");
+    let mount = Tmpfs::mount(&spool_dir, "2m");
+    let (relay, _world, _ca) = reserve_relay(&dir, 0).await;
+    let body = b"Subject: first\r\n\r\nbefore the disk filled\r\n".to_vec();
+    let first = try_send(&relay, 0, &body).await;
+    assert_eq!(first.code, 250, "{first:?}");
+    let first = first.text().rsplit(' ').next().unwrap().to_string();
+    let filler = fill(&spool_dir);
+    let big: Vec<u8> = [b'y'; 998]
+        .iter()
+        .chain(b"\r\n")
+        .copied()
+        .cycle()
+        .take(100 * 1000)
+        .collect();
+    let full = try_send(&relay, 1, &big).await;
+    assert_eq!(full.code, 452, "{full:?}");
+    assert!(full.text().starts_with("452 4.3.1 "), "{full:?}");
+    std::fs::remove_file(filler).unwrap();
+    let after = try_send(&relay, 2, &big).await;
+    assert_eq!(after.code, 250, "{after:?}");
+    let (dir, text) = relay.stop().await;
+    let relay = TestRelay::start_with(dir, text).await;
+    assert_eq!(
+        relay.spool.len(),
+        2,
+        "the first and the last; the refused one never existed"
+    );
+    assert!(relay.spool.read_message(&first).unwrap().ends_with(&body));
+    assert!(
+        relay.spool.recovery().dropped.is_empty(),
+        "{:?}",
+        relay.spool.recovery()
+    );
     relay.stop().await;
     drop(mount);
 }

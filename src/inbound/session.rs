@@ -666,10 +666,10 @@ impl Session {
             );
             return Ok(());
         }
-        let (env, message) = self.envelope(tx, &body);
+        let (env, message) = self.envelope(tx, body);
         let spool = self.shared.spool.clone();
         let env2 = env.clone();
-        let stored = tokio::task::spawn_blocking(move || spool.store(&env2, &message)).await;
+        let stored = tokio::task::spawn_blocking(move || spool.store_parts(&env2, message)).await;
         match stored {
             Ok(Ok(())) => self.accepted(env),
             Ok(Err(e)) if e.kind() == std::io::ErrorKind::StorageFull => {
@@ -689,11 +689,11 @@ impl Session {
     }
 
     /// The envelope of a finished transaction and the message as it will be
-    /// stored: our Received header, then the client's bytes.
-    fn envelope(&self, tx: Transaction, body: &[u8]) -> (Envelope, Vec<u8>) {
+    /// stored: our Received header, then the client's bytes (moved, not copied).
+    fn envelope(&self, tx: Transaction, body: Vec<u8>) -> (Envelope, Vec<Vec<u8>>) {
         let id = spool::new_queue_id();
         let tls = self.conn.tls_description();
-        let mut message = received_header(
+        let header = received_header(
             self.helo.as_deref().unwrap_or(""),
             &self.peer,
             &self.cfg().hostname,
@@ -703,7 +703,6 @@ impl Session {
             &tx.recipients,
         )
         .into_bytes();
-        message.extend_from_slice(body);
         let now = spool::now_unix();
         let env = Envelope {
             id,
@@ -715,11 +714,11 @@ impl Session {
                 auth_user: self.auth_user.clone(),
             },
             sender: tx.sender,
-            size: message.len() as u64,
+            size: (header.len() + body.len()) as u64,
             body: tx.body,
             smtputf8: tx.smtputf8,
             requiretls: tx.requiretls,
-            tls_required_no: has_tls_required_no(body),
+            tls_required_no: has_tls_required_no(&body),
             tls_report: false,
             ret: tx.ret,
             envid: tx.envid,
@@ -729,7 +728,7 @@ impl Session {
             delay_notice_sent: false,
             pending_dsns: vec![],
         };
-        (env, message)
+        (env, vec![header, body])
     }
 
     /// The message is on disk: log it, hand it to delivery, and say 250.

@@ -16,3 +16,7 @@ pub const TLS_REPORTS: &str = "tlsrelay_tls_reports_total";
 pub const QUEUE_SIZE: &str = "tlsrelay_queue_messages";
 /// Age of the oldest queued message, in seconds.
 pub const QUEUE_OLDEST: &str = "tlsrelay_queue_oldest_age_seconds";
+/// Disk flushes of the spool's log; each covers a whole batch of records.
+pub const SPOOL_FLUSHES: &str = "tlsrelay_spool_flushes_total";
+/// Records written to the spool's log (messages, envelope changes, removals).
+pub const SPOOL_RECORDS: &str = "tlsrelay_spool_records_total";

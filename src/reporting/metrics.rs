@@ -44,4 +44,9 @@ fn describe() {
     metrics::describe_counter!(TLS_REPORTS, "SMTP TLS reports sent and failed.");
     metrics::describe_gauge!(QUEUE_SIZE, "Messages in the queue.");
     metrics::describe_gauge!(QUEUE_OLDEST, "Age of the oldest queued message in seconds.");
+    metrics::describe_counter!(
+        SPOOL_FLUSHES,
+        "Disk flushes of the spool log (each covers a batch of records)."
+    );
+    metrics::describe_counter!(SPOOL_RECORDS, "Records written to the spool log.");
 }

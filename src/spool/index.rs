@@ -275,17 +275,17 @@ mod tests {
 
     fn msg(id: &str, body: &[u8]) -> Vec<u8> {
         let env = serde_json::to_vec(&envelope(id)).unwrap();
-        encode(Kind::Message, id, &env, body).bytes
+        encode(Kind::Message, id, &env, body)
     }
 
     fn update(id: &str, attempts: u32) -> Vec<u8> {
         let mut e = envelope(id);
         e.attempts = attempts;
-        encode(Kind::Update, id, &serde_json::to_vec(&e).unwrap(), b"").bytes
+        encode(Kind::Update, id, &serde_json::to_vec(&e).unwrap(), b"")
     }
 
     fn remove(id: &str) -> Vec<u8> {
-        encode(Kind::Remove, id, b"", b"").bytes
+        encode(Kind::Remove, id, b"", b"")
     }
 
     fn segment(records: &[Vec<u8>]) -> Vec<u8> {
@@ -341,16 +341,13 @@ mod tests {
         let mut tail = whole.clone();
         tail[c_at + 20] ^= 0x40;
         let mut bad_env = segment(std::slice::from_ref(&a));
-        bad_env.extend(encode(Kind::Message, "D", b"{not json", b"x").bytes);
-        bad_env.extend(
-            encode(
-                Kind::Message,
-                "E",
-                &serde_json::to_vec(&envelope("F")).unwrap(),
-                b"x",
-            )
-            .bytes,
-        );
+        bad_env.extend(encode(Kind::Message, "D", b"{not json", b"x"));
+        bad_env.extend(encode(
+            Kind::Message,
+            "E",
+            &serde_json::to_vec(&envelope("F")).unwrap(),
+            b"x",
+        ));
         type Case<'a> = (
             &'a str,
             &'a [u8],

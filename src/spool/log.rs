@@ -15,6 +15,7 @@ use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{mpsc, Arc};
 
 use super::record::SEGMENT_HEADER;
+use crate::model::metric as names;
 
 /// Where a record was written.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -30,7 +31,7 @@ pub type Waiting = mpsc::Receiver<io::Result<Pos>>;
 
 /// A record waiting to be written, and who waits for it.
 struct Job {
-    bytes: Vec<u8>,
+    chunks: Vec<Vec<u8>>,
     done: mpsc::SyncSender<io::Result<Pos>>,
 }
 
@@ -75,17 +76,17 @@ impl Log {
     /// Appends a record and waits until it is on stable storage.
     #[cfg(test)]
     pub fn append(&self, bytes: Vec<u8>) -> io::Result<Pos> {
-        self.enqueue(bytes)?
+        self.enqueue(vec![bytes])?
             .recv()
             .map_err(|_| io::Error::other("the spool committer stopped"))?
     }
 
     /// Queues a record; the receiver yields its position once it is durable.
     /// Records are written in the order they are queued.
-    pub fn enqueue(&self, bytes: Vec<u8>) -> io::Result<Waiting> {
+    pub fn enqueue(&self, chunks: Vec<Vec<u8>>) -> io::Result<Waiting> {
         let (done, rx) = mpsc::sync_channel(1);
         self.tx
-            .send(Job { bytes, done })
+            .send(Job { chunks, done })
             .map_err(|_| io::Error::other("the spool committer stopped"))?;
         Ok(rx)
     }
@@ -98,6 +99,12 @@ impl Log {
     /// Flushes so far (each covers a whole batch).
     pub fn commits(&self) -> u64 {
         self.commits.load(Ordering::Relaxed)
+    }
+}
+
+impl Job {
+    fn len(&self) -> usize {
+        self.chunks.iter().map(Vec::len).sum()
     }
 }
 
@@ -116,12 +123,12 @@ impl Writer {
     /// Takes batches until every `Log` handle is gone.
     fn run(&mut self, rx: mpsc::Receiver<Job>) {
         while let Ok(first) = rx.recv() {
-            let mut size = first.bytes.len();
+            let mut size = first.len();
             let mut batch = vec![first];
             while size < BATCH_BYTES {
                 match rx.try_recv() {
                     Ok(job) => {
-                        size += job.bytes.len();
+                        size += job.len();
                         batch.push(job);
                     }
                     Err(_) => break,
@@ -137,6 +144,8 @@ impl Writer {
         match result {
             Ok(positions) => {
                 self.commits.fetch_add(1, Ordering::Relaxed);
+                metrics::counter!(names::SPOOL_FLUSHES).increment(1);
+                metrics::counter!(names::SPOOL_RECORDS).increment(batch.len() as u64);
                 for (job, pos) in batch.into_iter().zip(positions) {
                     let _ = job.done.send(Ok(pos));
                 }
@@ -158,12 +167,14 @@ impl Writer {
         let mut positions = Vec::with_capacity(batch.len());
         let written = (|| {
             for job in batch {
-                self.file.write_all_at(&job.bytes, at)?;
                 positions.push(Pos {
                     seg: self.seg,
                     offset: at,
                 });
-                at += job.bytes.len() as u64;
+                for chunk in &job.chunks {
+                    self.file.write_all_at(chunk, at)?;
+                    at += chunk.len() as u64;
+                }
             }
             self.file.sync_data()
         })();

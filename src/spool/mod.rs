@@ -4,18 +4,18 @@
 //! - `VERSION`: the spool format (2); a newer one is refused, never guessed at.
 //! - `segments/N.seg`: append-only logs of CRC-checked records — a new message
 //!   (envelope and body), a new envelope state, a removal. Many messages share
-//!   one `fdatasync` ([`log`]); no file is created or renamed per message.
+//!   one `fdatasync` (`log.rs`); no file is created or renamed per message.
 //! - `corrupt/`: whatever recovery set aside.
 //!
 //! Only one process opens a spool ([`Spool::open`] takes an exclusive lock and
 //! keeps every envelope in memory); other commands reach the running server
 //! through its control socket. At start the segments are replayed in order
-//! ([`index`]): a torn tail (a write that was never acknowledged) is cut off,
+//! (`index.rs`): a torn tail (a write that was never acknowledged) is cut off,
 //! damaged records are skipped and reported. A segment is deleted once no
 //! queued message's body is in it and every older segment is gone; a
 //! message that stays queued is copied forward so it never pins old
 //! segments. A spool in the earlier one-file-per-message layout is imported
-//! at start ([`legacy`]).
+//! at start (`legacy.rs`).
 //!
 //! Nothing read from the spool is trusted: ids are checked (letters and digits)
 //! before they are used, and an envelope must name the id its record carries.
@@ -228,24 +228,35 @@ impl Spool {
 
     /// Stores a new message durably. When this returns Ok, a crash cannot lose it.
     pub fn store(&self, env: &Envelope, message: &[u8]) -> Result<(), SpoolError> {
+        self.store_parts(env, vec![message.to_vec()])
+    }
+
+    /// Stores a new message whose bytes come in pieces (e.g. our Received
+    /// header and the client's data), taking them instead of copying.
+    pub fn store_parts(&self, env: &Envelope, message: Vec<Vec<u8>>) -> Result<(), SpoolError> {
         check_id(&env.id)?;
         let json = serde_json::to_vec(env).map_err(io::Error::from)?;
-        let rec = record::encode(Kind::Message, &env.id, &json, message);
-        let (floor, len) = (self.inner.log.active(), rec.bytes.len() as u64);
+        let rec = record::encode_parts(Kind::Message, &env.id, &json, message);
+        let (floor, len, body_start, body_len) = (
+            self.inner.log.active(),
+            rec.len(),
+            rec.body_start,
+            rec.body_len,
+        );
         let waiting = {
             let mut idx = self.index();
             idx.pending_add(floor);
-            self.inner.log.enqueue(rec.bytes)
+            self.inner.log.enqueue(rec.chunks)
         };
         let result = waiting.and_then(|rx| wait(&rx));
         let mut idx = self.index();
         idx.pending_done(floor);
         let pos = result?;
-        idx.grow(pos.seg, pos.offset + len);
+        idx.grow(pos.seg, pos.offset + len as u64);
         let body = Loc {
             seg: pos.seg,
-            offset: pos.offset + rec.body_start as u64,
-            len: message.len() as u64,
+            offset: pos.offset + body_start as u64,
+            len: body_len as u64,
         };
         idx.put(env.clone(), body);
         Ok(())
@@ -261,7 +272,7 @@ impl Spool {
             if !idx.set_env(env) {
                 return Err(SpoolError::Gone(env.id.clone()));
             }
-            self.inner.log.enqueue(rec.bytes)?
+            self.inner.log.enqueue(vec![rec])?
         };
         self.committed(&rx)
     }
@@ -270,14 +281,23 @@ impl Spool {
     pub fn remove(&self, id: &str) -> Result<(), SpoolError> {
         check_id(id)?;
         let rec = record::encode(Kind::Remove, id, b"", b"");
-        let rx = {
+        let (rx, old) = {
             let mut idx = self.index();
-            if idx.remove(id).is_none() {
+            let Some(old) = idx.remove(id) else {
                 return Err(SpoolError::NotFound(id.to_string()));
-            }
-            self.inner.log.enqueue(rec.bytes)?
+            };
+            (self.inner.log.enqueue(vec![rec])?, old)
         };
-        self.committed(&rx)
+        let result = self.committed(&rx);
+        if result.is_err() {
+            // Still on disk, so still queued: put it back (unless compaction
+            // deleted its segment meanwhile; then it is gone from disk too).
+            let mut idx = self.index();
+            if idx.segs.contains_key(&old.body.seg) && !idx.entries.contains_key(id) {
+                idx.put(old.env, old.body);
+            }
+        }
+        result
     }
 
     /// Waits for a queued record and notes how far its segment now reaches.
@@ -393,10 +413,10 @@ impl Spool {
                 continue;
             };
             let json = serde_json::to_vec(&entry.env).map_err(io::Error::from)?;
-            let rec = record::encode(Kind::Message, &id, &json, &body);
-            let len = rec.bytes.len() as u64;
-            let rx = self.inner.log.enqueue(rec.bytes)?;
-            waiting.push((id, from, rec.body_start as u64, len, rx));
+            let rec = record::encode_parts(Kind::Message, &id, &json, vec![body]);
+            let (len, body_start) = (rec.len() as u64, rec.body_start as u64);
+            let rx = self.inner.log.enqueue(rec.chunks)?;
+            waiting.push((id, from, body_start, len, rx));
             drop(idx);
         }
         let moved = waiting.len();

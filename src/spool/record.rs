@@ -58,38 +58,62 @@ pub struct Record<'a> {
     pub body: &'a [u8],
 }
 
-/// A record ready to be appended, with where its body will sit in it.
-#[derive(Debug)]
-pub struct Encoded {
-    /// The record's bytes.
-    pub bytes: Vec<u8>,
-    /// Offset of the body within `bytes`.
-    pub body_start: usize,
+/// Encodes a record. The id must be short ASCII (the spool checks it first).
+pub fn encode(kind: Kind, id: &str, envelope: &[u8], body: &[u8]) -> Vec<u8> {
+    encode_parts(kind, id, envelope, vec![body.to_vec()])
+        .chunks
+        .concat()
 }
 
-/// Encodes a record. The id must be short ASCII (the spool checks it first).
-pub fn encode(kind: Kind, id: &str, envelope: &[u8], body: &[u8]) -> Encoded {
-    let id_len = u8::try_from(id.len()).expect("queue ids are short");
-    let mut payload = Vec::with_capacity(2 + id.len() + 4 + envelope.len() + body.len());
-    payload.push(kind as u8);
-    payload.push(id_len);
-    payload.extend_from_slice(id.as_bytes());
-    if kind != Kind::Remove {
-        payload.extend_from_slice(&(envelope.len() as u32).to_le_bytes());
-        payload.extend_from_slice(envelope);
+/// A record as chunks to write one after another: the head, then the body's
+/// pieces as they were handed over (a large body is never copied).
+#[derive(Debug)]
+pub struct Parts {
+    /// The record's bytes, in order.
+    pub chunks: Vec<Vec<u8>>,
+    /// Offset of the body within the record.
+    pub body_start: usize,
+    /// The body's length.
+    pub body_len: usize,
+}
+
+impl Parts {
+    /// The record's length.
+    pub fn len(&self) -> usize {
+        self.chunks.iter().map(Vec::len).sum()
     }
-    let body_start = RECORD_HEADER + payload.len();
-    payload.extend_from_slice(body);
-    let len = (payload.len() as u32).to_le_bytes();
+}
+
+/// Encodes a record whose body comes in pieces (taken, not copied).
+pub fn encode_parts(kind: Kind, id: &str, envelope: &[u8], body: Vec<Vec<u8>>) -> Parts {
+    let id_len = u8::try_from(id.len()).expect("queue ids are short");
+    let mut head = Vec::with_capacity(RECORD_HEADER + 6 + id.len() + envelope.len());
+    head.extend_from_slice(&MAGIC);
+    head.extend_from_slice(&[0; 8]);
+    head.push(kind as u8);
+    head.push(id_len);
+    head.extend_from_slice(id.as_bytes());
+    if kind != Kind::Remove {
+        head.extend_from_slice(&(envelope.len() as u32).to_le_bytes());
+        head.extend_from_slice(envelope);
+    }
+    let body_start = head.len();
+    let body_len: usize = body.iter().map(Vec::len).sum();
+    let len = ((body_start - RECORD_HEADER + body_len) as u32).to_le_bytes();
     let mut crc = crc32fast::Hasher::new();
     crc.update(&len);
-    crc.update(&payload);
-    let mut bytes = Vec::with_capacity(RECORD_HEADER + payload.len());
-    bytes.extend_from_slice(&MAGIC);
-    bytes.extend_from_slice(&len);
-    bytes.extend_from_slice(&crc.finalize().to_le_bytes());
-    bytes.extend_from_slice(&payload);
-    Encoded { bytes, body_start }
+    crc.update(&head[RECORD_HEADER..]);
+    body.iter().for_each(|p| crc.update(p));
+    head[4..8].copy_from_slice(&len);
+    head[8..12].copy_from_slice(&crc.finalize().to_le_bytes());
+    let mut chunks = Vec::with_capacity(1 + body.len());
+    chunks.push(head);
+    chunks.extend(body.into_iter().filter(|p| !p.is_empty()));
+    Parts {
+        chunks,
+        body_start,
+        body_len,
+    }
 }
 
 /// What is found at one position of a segment.
@@ -185,25 +209,31 @@ mod tests {
             (Kind::Remove, "AAAA0001", b"", b""),
         ];
         for (kind, id, env, body) in cases {
-            let e = encode(kind, id, env, body);
-            let Found::Record(r, len) = decode(&e.bytes) else {
+            let halves = vec![
+                body[..body.len() / 2].to_vec(),
+                body[body.len() / 2..].to_vec(),
+            ];
+            let parts = encode_parts(kind, id, env, halves);
+            let bytes = encode(kind, id, env, body);
+            assert_eq!(parts.chunks.concat(), bytes, "pieces encode as one body");
+            let Found::Record(r, len) = decode(&bytes) else {
                 panic!("{kind:?} did not decode");
             };
-            assert_eq!(len, e.bytes.len());
+            assert_eq!(len, bytes.len());
             assert_eq!((r.kind, r.id, r.envelope, r.body), (kind, id, env, body));
-            assert_eq!(r.body_start, e.body_start);
-            assert_eq!(&e.bytes[e.body_start..], body);
+            assert_eq!(r.body_start, parts.body_start);
+            assert_eq!(&bytes[parts.body_start..], body);
         }
     }
 
     #[test]
     fn torn_and_damaged_table() {
-        let good = encode(Kind::Message, "AAAA0001", b"{}", b"body").bytes;
+        let good = encode(Kind::Message, "AAAA0001", b"{}", b"body");
         let mut flipped = good.clone();
         *flipped.last_mut().unwrap() ^= 1;
         let mut big_len = good.clone();
         big_len[4..8].copy_from_slice(&u32::MAX.to_le_bytes());
-        let mut bad_kind = encode(Kind::Update, "A", b"{}", b"").bytes;
+        let mut bad_kind = encode(Kind::Update, "A", b"{}", b"");
         bad_kind[RECORD_HEADER] = 9;
         let cases: [(&str, &[u8], Found); 7] = [
             ("empty", &[], Found::Torn),
@@ -223,8 +253,8 @@ mod tests {
 
     #[test]
     fn resync_finds_the_next_intact_record() {
-        let a = encode(Kind::Message, "A", b"{}", b"one").bytes;
-        let b = encode(Kind::Remove, "A", b"", b"").bytes;
+        let a = encode(Kind::Message, "A", b"{}", b"one");
+        let b = encode(Kind::Remove, "A", b"", b"");
         let mut buf = a.clone();
         buf[RECORD_HEADER + 3] ^= 0xff;
         buf.extend_from_slice(b"TRecgarbage");
