@@ -37,14 +37,11 @@ const BODY_BYTES: usize = 4096;
 const INGEST: &[(usize, usize)] = &[(1, 1000), (10, 300), (50, 60)];
 /// End-to-end row: (concurrent clients, messages per client).
 const E2E: (usize, usize) = (10, 300);
-/// Fsyncs per accepted message in `Spool::store` (msg file, env file, queue dir twice).
-const FSYNCS_PER_INGEST: usize = 4;
-/// Extra fsyncs per delivered message: `Spool::update` (env file + dir) and `Spool::remove` (dir).
-const FSYNCS_PER_DELIVERY: usize = 3;
 
 /// A relay running in this process on its own spool.
 struct BenchRelay {
     addr: SocketAddr,
+    spool: tlsrelay::spool::Spool,
     _dir: tempfile::TempDir,
     stop: watch::Sender<bool>,
     handle: tokio::task::JoinHandle<()>,
@@ -63,10 +60,12 @@ impl BenchRelay {
         let config = Config::parse(&text, None).unwrap();
         let relay = Relay::start(Arc::new(config)).await.unwrap();
         let addr = relay.local_addrs()[0];
+        let spool = relay.spool().clone();
         let (stop, rx) = watch::channel(false);
         let handle = tokio::spawn(relay.run(rx));
         BenchRelay {
             addr,
+            spool,
             _dir: dir,
             stop,
             handle,
@@ -261,7 +260,9 @@ async fn run(only: &str) -> Vec<Row> {
         }
         let relay = BenchRelay::start(&world, &ca_pem, free_port(), "enabled = false").await;
         let meter = Meter::start();
+        let flushes = relay.spool.flushes();
         let (wall, mut lat) = submit_all(relay.addr, k, m).await;
+        let flushes = relay.spool.flushes() - flushes;
         let (cpu, read_kib, written_kib) = meter.finish(k * m);
         relay.stop().await;
         lat.sort();
@@ -276,7 +277,7 @@ async fn run(only: &str) -> Vec<Row> {
                 percentile(&lat, 0.99),
                 *lat.last().unwrap(),
             ]),
-            fsyncs: FSYNCS_PER_INGEST.to_string(),
+            fsyncs: format!("{:.2}", flushes as f64 / (k * m) as f64),
             handshakes: "-".into(),
             cpu,
             read_kib,
@@ -305,6 +306,7 @@ async fn run(only: &str) -> Vec<Row> {
         let before = mx.stats();
         let dns_before = world.queries().len();
         let meter = Meter::start();
+        let flushes = relay.spool.flushes();
         let t0 = Instant::now();
         let (ingest_wall, mut lat) = submit_all(relay.addr, k, m).await;
         let ok = mx
@@ -323,6 +325,9 @@ async fn run(only: &str) -> Vec<Row> {
             .count();
         assert_eq!(tls13, after.messages, "every message over TLS 1.3");
         let dns = world.queries().len() - dns_before;
+        // The last removals are written just after the last message arrives.
+        tokio::time::sleep(Duration::from_millis(500)).await;
+        let flushes = relay.spool.flushes() - flushes;
         relay.stop().await;
         lat.sort();
         println!(
@@ -342,7 +347,7 @@ async fn run(only: &str) -> Vec<Row> {
                 percentile(&lat, 0.99),
                 *lat.last().unwrap(),
             ]),
-            fsyncs: (FSYNCS_PER_INGEST + FSYNCS_PER_DELIVERY).to_string(),
+            fsyncs: format!("{:.2}", flushes as f64 / n as f64),
             handshakes: format!(
                 "{} ({} conns)",
                 after.tls_handshakes - before.tls_handshakes,

@@ -30,16 +30,7 @@ pub(super) enum AfterAttempt {
 
 /// One attempt at a message.
 pub(super) async fn attempt(ctx: Arc<Context>, mut env: Envelope) -> AfterAttempt {
-    let spool = ctx.spool.clone();
-    let id = env.id.clone();
-    let message = match tokio::task::spawn_blocking(move || spool.read_message(&id)).await {
-        Ok(Ok(m)) => Arc::new(m),
-        other => {
-            tracing::error!(id = %env.id, error = ?other.err(), "cannot read the queued message; will retry");
-            env.next_attempt = now_unix() + 60;
-            return AfterAttempt::Unsaved(env);
-        }
-    };
+    let message = Arc::new(Body::new(ctx.spool.clone(), env.id.clone()));
     let failed = settle_invalid_domains(&mut env);
     env.owe(dsn::Kind::Failure, failed);
     let mut domains = JoinSet::new();
@@ -71,6 +62,38 @@ pub(super) async fn attempt(ctx: Arc<Context>, mut env: Envelope) -> AfterAttemp
         }
     }
     finish_attempt(&ctx, env, &message).await
+}
+
+/// A queued message's bytes, read from the spool the first time a connection
+/// is ready to send them (or a notice needs them), then shared by the
+/// attempt's domains.
+pub(super) struct Body {
+    spool: crate::spool::Spool,
+    id: String,
+    bytes: tokio::sync::OnceCell<Arc<Vec<u8>>>,
+}
+
+impl Body {
+    fn new(spool: crate::spool::Spool, id: String) -> Body {
+        Body {
+            spool,
+            id,
+            bytes: tokio::sync::OnceCell::new(),
+        }
+    }
+
+    /// The bytes, read once.
+    pub(super) async fn get(&self) -> Result<Arc<Vec<u8>>, String> {
+        let read = || async {
+            let (spool, id) = (self.spool.clone(), self.id.clone());
+            match tokio::task::spawn_blocking(move || spool.read_message(&id)).await {
+                Ok(Ok(m)) => Ok(Arc::new(m)),
+                Ok(Err(e)) => Err(e.to_string()),
+                Err(e) => Err(e.to_string()),
+            }
+        };
+        self.bytes.get_or_try_init(read).await.cloned()
+    }
 }
 
 /// What the message demands of TLS, with the operator's setting for `TLS-Required: No`.
@@ -124,7 +147,7 @@ fn apply(env: &mut Envelope, i: usize, result: &RcptResult) -> Option<dsn::Recip
 
 /// After the domains: expiry, failure and delay notices, next attempt, removal.
 /// The message leaves the queue only once every notice it owes is stored.
-async fn finish_attempt(ctx: &Context, mut env: Envelope, message: &[u8]) -> AfterAttempt {
+async fn finish_attempt(ctx: &Context, mut env: Envelope, message: &Body) -> AfterAttempt {
     env.attempts += 1;
     let now = now_unix();
     let d = &ctx.config.delivery;
@@ -183,7 +206,18 @@ async fn persist(ctx: &Context, env: &Envelope) -> Persisted {
 
 /// Stores every notice the envelope owes; one that cannot be stored stays owed,
 /// and with it the message stays queued, for the next attempt.
-async fn store_owed(ctx: &Context, env: &mut Envelope, message: &[u8]) {
+async fn store_owed(ctx: &Context, env: &mut Envelope, body: &Body) {
+    if env.pending_dsns.is_empty() {
+        return;
+    }
+    let message = match body.get().await {
+        Ok(m) => m,
+        Err(e) => {
+            tracing::error!(id = %env.id, error = %e, "cannot read the queued message for its notices; they stay owed");
+            return;
+        }
+    };
+    let message = message.as_slice();
     for owed in std::mem::take(&mut env.pending_dsns) {
         if !queue_dsn(ctx, env, message, owed.kind, &owed.recipients).await {
             env.pending_dsns.push(owed);

@@ -7,6 +7,7 @@
 
 use std::net::{IpAddr, SocketAddr};
 
+use super::attempt::Body;
 use super::client::{Session, Timeouts};
 use super::observer::Observer;
 use super::transaction::transact;
@@ -22,8 +23,8 @@ use crate::spool::Envelope;
 pub(super) struct Job<'a> {
     /// The message's envelope.
     pub env: &'a Envelope,
-    /// The message itself.
-    pub message: &'a [u8],
+    /// The message itself, read when a connection is ready for it.
+    pub message: &'a Body,
     /// The recipient domain.
     pub domain: &'a Domain,
     /// The recipients (indexes into the envelope) in that domain.

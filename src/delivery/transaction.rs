@@ -46,7 +46,16 @@ pub(super) async fn transact(
     }
     let mail = mail_command(job.env, &sender, &session, job.demand);
     let rcpts = rcpt_commands(job.env, &idxs, session.caps.dsn);
-    let replies = match session.transaction(&mail, &rcpts, job.message).await {
+    let message = match job.message.get().await {
+        Ok(m) => m,
+        Err(e) => {
+            tracing::error!(id = %job.env.id, error = %e, "cannot read the queued message");
+            session.quit().await;
+            let reason = format!("the queued message cannot be read: {e}");
+            return Some(job.all(RcptResult::Deferred { reason }));
+        }
+    };
+    let replies = match session.transaction(&mail, &rcpts, &message).await {
         Ok(r) => r,
         Err(e) => {
             tracing::info!(id = %job.env.id, domain = %job.domain, host = %session.host, error = %e, reused, "session failed during the transaction");

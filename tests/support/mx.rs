@@ -385,6 +385,9 @@ async fn accept_loop(listener: TcpListener, shared: Arc<Shared>) {
         tokio::select! {
             accepted = listener.accept() => {
                 let Ok((tcp, _peer)) = accepted else { continue };
+                // Replies to pipelined commands go out at once, as a real MTA's do;
+                // with Nagle they wait for the client's delayed ACK (40 ms each).
+                let _ = tcp.set_nodelay(true);
                 let id = shared.with(|s| {
                     s.stats.connections += 1;
                     s.transcripts.push(Vec::new());
