@@ -7,7 +7,9 @@ use std::time::{Duration, Instant};
 
 /// A running `tlsrelay serve` and the address it listens on.
 pub struct Relay {
+    /// The `tlsrelay serve` process.
     pub child: Child,
+    /// Where it accepts SMTP.
     pub addr: SocketAddr,
 }
 
