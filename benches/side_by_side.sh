@@ -36,7 +36,7 @@
 #      SMTP_SOURCE_OPTS (extra smtp-source options, e.g. -d to keep each session's connection;
 #      default: none, a new connection per message as in the test bed's loadtest.sh),
 #      TLSRELAY_BIN (default: cargo build --release), TESTBED (default ../shared/testbed),
-#      KEEP_WORK=1 (keep the work directory and its logs).
+#      KEEP_WORK=1 (keep the work directory and its logs; it is always kept after a failure).
 set -euo pipefail
 
 HERE=$(cd "$(dirname "${BASH_SOURCE[0]}")" && pwd)
@@ -112,6 +112,7 @@ PF_STARTED=0
 RELAY_PID=
 SINK_PID=
 STRACE_PID=
+LOADGEN_PID=
 
 pf_master_pid() { [[ -s $PF/spool/pid/master.pid ]] && tr -d ' \n' < "$PF/spool/pid/master.pid" || true; }
 
@@ -141,6 +142,7 @@ cleanup() {
   local rc=$?
   set +e
   trap - EXIT INT TERM
+  stop_pid "$LOADGEN_PID" TERM 5
   stop_pid "$STRACE_PID" INT 10
   stop_relay
   stop_postfix
@@ -149,7 +151,8 @@ cleanup() {
   for f in "$TB/dns/run/knot.pid" "$TB/dns/run/unbound.pid"; do
     [[ -s $f ]] && stop_pid "$(tr -d ' \n' < "$f")" TERM 5
   done
-  if [[ ${KEEP_WORK:-0} == 1 || $rc != 0 ]]; then echo "work directory kept: $W"; else rm -rf "$W"; fi
+  # kept after a failure (not after an interrupt), for its logs
+  if [[ ${KEEP_WORK:-0} == 1 || ($rc != 0 && $rc != 130) ]]; then echo "work directory kept: $W"; else rm -rf "$W"; fi
   exit $rc
 }
 trap cleanup EXIT
@@ -225,8 +228,11 @@ run_source() {
   base=$(sink messages)
   deadline=$(( $(date +%s) + MAXWAIT ))
   T0=$(now)
-  timeout "$MAXWAIT" "${SOURCE[@]}" -m "$count" "127.0.0.1:$port" > "$W/logs/source-$label.out" 2>&1 ||
-    { tail -n 5 "$W/logs/source-$label.out"; die "$label: smtp-source failed"; }
+  # in the background, so that a signal ends the run at once (bash runs traps between commands)
+  timeout "$MAXWAIT" "${SOURCE[@]}" -m "$count" "127.0.0.1:$port" > "$W/logs/source-$label.out" 2>&1 &
+  LOADGEN_PID=$!
+  wait "$LOADGEN_PID" || { tail -n 5 "$W/logs/source-$label.out"; die "$label: smtp-source failed"; }
+  LOADGEN_PID=
   T_INGEST=$(now)
   wait_sink $((base + count)) "$deadline" ||
     die "$label: only $(( $(sink messages) - base )) of $count messages reached the sink within ${MAXWAIT}s"
@@ -245,7 +251,10 @@ run_load() {
   t0=$(now)
   "$LOAD_BIN" --server "127.0.0.1:$RELAY_PORT" --sessions "$SESSIONS" --messages "$count" --size "$SIZE" \
     --rate "$rate" --from sender@org.test --to rcpt@example.test --timeout "$MAXWAIT" \
-    > "$W/logs/load-$label.out" 2>&1 || { tail -n 5 "$W/logs/load-$label.out"; die "$label: smtp_load failed"; }
+    > "$W/logs/load-$label.out" 2>&1 &
+  LOADGEN_PID=$!
+  wait "$LOADGEN_PID" || { tail -n 5 "$W/logs/load-$label.out"; die "$label: smtp_load failed"; }
+  LOADGEN_PID=
   LOAD_RESULT=$(grep '^RESULT ' "$W/logs/load-$label.out")
   wait_sink $((base + count)) "$deadline" || die "$label: not every message reached the sink within ${MAXWAIT}s"
   LOAD_E2E=$(calc %.0f "$count / ($(sink last_message_unix) - $t0)")
