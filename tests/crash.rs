@@ -3,26 +3,14 @@
 
 mod support;
 
-use std::net::{SocketAddr, TcpListener};
 use std::path::Path;
-use std::process::{Child, Command, Stdio};
+use std::process::{Command, Stdio};
 use std::time::{Duration, Instant};
 
+use support::child::{queue_json, start_relay, Relay};
 use support::client::Client;
+use support::mx::free_port;
 use tlsrelay::spool::Spool;
-
-fn free_port() -> u16 {
-    TcpListener::bind("127.0.0.1:0")
-        .unwrap()
-        .local_addr()
-        .unwrap()
-        .port()
-}
-
-struct Relay {
-    child: Child,
-    addr: SocketAddr,
-}
 
 fn write_config(dir: &Path, port: u16) -> std::path::PathBuf {
     let path = dir.join("tlsrelay.toml");
@@ -35,38 +23,6 @@ fn write_config(dir: &Path, port: u16) -> std::path::PathBuf {
     )
     .unwrap();
     path
-}
-
-async fn start_relay(config: &Path, port: u16) -> Relay {
-    let child = Command::new(env!("CARGO_BIN_EXE_tlsrelay"))
-        .args(["serve", "--config"])
-        .arg(config)
-        .stdin(Stdio::null())
-        .stdout(Stdio::null())
-        .stderr(Stdio::null())
-        .spawn()
-        .unwrap();
-    let addr: SocketAddr = format!("127.0.0.1:{port}").parse().unwrap();
-    let deadline = Instant::now() + Duration::from_secs(20);
-    while tokio::net::TcpStream::connect(addr).await.is_err() {
-        assert!(Instant::now() < deadline, "relay did not start");
-        tokio::time::sleep(Duration::from_millis(50)).await;
-    }
-    Relay { child, addr }
-}
-
-fn queue_json(config: &Path) -> serde_json::Value {
-    let out = Command::new(env!("CARGO_BIN_EXE_tlsrelay"))
-        .args(["queue", "list", "--json", "--config"])
-        .arg(config)
-        .output()
-        .unwrap();
-    assert!(
-        out.status.success(),
-        "{}",
-        String::from_utf8_lossy(&out.stderr)
-    );
-    serde_json::from_slice(&out.stdout).unwrap()
 }
 
 fn message(i: usize) -> Vec<u8> {
