@@ -155,7 +155,9 @@ pub fn show(spool: &Spool, id: &str, as_json: bool) -> Result<String, QueueError
         env.size, env.body, env.smtputf8, env.requiretls
     );
     if env.ret.is_some() || env.envid.is_some() {
-        let envid = env.envid.as_deref().map_or("none".into(), visible);
+        // The shape of `{:?}` (which scripts may read), the value made visible.
+        let envid =
+            (env.envid.as_deref()).map_or("None".into(), |e| format!("Some({:?})", visible(e)));
         let _ = writeln!(out, "dsn:         ret {:?}, envid {envid}", env.ret);
     }
     let _ = writeln!(out, "attempts:    {}", env.attempts);
