@@ -40,7 +40,7 @@ run_one() {
         ${dict:+-dict=$dict} >"$log" 2>&1
     local rc=$?
     local execs found
-    execs=$(grep -m1 -o 'stat::number_of_executed_units: *[0-9]*' "$log" | grep -o '[0-9]*$')
+    execs=$(grep -a -m1 -o 'stat::number_of_executed_units: *[0-9]*' "$log" | grep -o '[0-9]*$')
     found=$(find "artifacts/$t" -type f | wc -l)
     printf '%-16s %4ss  executions %10s  exit %s  artifacts %s\n' \
         "$t" "$seconds" "${execs:-?}" "$rc" "$found"
