@@ -733,7 +733,6 @@ none13.example          encrypt protocols=<=TLSv1.1
         );
     }
 
-    #[test]
     /// fuzz/postfix_import: a NUL inside a carried line made the output unloadable.
     #[test]
     fn control_characters_in_a_line_stay_out_of_the_comments() {
