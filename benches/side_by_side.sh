@@ -381,6 +381,8 @@ port = $SINK_PORT
 # floor = "verify" (the default): the certificate must chain to a trusted root (here the test
 # CA) and name the MX host, mx1.example.test
 extra_roots = ["$TB/pki/ca.pem"]
+# The sink listens on 127.0.0.10; tlsrelay refuses loopback destinations unless told.
+allow_loopback_destinations = true
 
 [mta_sts]
 enabled = false

@@ -12,6 +12,9 @@ use std::time::Duration;
 use ipnet::IpNet;
 use serde::{Deserialize, Deserializer};
 
+mod warnings;
+pub use warnings::ConfigWarning;
+
 /// The whole configuration, as read from the TOML file (or the built-in defaults).
 #[derive(Debug, Clone, Deserialize, Default)]
 #[serde(deny_unknown_fields, default)]
@@ -178,6 +181,11 @@ pub struct ServerConfig {
     pub auth_max_failures_per_user: u32,
     /// How long a lockout lasts, and how long a failure is remembered.
     pub auth_lockout: HumanDuration,
+    /// An authenticated client may use only envelope senders its user owns: the
+    /// user name itself, or the addresses and `@domain`s listed after its hash in
+    /// `auth_users_file`; others get `553 5.7.1`. Clients relaying by
+    /// `relay_networks` without AUTH are not affected.
+    pub sender_login_match: bool,
 }
 
 impl Default for ServerConfig {
@@ -210,6 +218,7 @@ impl Default for ServerConfig {
             auth_max_failures_per_client: 5,
             auth_max_failures_per_user: 20,
             auth_lockout: HumanDuration(Duration::from_secs(900)),
+            sender_login_match: false,
         }
     }
 }
@@ -389,6 +398,11 @@ pub struct DeliveryConfig {
     /// Honour the `TLS-Required: No` header (RFC 8689 §5): such a message is sent
     /// with TLS but without certificate checks. TLS itself stays mandatory.
     pub honor_tls_required_no: bool,
+    /// Deliver to loopback, unspecified and link-local addresses (127.0.0.0/8,
+    /// ::1, 0.0.0.0, ::, 169.254.0.0/16, fe80::/10). Off in production: an MX
+    /// record pointing there would make tlsrelay deliver to this machine. For
+    /// labs and tests whose MX hosts listen on 127.0.0.x.
+    pub allow_loopback_destinations: bool,
 }
 
 impl Default for DeliveryConfig {
@@ -412,6 +426,7 @@ impl Default for DeliveryConfig {
             connection_reuse_time: secs(5),
             queue_scan_interval: secs(10),
             honor_tls_required_no: false,
+            allow_loopback_destinations: false,
         }
     }
 }

@@ -11,6 +11,8 @@
 
 pub mod config;
 pub mod delivery;
+#[doc(hidden)]
+pub mod fuzzing;
 pub mod inbound;
 pub mod model;
 pub mod ops;

@@ -19,7 +19,14 @@ pub enum ConfigAction {
 /// Checks the file; its first problem is the error.
 pub fn run(action: ConfigAction) -> anyhow::Result<ExitCode> {
     let ConfigAction::Check { file } = action;
-    Config::load(&file)?;
-    println!("{}: ok", file.display());
+    let config = Config::load(&file)?;
+    let warnings = config.warnings();
+    for w in &warnings {
+        eprintln!("{}: warning: {w}", file.display());
+    }
+    match warnings.len() {
+        0 => println!("{}: ok", file.display()),
+        n => println!("{}: ok, with {n} warning(s) above", file.display()),
+    }
     Ok(ExitCode::SUCCESS)
 }

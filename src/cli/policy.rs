@@ -40,8 +40,8 @@ fn import(file: &Path) -> anyhow::Result<ExitCode> {
             "{}:{}: not carried over: {} ({})",
             file.display(),
             s.line,
-            s.text,
-            s.reason
+            tlsrelay::model::visible::visible(&s.text),
+            tlsrelay::model::visible::visible(&s.reason)
         );
     }
     eprintln!("{} line(s) not carried over", skipped.len());

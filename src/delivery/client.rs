@@ -55,6 +55,42 @@ impl Reply {
     }
 }
 
+/// Collects the lines of one (multi-line) reply; pure, so that it can be fuzzed.
+#[derive(Debug, Default)]
+pub struct ReplyReader {
+    lines: Vec<String>,
+}
+
+impl ReplyReader {
+    /// Takes one line (without its line end); the reply once its last line came.
+    pub fn line(&mut self, line: &[u8]) -> io::Result<Option<Reply>> {
+        let text = String::from_utf8_lossy(line);
+        let Some(code) = text
+            .get(..3)
+            .filter(|c| c.bytes().all(|b| b.is_ascii_digit()))
+        else {
+            return Err(io::Error::new(
+                io::ErrorKind::InvalidData,
+                format!("malformed reply line: {text:?}"),
+            ));
+        };
+        let code: u16 = code.parse().unwrap_or(0);
+        let more = text.as_bytes().get(3) == Some(&b'-');
+        self.lines.push(text.get(4..).unwrap_or("").to_string());
+        if !more {
+            let lines = std::mem::take(&mut self.lines);
+            return Ok(Some(Reply { code, lines }));
+        }
+        if self.lines.len() > 100 {
+            return Err(io::Error::new(
+                io::ErrorKind::InvalidData,
+                "reply longer than 100 lines",
+            ));
+        }
+        Ok(None)
+    }
+}
+
 /// Extensions the server announced in its EHLO reply.
 #[derive(Debug, Clone, Default, PartialEq, Eq)]
 pub struct Capabilities {
@@ -376,31 +412,13 @@ impl Session {
 
     /// Reads one (multi-line) reply.
     pub async fn read_reply(&mut self, timeout: Duration) -> io::Result<Reply> {
-        let mut lines = Vec::new();
-        let code;
+        let mut reader = ReplyReader::default();
         loop {
             let line = self.read_line(timeout).await?;
-            let text = String::from_utf8_lossy(&line).into_owned();
-            if text.len() < 3 || !text.as_bytes()[..3].iter().all(u8::is_ascii_digit) {
-                return Err(io::Error::new(
-                    io::ErrorKind::InvalidData,
-                    format!("malformed reply line: {text:?}"),
-                ));
-            }
-            let more = text.as_bytes().get(3) == Some(&b'-');
-            lines.push(text.get(4..).unwrap_or("").to_string());
-            if !more {
-                code = text[..3].parse().unwrap_or(0);
-                break;
-            }
-            if lines.len() > 100 {
-                return Err(io::Error::new(
-                    io::ErrorKind::InvalidData,
-                    "reply longer than 100 lines",
-                ));
+            if let Some(reply) = reader.line(&line)? {
+                return Ok(reply);
             }
         }
-        Ok(Reply { code, lines })
     }
 
     async fn read_line(&mut self, timeout: Duration) -> io::Result<Vec<u8>> {

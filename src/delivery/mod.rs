@@ -14,7 +14,7 @@ mod execute;
 mod observer;
 mod pool;
 mod scheduler;
-mod transaction;
+pub(crate) mod transaction;
 
 use std::collections::HashMap;
 use std::sync::{Arc, Mutex};
@@ -26,7 +26,7 @@ use crate::model::domain::Domain;
 use crate::model::mechanism::TlsDemand;
 use crate::policy::facts::DomainFacts;
 use crate::policy::local::{PolicyError, PolicySet};
-use crate::policy::{plan_domain, DomainPlan};
+use crate::policy::{plan_domain, DomainPlan, Settings};
 use crate::reporting::outcome::OutcomeLog;
 use crate::resolve::dns::Dns;
 use crate::resolve::gather::Gatherer;
@@ -173,7 +173,7 @@ impl Context {
     /// Gathers the facts of `domain` with the policies in force now, and plans.
     async fn plan_for(&self, domain: &Domain, demand: TlsDemand) -> (DomainFacts, DomainPlan) {
         let facts = self.gather(domain).await;
-        let plan = plan_domain(&facts, self.config.delivery.floor, demand);
+        let plan = plan_domain(&facts, Settings::of(&self.config.delivery), demand);
         (facts, plan)
     }
 

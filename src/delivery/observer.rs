@@ -73,6 +73,7 @@ impl<'a> Observer<'a> {
     pub(super) fn skipped(&self, s: &Skipped) {
         let token = match (s.cause, s.result) {
             (SkipCause::RequireTls, _) => "refused:requiretls".to_string(),
+            (SkipCause::LocalAddress, _) => "refused:local-address".to_string(),
             (_, Some(r)) => format!("refused:{}", r.as_str()),
             (_, None) => "refused:dns".to_string(),
         };

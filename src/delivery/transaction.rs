@@ -164,7 +164,7 @@ fn rcpt_commands(env: &Envelope, idxs: &[usize], dsn: bool) -> Vec<String> {
 }
 
 /// xtext (RFC 3461 §4): `+HH` for `+`, `=`, and bytes outside 33..=126.
-fn xtext(s: &str) -> String {
+pub(crate) fn xtext(s: &str) -> String {
     let mut out = String::new();
     for b in s.bytes() {
         if (33..=126).contains(&b) && b != b'+' && b != b'=' {
@@ -232,6 +232,27 @@ fn interpret(
         results.extend(accepted.into_iter().map(|i| (i, o.clone())));
     }
     results
+}
+
+/// For `crate::fuzzing`: `reply` as the answer to MAIL, one RCPT and the data.
+pub(crate) fn fuzz_interpret(reply: &Reply) {
+    let replies = TransactionReplies {
+        mail: Some(reply.clone()),
+        rcpts: vec![reply.clone()],
+        data: Some(reply.clone()),
+        data_sent: true,
+    };
+    let req = Requirement {
+        host: "mx.fuzz.example".into(),
+        sni: "mx.fuzz.example".into(),
+        check: crate::policy::PeerCheck::WebPki,
+        mechanism: crate::model::mechanism::Mechanism::Verify,
+        waiver: None,
+        policy: crate::model::rfc8460::PolicyType::NoPolicyFound,
+        tls13_only: false,
+    };
+    let results = interpret(&replies, &[0], &req.host, "mx.fuzz.example", &req);
+    assert_eq!(results.len(), 1);
 }
 
 /// The log line of a transaction.

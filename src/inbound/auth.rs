@@ -1,6 +1,9 @@
 //! SMTP AUTH (PLAIN and LOGIN) against a users file of argon2 password hashes.
 //!
 //! The file has one `name:$argon2id$...` entry per line; `#` starts a comment.
+//! After the hash, separated by spaces, may follow the envelope senders the user
+//! owns besides its own name (`alice@example.com`, `@example.org` for a whole
+//! domain), which `server.sender_login_match` enforces.
 //! AUTH is offered only after STARTTLS, so passwords never cross the wire in clear.
 
 use std::collections::HashMap;
@@ -45,6 +48,41 @@ pub enum UsersError {
 #[derive(Debug, Clone, Default)]
 pub struct Users {
     hashes: HashMap<String, String>,
+    /// The senders each user owns besides its own name.
+    senders: HashMap<String, Vec<OwnedSender>>,
+}
+
+/// An envelope sender a user may use besides its own name.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum OwnedSender {
+    /// One address (`local@domain`), compared without regard to ASCII case.
+    Address(String),
+    /// Every address in a domain (`@example.org`), compared without regard to ASCII case.
+    Domain(String),
+}
+
+impl OwnedSender {
+    /// An entry after the hash: `local@domain` or `@domain`.
+    fn parse(word: &str) -> Option<OwnedSender> {
+        match word.strip_prefix('@') {
+            Some(d) if !d.is_empty() && !d.contains('@') => Some(OwnedSender::Domain(d.into())),
+            Some(_) => None,
+            None => word
+                .rsplit_once('@')
+                .filter(|(l, d)| !l.is_empty() && !d.is_empty())
+                .map(|_| OwnedSender::Address(word.into())),
+        }
+    }
+
+    /// Whether `sender` (stored form, `local@domain`) is this entry.
+    fn covers(&self, sender: &str) -> bool {
+        match self {
+            OwnedSender::Address(a) => a.eq_ignore_ascii_case(sender),
+            OwnedSender::Domain(d) => sender
+                .rsplit_once('@')
+                .is_some_and(|(_, sd)| sd.eq_ignore_ascii_case(d)),
+        }
+    }
 }
 
 impl Users {
@@ -63,41 +101,66 @@ impl Users {
 
     /// Parses users-file text; errors carry the 1-based line.
     pub fn parse(text: &str) -> Result<Users, (usize, String)> {
-        let mut hashes = HashMap::new();
+        let mut users = Users::default();
         for (i, raw) in text.lines().enumerate() {
             let line = raw.trim();
             if line.is_empty() || line.starts_with('#') {
                 continue;
             }
-            let Some((name, hash)) = line.split_once(':') else {
-                return Err((i + 1, "expected `name:$argon2id$...`".into()));
-            };
-            let params = PasswordHash::new(hash)
-                .ok()
-                .filter(|_| hash.starts_with("$argon2"))
-                .and_then(|h| Params::try_from(&h).ok());
-            let Some(params) = params else {
-                return Err((
-                    i + 1,
-                    format!(
-                        "the hash for `{name}` is not an argon2 PHC string (`$argon2id$v=19$...`)"
-                    ),
-                ));
-            };
-            if params.m_cost() > MAX_MEMORY_KIB {
-                return Err((
-                    i + 1,
-                    format!(
-                        "the hash for `{name}` needs m={} KiB per check; the limit is m={MAX_MEMORY_KIB} (m=19456 is recommended)",
-                        params.m_cost()
-                    ),
-                ));
-            }
-            if hashes.insert(name.to_string(), hash.to_string()).is_some() {
-                return Err((i + 1, format!("user `{name}` is listed twice")));
-            }
+            users.add_line(line).map_err(|e| (i + 1, e))?;
         }
-        Ok(Users { hashes })
+        Ok(users)
+    }
+
+    /// One `name:HASH [sender ...]` line.
+    fn add_line(&mut self, line: &str) -> Result<(), String> {
+        let Some((name, rest)) = line.split_once(':') else {
+            return Err("expected `name:$argon2id$...`".into());
+        };
+        let mut words = rest.split_whitespace();
+        let hash = words.next().unwrap_or("");
+        let owned = words
+            .map(|w| {
+                OwnedSender::parse(w).ok_or_else(|| {
+                    format!("`{w}` after the hash of `{name}` is neither an address nor `@domain`")
+                })
+            })
+            .collect::<Result<Vec<_>, String>>()?;
+        let params = PasswordHash::new(hash)
+            .ok()
+            .filter(|_| hash.starts_with("$argon2"))
+            .and_then(|h| Params::try_from(&h).ok());
+        let Some(params) = params else {
+            return Err(format!(
+                "the hash for `{name}` is not an argon2 PHC string (`$argon2id$v=19$...`)"
+            ));
+        };
+        if params.m_cost() > MAX_MEMORY_KIB {
+            return Err(format!(
+                    "the hash for `{name}` needs m={} KiB per check; the limit is m={MAX_MEMORY_KIB} (m=19456 is recommended)",
+                    params.m_cost()
+                ));
+        }
+        if self
+            .hashes
+            .insert(name.to_string(), hash.to_string())
+            .is_some()
+        {
+            return Err(format!("user `{name}` is listed twice"));
+        }
+        self.senders.insert(name.to_string(), owned);
+        Ok(())
+    }
+
+    /// Whether `user` may use envelope sender `sender` (stored form; empty for
+    /// the null sender, which anyone may use): its own name, or one it owns.
+    pub fn may_send_as(&self, user: &str, sender: &str) -> bool {
+        sender.is_empty()
+            || sender.eq_ignore_ascii_case(user)
+            || self
+                .senders
+                .get(user)
+                .is_some_and(|owned| owned.iter().any(|o| o.covers(sender)))
     }
 
     /// Whether `user` is listed in the file.
@@ -201,6 +264,34 @@ mod tests {
         assert!(Users::parse(&dup).unwrap_err().1.contains("twice"));
         let greedy = "a:$argon2id$v=19$m=1048576,t=2,p=1$c29tZXNhbHRzb21lc2FsdA$3nT8bEJtNgFdm1Cq9hkCAkMOdIBYr9eMRQ2AS5lBQ8o\n";
         assert!(Users::parse(greedy).unwrap_err().1.contains("m=1048576"));
+    }
+
+    #[test]
+    fn owned_senders() {
+        let text = format!(
+            "alice:{0} alice@example.com @example.org\nbob@example.net:{0}\n",
+            hash("pw")
+        );
+        let users = Users::parse(&text).unwrap();
+        let cases = [
+            ("alice", "alice@example.com", true),
+            ("alice", "ALICE@Example.COM", true),
+            ("alice", "anyone@example.org", true),
+            ("alice", "x@sub.example.org", false),
+            ("alice", "bob@example.net", false),
+            ("alice", "", true),
+            ("bob@example.net", "bob@example.net", true),
+            ("bob@example.net", "Bob@EXAMPLE.net", true),
+            ("bob@example.net", "alice@example.com", false),
+            ("carol", "carol@example.com", false),
+        ];
+        for (user, sender, ok) in cases {
+            assert_eq!(users.may_send_as(user, sender), ok, "{user} as {sender:?}");
+        }
+        let bad = format!("alice:{} example.com\n", hash("pw"));
+        let (line, msg) = Users::parse(&bad).unwrap_err();
+        assert_eq!(line, 1);
+        assert!(msg.contains("`example.com`"), "{msg}");
     }
 
     #[test]

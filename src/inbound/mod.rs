@@ -5,7 +5,7 @@
 
 mod auth;
 mod conn;
-mod session;
+pub(crate) mod session;
 mod throttle;
 
 pub use auth::Users;

@@ -396,6 +396,19 @@ impl Session {
         }
     }
 
+    /// With `server.sender_login_match`, why an authenticated user may not use `sender`.
+    fn sender_refusal(&self, sender: &str) -> Option<String> {
+        let user = self.auth_user.as_deref()?;
+        let users = self.shared.users.as_ref()?;
+        if !self.cfg().sender_login_match || users.may_send_as(user, sender) {
+            return None;
+        }
+        Some(format!(
+            "Sender address <{sender}> is not owned by user {user}; \
+             use your own address (server.sender_login_match)"
+        ))
+    }
+
     fn may_relay(&self) -> bool {
         self.auth_user.is_some()
             || self
@@ -416,6 +429,9 @@ impl Session {
             Ok(sender) => sender.map(|m| m.to_string()).unwrap_or_default(),
             Err(e) => return self.bad_path(e, "5.1.7", "sender"),
         };
+        if let Some(refusal) = self.sender_refusal(&sender) {
+            return self.error(553, "5.7.1", &refusal);
+        }
         let tls = matches!(self.conn, Conn::Tls(_));
         let smtputf8 = from.flags & MAIL_SMTPUTF8 != 0;
         if from.flags & MAIL_BODY_BINARYMIME != 0 {
@@ -970,7 +986,10 @@ fn dsn_ret(flags: u64) -> Option<DsnRet> {
 /// The mailbox of a MAIL or RCPT line, parsed from the raw line: smtp-proto
 /// drops the quoting, so its address alone cannot say where a quoted local
 /// part ends. Its address must agree with ours, or the command is refused.
-fn checked_path(raw: &[u8], proto_address: &str) -> Result<Option<Mailbox>, AddressError> {
+pub(crate) fn checked_path(
+    raw: &[u8],
+    proto_address: &str,
+) -> Result<Option<Mailbox>, AddressError> {
     let text = std::str::from_utf8(raw).map_err(|_| AddressError::Syntax)?;
     let (_, after) = text.split_once(':').ok_or(AddressError::Syntax)?;
     let (mailbox, _) = address::parse_path(after.trim_start_matches(' '))?;

@@ -162,7 +162,12 @@ fn is_dot_string(s: &str) -> bool {
 
 /// A domain (dot-separated labels of atext, so never `@`, `>`, quotes or spaces;
 /// whether it is a DNS name is decided later by `Domain`) or an address literal.
+/// Non-ASCII atext admits the C1 controls (U+0080–U+009F), which no domain holds
+/// and which a terminal may obey (U+009B is CSI): refused (found by fuzzing).
 fn is_domain(s: &str) -> bool {
+    if s.chars().any(char::is_control) {
+        return false;
+    }
     if let Some(lit) = s.strip_prefix('[').and_then(|r| r.strip_suffix(']')) {
         return !lit.is_empty()
             && lit
@@ -246,6 +251,10 @@ mod tests {
             ("<a@>", Syntax),
             ("<postmaster>", Syntax),
             ("<@r:>", Syntax),
+            // fuzz/smtp_command: a C1 control (CSI) in the domain.
+            ("<\"victim@othe\"@a.\u{9b}example>", Syntax),
+            ("<a@b\u{85}.example>", Syntax),
+            ("<@r\u{9b}.example:a@b.example>", Syntax),
         ];
         for (path, want) in cases {
             assert_eq!(parse_path(path).map(|_| ()), Err(want), "{path:?}");

@@ -10,3 +10,4 @@ pub mod notify;
 pub mod rcpt;
 pub mod rfc8460;
 pub mod status;
+pub mod visible;

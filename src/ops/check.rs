@@ -23,7 +23,7 @@ use crate::policy::facts::{DomainFacts, HostFacts};
 use crate::policy::local::PolicySet;
 use crate::policy::plan::tlsa_string;
 use crate::policy::{
-    plan_domain, DomainPlan, HostStep, MxPlan, PeerCheck, Requirement, SkipCause, Target,
+    plan_domain, DomainPlan, HostStep, MxPlan, PeerCheck, Requirement, Settings, SkipCause, Target,
 };
 use crate::protocol::sts::Mode;
 use crate::resolve::dns::Dns;
@@ -146,7 +146,7 @@ impl Sources<'_> {
         }
         .gather(domain)
         .await;
-        let plan = plan_domain(&facts, d.floor, TlsDemand::Standard);
+        let plan = plan_domain(&facts, Settings::of(d), TlsDemand::Standard);
         (facts, plan)
     }
 }
@@ -573,7 +573,9 @@ pub fn render(r: &Report) -> String {
         render_host(&mut out, h);
     }
     let _ = writeln!(out, "\n{}", r.verdict);
-    out
+    // TXT records, host names, certificate names and replies come from the
+    // network: nothing in them may reach the terminal as a control character.
+    crate::model::visible::visible_lines(&out).into_owned()
 }
 
 /// One host of the report in plain words.

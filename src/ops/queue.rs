@@ -6,6 +6,7 @@ use std::path::{Path, PathBuf};
 use serde_json::json;
 
 use crate::model::status::EnhancedStatus;
+use crate::model::visible::{visible, visible_lines};
 use crate::protocol::dsn;
 use crate::spool::{now_unix, Envelope, RcptState, Spool, SpoolError};
 
@@ -124,7 +125,7 @@ pub fn list(spool: &Spool, as_json: bool) -> Result<String, QueueError> {
             human_age(s["age_seconds"].as_i64().unwrap_or(0)),
             s["state"].as_str().unwrap_or(""),
             next,
-            env.sender
+            visible(&env.sender)
         );
         for r in &env.recipients {
             let state = match r.state {
@@ -132,9 +133,9 @@ pub fn list(spool: &Spool, as_json: bool) -> Result<String, QueueError> {
                 RcptState::Delivered => "delivered",
                 RcptState::Failed => "failed",
             };
-            let _ = writeln!(out, "{:>66}  -> <{}> {state}", "", r.address);
+            let _ = writeln!(out, "{:>66}  -> <{}> {state}", "", visible(&r.address));
             if let Some(reason) = &r.last_reason {
-                let _ = writeln!(out, "{:>66}     {reason}", "");
+                let _ = writeln!(out, "{:>66}     {}", "", visible(reason));
             }
         }
     }
@@ -160,29 +161,32 @@ pub fn show(spool: &Spool, id: &str, as_json: bool) -> Result<String, QueueError
         chrono::DateTime::from_timestamp(env.received_at, 0)
             .map(|t| t.to_rfc3339())
             .unwrap_or_default(),
-        env.client.addr,
-        env.client.helo,
+        visible(&env.client.addr),
+        visible(&env.client.helo),
         env.client
             .tls
             .as_ref()
-            .map(|t| format!(" over {t}"))
+            .map(|t| format!(" over {}", visible(t)))
             .unwrap_or_default()
     );
-    let _ = writeln!(out, "sender:      <{}>", env.sender);
+    let _ = writeln!(out, "sender:      <{}>", visible(&env.sender));
     let _ = writeln!(
         out,
         "size:        {} bytes, body {:?}, smtputf8 {}, requiretls {}",
         env.size, env.body, env.smtputf8, env.requiretls
     );
     if env.ret.is_some() || env.envid.is_some() {
-        let _ = writeln!(out, "dsn:         ret {:?}, envid {:?}", env.ret, env.envid);
+        // The shape of `{:?}` (which scripts may read), the value made visible.
+        let envid =
+            (env.envid.as_deref()).map_or("None".into(), |e| format!("Some({:?})", visible(e)));
+        let _ = writeln!(out, "dsn:         ret {:?}, envid {envid}", env.ret);
     }
     let _ = writeln!(out, "attempts:    {}", env.attempts);
     for r in &env.recipients {
         let _ = writeln!(
             out,
             "recipient:   <{}> {:?}{}{}",
-            r.address,
+            visible(&r.address),
             r.state,
             if r.notify.is_empty() {
                 String::new()
@@ -191,14 +195,14 @@ pub fn show(spool: &Spool, id: &str, as_json: bool) -> Result<String, QueueError
             },
             r.orcpt
                 .as_ref()
-                .map(|o| format!(" orcpt={o}"))
+                .map(|o| format!(" orcpt={}", visible(o)))
                 .unwrap_or_default()
         );
         if let Some(reason) = &r.last_reason {
-            let _ = writeln!(out, "             {reason}");
+            let _ = writeln!(out, "             {}", visible(reason));
         }
     }
-    let _ = writeln!(out, "\n{headers}");
+    let _ = writeln!(out, "\n{}", visible_lines(&headers));
     Ok(out)
 }
 

@@ -17,5 +17,8 @@ pub mod requirement;
 
 pub use host::{host_plan, local_host_plan, requirement, wants_tlsa, HostPlan, StsRule};
 pub use mx::{plan_mx, MxPlan};
-pub use plan::{plan_domain, DomainPlan, HostStep, ReportFacts, SkipCause, Skipped, Target};
+pub use plan::{
+    is_local_destination, plan_domain, Destinations, DomainPlan, HostStep, ReportFacts, Settings,
+    SkipCause, Skipped, Target,
+};
 pub use requirement::{PeerCheck, Requirement};

@@ -91,6 +91,69 @@ pub enum SkipCause {
     Policy,
     /// It cannot carry a REQUIRETLS message (RFC 8689).
     RequireTls,
+    /// Its addresses are this machine or its link (see [`Destinations`]).
+    LocalAddress,
+}
+
+/// Which addresses delivery may connect to.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub enum Destinations {
+    /// Never loopback, unspecified or link-local addresses: an MX record (or a
+    /// name like `localhost`) pointing there would make tlsrelay deliver to
+    /// itself or to whatever listens on this machine's port 25.
+    #[default]
+    PublicOnly,
+    /// Every address; `delivery.allow_loopback_destinations`, for labs and tests
+    /// whose MX hosts run on 127.0.0.0/8.
+    AllowLoopback,
+}
+
+/// Whether `ip` is this machine or its link: loopback (127.0.0.0/8, ::1),
+/// unspecified or "this network" (0.0.0.0/8, ::), link-local (169.254.0.0/16,
+/// fe80::/10), also as IPv4-mapped IPv6 addresses.
+pub fn is_local_destination(ip: IpAddr) -> bool {
+    match ip {
+        IpAddr::V4(v4) => v4.is_loopback() || v4.octets()[0] == 0 || v4.is_link_local(),
+        IpAddr::V6(v6) => match v6.to_ipv4_mapped() {
+            Some(v4) => is_local_destination(IpAddr::V4(v4)),
+            None => {
+                v6.is_loopback() || v6.is_unspecified() || (v6.segments()[0] & 0xffc0) == 0xfe80
+            }
+        },
+    }
+}
+
+/// The operator's settings a plan depends on.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Settings {
+    /// `delivery.floor`.
+    pub floor: Floor,
+    /// `delivery.allow_loopback_destinations`.
+    pub destinations: Destinations,
+}
+
+impl Settings {
+    /// The settings of a `[delivery]` section.
+    pub fn of(d: &crate::config::DeliveryConfig) -> Settings {
+        Settings {
+            floor: d.floor,
+            destinations: if d.allow_loopback_destinations {
+                Destinations::AllowLoopback
+            } else {
+                Destinations::PublicOnly
+            },
+        }
+    }
+}
+
+/// A floor with the default destinations (public addresses only).
+impl From<Floor> for Settings {
+    fn from(floor: Floor) -> Settings {
+        Settings {
+            floor,
+            destinations: Destinations::PublicOnly,
+        }
+    }
 }
 
 /// What TLS-RPT needs to know about the policy behind an outcome (RFC 8460 §4.4).
@@ -154,13 +217,14 @@ pub fn tlsa_string(r: &crate::model::dns::Tlsa) -> String {
 struct Rules<'a> {
     facts: &'a DomainFacts,
     floor: Floor,
+    destinations: Destinations,
     demand: TlsDemand,
     sts: StsRule<'a>,
     mx_security: Security,
 }
 
 /// Plans one attempt at a domain.
-pub fn plan_domain(facts: &DomainFacts, floor: Floor, demand: TlsDemand) -> DomainPlan {
+pub fn plan_domain(facts: &DomainFacts, settings: Settings, demand: TlsDemand) -> DomainPlan {
     let mx_security = match &facts.mx {
         MxPlan::Fail { status, reason } => {
             return DomainPlan::Fail {
@@ -178,7 +242,8 @@ pub fn plan_domain(facts: &DomainFacts, floor: Floor, demand: TlsDemand) -> Doma
     };
     let rules = Rules {
         facts,
-        floor,
+        floor: settings.floor,
+        destinations: settings.destinations,
         demand,
         sts: sts_rule(facts),
         mx_security,
@@ -207,6 +272,10 @@ impl Rules<'_> {
             Answer::Records { records, .. } => records.clone(),
             other => return HostStep::Skip(address_skip(host, other)),
         };
+        let addrs = match self.public_addresses(host, addrs) {
+            Ok(addrs) => addrs,
+            Err(skip) => return HostStep::Skip(skip),
+        };
         let (base, tlsa) = match &h.tlsa {
             Some(t) => (t.base.as_str(), Some(t.answer.clone())),
             None => (host, None),
@@ -226,6 +295,32 @@ impl Rules<'_> {
                 cause: SkipCause::Policy,
             }),
         }
+    }
+
+    /// The addresses delivery may connect to; a host with none is skipped.
+    /// Mixed answers keep their public addresses, in DNS order.
+    fn public_addresses(&self, host: &str, addrs: Vec<IpAddr>) -> Result<Vec<IpAddr>, Skipped> {
+        if self.destinations == Destinations::AllowLoopback {
+            return Ok(addrs);
+        }
+        let (local, public): (Vec<IpAddr>, Vec<IpAddr>) =
+            addrs.into_iter().partition(|&a| is_local_destination(a));
+        if !public.is_empty() || local.is_empty() {
+            return Ok(public);
+        }
+        let listed: Vec<String> = local.iter().map(IpAddr::to_string).collect();
+        Err(Skipped {
+            host: host.to_string(),
+            reason: format!(
+                "{host} resolves only to loopback, unspecified or link-local addresses ({}); \
+                 tlsrelay does not deliver to this machine or its link \
+                 (delivery.allow_loopback_destinations is for labs and tests)",
+                listed.join(", ")
+            ),
+            result: None,
+            report: ReportFacts::default(),
+            cause: SkipCause::LocalAddress,
+        })
     }
 
     /// A requirement without certificate checks, for a message that waived them.
@@ -528,9 +623,80 @@ mod tests {
             ),
         ];
         for (name, f, demand, want) in cases {
-            let got = short(&plan_domain(&f, Floor::Verify, demand));
+            let got = short(&plan_domain(&f, Floor::Verify.into(), demand));
             assert_eq!(got, want, "{name}");
         }
+    }
+
+    #[test]
+    fn local_addresses_table() {
+        let cases = [
+            ("127.0.0.1", true),
+            ("127.255.0.9", true),
+            ("0.0.0.0", true),
+            ("0.1.2.3", true),
+            ("169.254.1.1", true),
+            ("::1", true),
+            ("::", true),
+            ("fe80::1", true),
+            ("febf::1", true),
+            ("::ffff:127.0.0.1", true),
+            ("::ffff:0.0.0.0", true),
+            ("192.0.2.1", false),
+            ("10.0.0.1", false),
+            ("2001:db8::1", false),
+            ("fec0::1", false),
+            ("::ffff:192.0.2.1", false),
+            ("1.0.0.0", false),
+        ];
+        for (ip, local) in cases {
+            assert_eq!(is_local_destination(ip.parse().unwrap()), local, "{ip}");
+        }
+    }
+
+    /// `x@localhost`, an MX record on 127.0.0.1: refused unless the operator allows it.
+    #[test]
+    fn loopback_destinations_are_refused_by_default() {
+        let with_addrs = |addrs: &[&str]| {
+            let mut h = host(Security::Insecure, None);
+            h.addresses = Answer::Records {
+                records: addrs.iter().map(|a| a.parse().unwrap()).collect(),
+                security: Security::Insecure,
+                owner: "mx.d.test".into(),
+            };
+            facts(Security::Insecure, h)
+        };
+        let allow = Settings {
+            floor: Floor::Verify,
+            destinations: Destinations::AllowLoopback,
+        };
+        let only_local = with_addrs(&["127.0.0.1", "::1"]);
+        let plan = plan_domain(&only_local, Floor::Verify.into(), TlsDemand::Standard);
+        assert_eq!(short(&plan), "skip LocalAddress - NoPolicyFound");
+        let DomainPlan::Hosts { steps, .. } = plan else {
+            panic!()
+        };
+        let HostStep::Skip(s) = &steps[0] else {
+            panic!()
+        };
+        assert!(s.reason.contains("127.0.0.1, ::1"), "{}", s.reason);
+        assert!(s.reason.contains("allow_loopback_destinations"));
+        // Report mail waives authentication, not this.
+        let report = plan_domain(&only_local, Floor::Encrypt.into(), TlsDemand::ReportMail);
+        assert_eq!(short(&report), "skip LocalAddress - NoPolicyFound");
+        let plan = plan_domain(&only_local, allow, TlsDemand::Standard);
+        assert_eq!(short(&plan), "connect verify");
+        // A mixed answer keeps only its public addresses.
+        let mixed = with_addrs(&["127.0.0.1", "192.0.2.7", "fe80::1"]);
+        let DomainPlan::Hosts { steps, .. } =
+            plan_domain(&mixed, Floor::Verify.into(), TlsDemand::Standard)
+        else {
+            panic!()
+        };
+        let HostStep::Connect(t) = &steps[0] else {
+            panic!()
+        };
+        assert_eq!(t.addrs, vec!["192.0.2.7".parse::<IpAddr>().unwrap()]);
     }
 
     #[test]
@@ -541,7 +707,7 @@ mod tests {
             reason: "null MX".into(),
         };
         assert!(matches!(
-            plan_domain(&f, Floor::Verify, TlsDemand::Standard),
+            plan_domain(&f, Floor::Verify.into(), TlsDemand::Standard),
             DomainPlan::Fail { status, .. } if status == EnhancedStatus::NULL_MX
         ));
         f.mx = MxPlan::Defer {
@@ -549,7 +715,7 @@ mod tests {
             result: Some(ResultType::DnssecInvalid),
         };
         assert!(matches!(
-            plan_domain(&f, Floor::Verify, TlsDemand::Standard),
+            plan_domain(&f, Floor::Verify.into(), TlsDemand::Standard),
             DomainPlan::Defer {
                 result: Some(ResultType::DnssecInvalid),
                 ..
@@ -564,7 +730,8 @@ mod tests {
             "enforce",
             "mx.d.test",
         );
-        let DomainPlan::Hosts { steps, .. } = plan_domain(&f, Floor::Verify, TlsDemand::Standard)
+        let DomainPlan::Hosts { steps, .. } =
+            plan_domain(&f, Floor::Verify.into(), TlsDemand::Standard)
         else {
             panic!("hosts");
         };
@@ -581,7 +748,8 @@ mod tests {
             Security::Secure,
             host(Security::Secure, Some(dane_records())),
         );
-        let DomainPlan::Hosts { steps, .. } = plan_domain(&f, Floor::Verify, TlsDemand::Standard)
+        let DomainPlan::Hosts { steps, .. } =
+            plan_domain(&f, Floor::Verify.into(), TlsDemand::Standard)
         else {
             panic!("hosts");
         };

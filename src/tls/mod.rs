@@ -11,7 +11,7 @@ mod cache;
 mod client;
 pub mod dane;
 mod errors;
-mod keys;
+pub(crate) mod keys;
 mod pem;
 mod roots;
 mod server;

@@ -180,6 +180,8 @@ dir = "$W/spool"
 
 [delivery]
 port = 25
+# The test bed's MX hosts listen on 127.0.0.x.
+allow_loopback_destinations = true
 retry_schedule = ["1h"]
 queue_scan_interval = "1s"
 connect_timeout = "5s"

@@ -151,6 +151,8 @@ dir = "$W/spool"
 
 [delivery]
 port = 25
+# The test bed's MX hosts listen on 127.0.0.x.
+allow_loopback_destinations = true
 connect_timeout = "5s"
 # floor = "verify" (the default); the test bed CA vouches for the MX hosts (MTA-STS needs WebPKI)
 extra_roots = ["$TB/pki/ca.pem"]

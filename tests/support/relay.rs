@@ -62,6 +62,8 @@ connect_timeout = "3s"
 command_timeout = "5s"
 data_timeout = "5s"
 queue_scan_interval = "1s"
+# The test MX hosts listen on 127.0.0.x.
+allow_loopback_destinations = true
 {delivery_extra}
 [dns]
 nameservers = ["{dns}"]

@@ -264,9 +264,16 @@ impl Imported {
     /// Appends this entry as a commented `[[policy]]` table.
     fn write_toml(&self, out: &mut String) {
         let q = |s: &str| toml::Value::String(s.to_string()).to_string();
-        out.push_str(&format!("\n# line {}: {}\n", self.line, self.text));
+        // The line's text and the notes quote the table, which may hold control
+        // characters; a TOML comment may not (found by fuzzing).
+        let visible = crate::model::visible::visible;
+        out.push_str(&format!(
+            "\n# line {}: {}\n",
+            self.line,
+            visible(&self.text)
+        ));
         for c in &self.comments {
-            out.push_str(&format!("# {c}\n"));
+            out.push_str(&format!("# {}\n", visible(c)));
         }
         out.push_str("[[policy]]\n");
         out.push_str(&format!("domain = {}\n", q(&self.domain)));
@@ -724,6 +731,18 @@ none13.example          encrypt protocols=<=TLSv1.1
             toml_text.contains("# note: carried without `ciphers=high`"),
             "{toml_text}"
         );
+    }
+
+    /// fuzz/postfix_import: a NUL inside a carried line made the output unloadable.
+    #[test]
+    fn control_characters_in_a_line_stay_out_of_the_comments() {
+        let table =
+            "verify.example verify match\0hostname:nexthop\nenc.example encrypt \x1b[2J=1\n";
+        let (out, _) = import_postfix(table);
+        let set = PolicySet::parse_file(&out, std::path::Path::new("imported.toml"));
+        assert_eq!(set.map(|s| s.len()), Ok(2), "{out}");
+        assert!(out.contains("match\\x00hostname"), "{out}");
+        assert!(!out.chars().any(|c| c.is_control() && c != '\n'), "{out}");
     }
 
     #[test]

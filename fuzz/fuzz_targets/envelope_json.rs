@@ -1,0 +1,4 @@
+#![no_main]
+//! Fuzz target: see `tlsrelay::fuzzing::envelope_json` for what it feeds and checks.
+
+libfuzzer_sys::fuzz_target!(|data: &[u8]| tlsrelay::fuzzing::envelope_json(data));

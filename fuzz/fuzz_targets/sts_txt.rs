@@ -1,0 +1,4 @@
+#![no_main]
+//! Fuzz target: see `tlsrelay::fuzzing::sts_txt` for what it feeds and checks.
+
+libfuzzer_sys::fuzz_target!(|data: &[u8]| tlsrelay::fuzzing::sts_txt(data));
