@@ -169,12 +169,22 @@ fn is_domain(s: &str) -> bool {
         return false;
     }
     if let Some(lit) = s.strip_prefix('[').and_then(|r| r.strip_suffix(']')) {
-        return !lit.is_empty()
-            && lit
-                .bytes()
-                .all(|b| (33..=126).contains(&b) && !b"[]\\".contains(&b));
+        return is_address_literal(lit);
     }
     is_dot_string(s)
+}
+
+/// RFC 5321 §4.1.3 IPv4 and IPv6 address literals (without the brackets).
+/// General address literals (`tag:content`) are refused: no tag is in use, and
+/// their content may hold `@`, which would make the stored form ambiguous
+/// (found by fuzzing).
+fn is_address_literal(lit: &str) -> bool {
+    match lit.get(..5) {
+        Some(tag) if tag.eq_ignore_ascii_case("IPv6:") => {
+            lit[5..].parse::<std::net::Ipv6Addr>().is_ok()
+        }
+        _ => lit.parse::<std::net::Ipv4Addr>().is_ok(),
+    }
 }
 
 #[cfg(test)]
@@ -212,6 +222,13 @@ mod tests {
             ("<\"a..b\"@x>", "a..b", "x", "", "\"a..b\"@x"),
             ("<@r1.test,@r2.test:u@x>", "u", "x", "", "u@x"),
             ("<u@[192.0.2.1]>", "u", "[192.0.2.1]", "", "u@[192.0.2.1]"),
+            (
+                "<u@[IPv6:2001:db8::1]>",
+                "u",
+                "[IPv6:2001:db8::1]",
+                "",
+                "u@[IPv6:2001:db8::1]",
+            ),
             (
                 "<jürgen@bücher.test>",
                 "jürgen",
@@ -255,6 +272,12 @@ mod tests {
             ("<\"victim@othe\"@a.\u{9b}example>", Syntax),
             ("<a@b\u{85}.example>", Syntax),
             ("<@r\u{9b}.example:a@b.example>", Syntax),
+            // fuzz/smtp_command: an address literal holding `@` did not read back.
+            ("<rMA@[bIENHA@WWC^hx]>", Syntax),
+            ("<a@[x:y]>", Syntax),
+            ("<a@[300.1.1.1]>", Syntax),
+            ("<a@[IPv6:zz::1]>", Syntax),
+            ("<a@[]>", Syntax),
         ];
         for (path, want) in cases {
             assert_eq!(parse_path(path).map(|_| ()), Err(want), "{path:?}");
