@@ -492,10 +492,12 @@ fn replay_all(
         let buf = fs::read(&path)?;
         check_segment_header(segments, &buf)?;
         let replayed = index.replay(n, &buf, n == newest);
-        if n == newest && replayed.end < buf.len() {
+        let short = buf.len() < SEGMENT_HEADER.len();
+        if n == newest && (replayed.end < buf.len() || short) {
             let f = OpenOptions::new().write(true).open(&path)?;
             f.set_len(replayed.end.max(SEGMENT_HEADER.len()) as u64)?;
-            if buf.len() < SEGMENT_HEADER.len() {
+            if short {
+                // A crash while the segment was being created.
                 f.write_all_at(SEGMENT_HEADER, 0)?;
             }
             f.sync_all()?;

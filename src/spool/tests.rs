@@ -100,6 +100,33 @@ fn a_torn_tail_is_cut_off_and_reported_and_appends_continue() {
 }
 
 #[test]
+fn a_segment_cut_inside_its_header_is_repaired() {
+    let dir = tempfile::tempdir().unwrap();
+    let spool = Spool::open_with(dir.path(), small()).unwrap();
+    for i in 0..12 {
+        spool
+            .store(&envelope(&format!("AAAA{i:04}")), &[b'z'; 500])
+            .unwrap();
+    }
+    drop(spool);
+    // A crash while the newest segment was being created: 5 bytes of its header.
+    let seg = newest_segment(dir.path());
+    let next = seg.with_file_name(format!(
+        "{:016}.seg",
+        log::segment_number(seg.file_name().unwrap().to_str().unwrap()).unwrap() + 1
+    ));
+    fs::write(&next, &SEGMENT_HEADER[..5]).unwrap();
+    let spool = Spool::open_with(dir.path(), small()).unwrap();
+    assert_eq!(spool.len(), 12);
+    spool.store(&envelope("AFTER"), b"after").unwrap();
+    drop(spool);
+    let spool = Spool::open_with(dir.path(), small()).unwrap();
+    assert_eq!(spool.len(), 13);
+    assert_eq!(spool.read_message("AFTER").unwrap(), b"after");
+    assert_eq!(&fs::read(&next).unwrap()[..16], SEGMENT_HEADER);
+}
+
+#[test]
 fn a_damaged_record_in_the_middle_costs_only_that_record() {
     let dir = tempfile::tempdir().unwrap();
     let spool = Spool::open(dir.path()).unwrap();
