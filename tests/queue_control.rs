@@ -97,6 +97,13 @@ async fn queue_commands_reach_the_running_server_and_are_logged() {
     assert_eq!(list.as_array().unwrap().len(), 3, "{list}");
     let show = ok(queue(&config, &["show", &ids[0]]));
     assert!(show.contains("Subject: control"), "{show}");
+    let raw = queue(&config, &["show", &ids[0], "--raw"]);
+    assert!(raw.status.success());
+    assert!(raw.stdout.starts_with(b"Received: "), "our header first");
+    assert!(
+        raw.stdout.ends_with(b"Subject: control\r\n\r\nhi\r\n"),
+        "byte for byte"
+    );
     assert_eq!(
         ok(queue(&config, &["retry", "--all"])),
         "3 message(s) due for delivery now\n"
@@ -139,7 +146,7 @@ async fn queue_commands_reach_the_running_server_and_are_logged() {
         .lines()
         .filter(|l| l.contains("operator command uid="))
         .collect();
-    assert_eq!(commands.len(), 7, "{log}");
+    assert_eq!(commands.len(), 8, "{log}");
     assert!(
         log.contains("operator command failed"),
         "the failed delete: {log}"

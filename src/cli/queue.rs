@@ -24,8 +24,11 @@ pub enum QueueAction {
         /// Queue id.
         id: String,
         /// Print JSON.
-        #[arg(long)]
+        #[arg(long, conflicts_with = "raw")]
         json: bool,
+        /// Print the stored message byte for byte (our Received header first).
+        #[arg(long)]
+        raw: bool,
     },
     /// Make deferred messages due now (the running relay starts them at once).
     Retry {
@@ -53,6 +56,8 @@ pub enum QueueAction {
 pub fn run(config_path: Option<&Path>, action: QueueAction) -> anyhow::Result<ExitCode> {
     let config = load_config(config_path)?;
     let req = request(action);
+    use base64::Engine;
+    use std::io::Write;
     let dir = &config.spool.dir;
     let out = match queue::open_spool(dir) {
         Ok(spool) => control::run_queue(&spool, &config.server.hostname, &req)?,
@@ -68,7 +73,13 @@ pub fn run(config_path: Option<&Path>, action: QueueAction) -> anyhow::Result<Ex
         }
         Err(e) => return Err(e.into()),
     };
-    print!("{out}");
+    if matches!(req, Request::QueueRaw { .. }) {
+        // The bytes travel as base64: a message need not be UTF-8.
+        let bytes = base64::engine::general_purpose::STANDARD.decode(out.trim_end())?;
+        std::io::stdout().write_all(&bytes)?;
+    } else {
+        print!("{out}");
+    }
     Ok(ExitCode::SUCCESS)
 }
 
@@ -76,7 +87,8 @@ pub fn run(config_path: Option<&Path>, action: QueueAction) -> anyhow::Result<Ex
 fn request(action: QueueAction) -> Request {
     match action {
         QueueAction::List { json } => Request::QueueList { json },
-        QueueAction::Show { id, json } => Request::QueueShow { id, json },
+        QueueAction::Show { id, raw: true, .. } => Request::QueueRaw { id },
+        QueueAction::Show { id, json, .. } => Request::QueueShow { id, json },
         // Without an id, clap has made sure `--all` was given.
         QueueAction::Retry { id, all: _ } => Request::QueueRetry { id },
         QueueAction::Delete { id } => Request::QueueDelete { id },

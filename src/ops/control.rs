@@ -36,6 +36,11 @@ pub enum Request {
         /// JSON instead of text.
         json: bool,
     },
+    /// `queue show ID --raw`: the stored bytes, base64 in `output`.
+    QueueRaw {
+        /// Queue id.
+        id: String,
+    },
     /// `queue retry [ID]`.
     QueueRetry {
         /// Queue id; every message without one.
@@ -248,6 +253,11 @@ pub fn run_queue(
     match req {
         Request::QueueList { json } => queue::list(spool, *json),
         Request::QueueShow { id, json } => queue::show(spool, id, *json),
+        Request::QueueRaw { id } => {
+            use base64::Engine;
+            let bytes = spool.read_message(id)?;
+            Ok(base64::engine::general_purpose::STANDARD.encode(bytes) + "\n")
+        }
         Request::QueueRetry { id } => queue::retry(spool, id.as_deref()),
         Request::QueueDelete { id } => queue::delete(spool, id),
         Request::QueueBounce { id } => queue::bounce(spool, id, hostname),

@@ -361,8 +361,11 @@ check "$( [[ $s_rc == 0 ]] && ok grep -q 'Verify return code: 0 (ok)' "$W/s_clie
 log "checking every message in tlsrelay's spool"
 mkdir -p "$W/show"
 "$BIN" queue list --json --config "$RCFG" > "$W/queue.json"
+mkdir -p "$W/raw"
 for id in $(perl -MJSON::PP -0777 -ne 'print "$_->{id}\n" for @{decode_json($_)}' "$W/queue.json"); do
   "$BIN" queue show "$id" --json --config "$RCFG" > "$W/show/$id.json"
+  # the stored bytes, through the running server (the spool is a log, not a file per message)
+  "$BIN" queue show "$id" --raw --config "$RCFG" > "$W/raw/$id.msg"
 done
 # prints "0|1 <TAB> description" per check
 perl -MJSON::PP -e '
@@ -372,7 +375,7 @@ perl -MJSON::PP -e '
   my $list = decode_json(slurp("$w/queue.json"));
   my (%by_msgid, %entry);
   for my $e (@$list) {
-    my $raw = slurp("$spool/queue/$e->{id}.msg");
+    my $raw = slurp("$w/raw/$e->{id}.msg");
     next unless defined $raw;
     my ($hdr) = split /\r\n\r\n/, $raw, 2;
     my @ids = $hdr =~ /^Message-ID:[ \t]*(<[^>\r\n]*>)/mgi;
@@ -394,7 +397,7 @@ perl -MJSON::PP -e '
     my $env_ok = $e->{sender} eq $from && join(",", sort @{$e->{recipients}}) eq join(",", sort @want);
     out($env_ok, "$tag: queued as $id with sender <$from> and recipients " . join(" ", map {"<$_>"} @want)
         . ($env_ok ? "" : " (got <$e->{sender}> " . join(" ", map {"<$_>"} @{$e->{recipients}}) . ")"));
-    my $raw = slurp("$spool/queue/$id.msg");
+    my $raw = slurp("$w/raw/$id.msg");
     my $sent = slurp("$w/msg/$name.eml");
     my $sent_body = slurp("$w/msg/$name.body");
     # strip the one Received header tlsrelay added (first line + TAB continuation lines)
