@@ -22,6 +22,7 @@ pub struct Relay {
     delivery: Delivery,
     initial: Vec<crate::spool::Envelope>,
     control: Handler,
+    control_listener: tokio::net::UnixListener,
 }
 
 /// The DNS settings of a configuration.
@@ -63,6 +64,14 @@ pub enum StartError {
     /// The inbound listeners cannot start.
     #[error(transparent)]
     Inbound(#[from] crate::inbound::StartError),
+    /// The control socket (for `tlsrelay queue …`) cannot listen.
+    #[error("cannot listen on the control socket {}: {err} (a Unix socket path is limited to 107 bytes)", path.display())]
+    Control {
+        /// The socket.
+        path: std::path::PathBuf,
+        /// What failed.
+        err: std::io::Error,
+    },
 }
 
 impl Relay {
@@ -109,8 +118,15 @@ impl Relay {
             dns: control_dns,
             requeue: config.delivery.enabled.then(|| delivery.queue_sender()),
         };
+        // Before the inbound listener: once mail is accepted, queue commands must reach us.
+        let control_listener =
+            crate::ops::control::bind(dir).map_err(|err| StartError::Control {
+                path: crate::ops::control::socket_path(dir),
+                err,
+            })?;
         let inbound = Inbound::bind(config.clone(), spool, Some(delivery.queue_sender())).await?;
         Ok(Relay {
+            control_listener,
             config,
             reporter,
             inbound,
@@ -146,11 +162,11 @@ impl Relay {
         let delivery = tokio::spawn(self.delivery.run(self.initial, shutdown.clone()));
         let control = self.control.clone();
         let stop = shutdown.clone();
-        tokio::spawn(async move {
-            if let Err(e) = crate::ops::control::serve(control, stop).await {
-                tracing::error!(error = %e, "the control socket cannot listen; queue commands cannot reach this server");
-            }
-        });
+        tokio::spawn(crate::ops::control::serve(
+            control,
+            self.control_listener,
+            stop,
+        ));
         if let Some(r) = self.reporter {
             tokio::spawn(r.run(shutdown.clone()));
         }

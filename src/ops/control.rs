@@ -6,6 +6,7 @@
 //! the peer's uid. One request per connection: a JSON line in, a JSON line
 //! out. Every request is logged with the peer's uid and pid.
 
+use std::io::ErrorKind;
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
 
@@ -78,12 +79,21 @@ pub struct Response {
 #[derive(Debug, thiserror::Error)]
 pub enum ControlError {
     /// Connecting, writing or reading failed.
-    #[error("cannot reach the running server through {}: {source}", path.display())]
+    #[error("cannot reach the running server through {}: {err}", path.display())]
     Io {
         /// The socket.
         path: PathBuf,
         /// What failed.
-        source: std::io::Error,
+        err: std::io::Error,
+    },
+    /// The spool is locked but nothing answers on its socket, for longer than a start takes.
+    #[error(
+        "the server holding the spool does not answer on {} after {}s (still replaying a large spool, or hung?); see its log",
+        path.display(), STARTUP_WAIT.as_secs()
+    )]
+    NotListening {
+        /// The socket.
+        path: PathBuf,
     },
     /// The server's answer is not a response.
     #[error("the running server answered something unreadable: {0}")]
@@ -98,11 +108,11 @@ pub fn socket_path(dir: &Path) -> PathBuf {
 /// Sends one request to the server running on the spool at `dir`.
 pub async fn call(dir: &Path, req: &Request) -> Result<Response, ControlError> {
     let path = socket_path(dir);
-    let io = |source| ControlError::Io {
+    let io = |err| ControlError::Io {
         path: path.clone(),
-        source,
+        err,
     };
-    let mut stream = UnixStream::connect(&path).await.map_err(io)?;
+    let mut stream = connect(dir, &path).await?;
     let mut line = serde_json::to_vec(req).map_err(|e| io(e.into()))?;
     line.push(b'\n');
     stream.write_all(&line).await.map_err(io)?;
@@ -112,6 +122,46 @@ pub async fn call(dir: &Path, req: &Request) -> Result<Response, ControlError> {
         .await
         .map_err(io)?;
     serde_json::from_str(&answer).map_err(|e| ControlError::Answer(format!("{e}: {answer:?}")))
+}
+
+/// How long a command waits for a server that holds the spool lock but does not
+/// listen yet: it is replaying the spool before it binds the socket.
+const STARTUP_WAIT: std::time::Duration = std::time::Duration::from_secs(30);
+
+/// Connects to the socket, waiting while a server is starting on the spool.
+async fn connect(dir: &Path, path: &Path) -> Result<UnixStream, ControlError> {
+    let deadline = std::time::Instant::now() + STARTUP_WAIT;
+    loop {
+        match UnixStream::connect(path).await {
+            Ok(stream) => return Ok(stream),
+            // Refused: a socket file left by a killed server, not yet replaced.
+            Err(e) if matches!(e.kind(), ErrorKind::ConnectionRefused | ErrorKind::NotFound) => {
+                if !crate::spool::is_locked(dir) {
+                    return Err(ControlError::Io {
+                        path: path.to_path_buf(),
+                        err: std::io::Error::new(
+                            e.kind(),
+                            format!(
+                                "{e}; no server holds the spool any more, run the command again"
+                            ),
+                        ),
+                    });
+                }
+                if std::time::Instant::now() >= deadline {
+                    return Err(ControlError::NotListening {
+                        path: path.to_path_buf(),
+                    });
+                }
+                tokio::time::sleep(std::time::Duration::from_millis(100)).await;
+            }
+            Err(err) => {
+                return Err(ControlError::Io {
+                    path: path.to_path_buf(),
+                    err,
+                })
+            }
+        }
+    }
 }
 
 /// What the server needs to carry out requests.
@@ -127,14 +177,20 @@ pub struct Handler {
     pub requeue: Option<mpsc::UnboundedSender<Envelope>>,
 }
 
-/// Listens on the spool's control socket until `stop` turns true.
-pub async fn serve(handler: Handler, mut stop: watch::Receiver<bool>) -> std::io::Result<()> {
-    let path = socket_path(handler.spool.dir());
+/// Binds the control socket of the spool at `dir`, which this process holds locked.
+pub fn bind(dir: &Path) -> std::io::Result<UnixListener> {
+    let path = socket_path(dir);
     // A socket left by a server that was killed; the spool lock says none runs.
     let _ = std::fs::remove_file(&path);
     let listener = UnixListener::bind(&path)?;
     use std::os::unix::fs::PermissionsExt;
     std::fs::set_permissions(&path, std::fs::Permissions::from_mode(0o600))?;
+    Ok(listener)
+}
+
+/// Answers requests on `listener` until `stop` turns true.
+pub async fn serve(handler: Handler, listener: UnixListener, mut stop: watch::Receiver<bool>) {
+    let path = socket_path(handler.spool.dir());
     let handler = Arc::new(handler);
     loop {
         tokio::select! {
@@ -147,7 +203,6 @@ pub async fn serve(handler: Handler, mut stop: watch::Receiver<bool>) -> std::io
         }
     }
     let _ = std::fs::remove_file(&path);
-    Ok(())
 }
 
 /// Reads one request, carries it out, writes the response.
@@ -296,5 +351,56 @@ mod tests {
             assert_eq!(serde_json::to_string(&req).unwrap(), wire);
             assert_eq!(serde_json::from_str::<Request>(wire).unwrap(), req);
         }
+    }
+
+    /// A server killed with SIGKILL leaves its socket file; the next server holds
+    /// the lock while it replays the spool, then binds. A command run in between
+    /// waits for it instead of failing with "connection refused".
+    #[tokio::test]
+    async fn a_command_waits_for_a_starting_server_behind_a_stale_socket() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = socket_path(dir.path());
+        drop(std::os::unix::net::UnixListener::bind(&path).unwrap());
+        assert_eq!(
+            std::os::unix::net::UnixStream::connect(&path)
+                .unwrap_err()
+                .kind(),
+            ErrorKind::ConnectionRefused
+        );
+        let spool = Spool::open(dir.path()).unwrap();
+        let starting = tokio::spawn(async move {
+            tokio::time::sleep(std::time::Duration::from_millis(600)).await;
+            let listener = bind(spool.dir()).unwrap();
+            let (stream, _) = listener.accept().await.unwrap();
+            let (read, mut write) = stream.into_split();
+            BufReader::new(read)
+                .read_line(&mut String::new())
+                .await
+                .unwrap();
+            write
+                .write_all(b"{\"ok\":true,\"output\":\"up\"}\n")
+                .await
+                .unwrap();
+            spool
+        });
+        let answer = call(dir.path(), &Request::QueueList { json: false }).await;
+        assert_eq!(answer.unwrap().output, "up");
+        drop(starting.await.unwrap());
+    }
+
+    /// No server holds the spool: the command says so at once instead of waiting.
+    #[tokio::test]
+    async fn a_stale_socket_without_a_server_fails_at_once() {
+        let dir = tempfile::tempdir().unwrap();
+        drop(std::os::unix::net::UnixListener::bind(socket_path(dir.path())).unwrap());
+        let started = std::time::Instant::now();
+        let err = call(dir.path(), &Request::QueueList { json: false })
+            .await
+            .unwrap_err();
+        assert!(started.elapsed() < STARTUP_WAIT / 2, "{err}");
+        assert!(
+            err.to_string().contains("no server holds the spool"),
+            "{err}"
+        );
     }
 }
