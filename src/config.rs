@@ -348,12 +348,25 @@ pub struct LogConfig {
     /// Log filter (`error`, `warn`, `info`, `debug`, `trace`, or a tracing filter);
     /// the `RUST_LOG` environment variable overrides it.
     pub level: String,
+    /// How each line is written.
+    pub format: LogFormat,
+}
+
+/// The shape of log lines.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum LogFormat {
+    /// logfmt: `time=… level=info target=… msg="…" key=value …`.
+    Text,
+    /// One JSON object per line.
+    Json,
 }
 
 impl Default for LogConfig {
     fn default() -> Self {
         LogConfig {
             level: "info".into(),
+            format: LogFormat::Text,
         }
     }
 }

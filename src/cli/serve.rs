@@ -12,48 +12,12 @@ use super::{load_config, runtime};
 /// Runs the relay with the configuration in `config_path`.
 pub fn run(config_path: Option<&Path>) -> anyhow::Result<ExitCode> {
     let config = load_config(config_path)?;
-    init_logging(&config.log.level);
+    tlsrelay::ops::logging::init(&config.log);
     for w in config.warnings() {
         tracing::warn!("configuration: {w}");
     }
     runtime()?.block_on(serve(Arc::new(config), config_path))?;
     Ok(ExitCode::SUCCESS)
-}
-
-/// Logs to stderr, without colour; `RUST_LOG` overrides `log.level`.
-fn init_logging(level: &str) {
-    let filter = tracing_subscriber::EnvFilter::try_from_default_env()
-        .or_else(|_| tracing_subscriber::EnvFilter::try_new(level))
-        .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info"));
-    tracing_subscriber::fmt()
-        .with_env_filter(filter)
-        // Colours are escape sequences, which the writer would show as text.
-        .with_ansi(false)
-        .with_writer(|| VisibleStderr)
-        .init();
-}
-
-/// Stderr for log lines, with every control character in them shown as an
-/// escape: EHLO names, addresses, user names and remote replies come from the
-/// network, and must neither drive the terminal nor forge a line of their own.
-struct VisibleStderr;
-
-impl std::io::Write for VisibleStderr {
-    /// tracing-subscriber writes each event whole, so the line end it adds is the last byte.
-    fn write(&mut self, buf: &[u8]) -> std::io::Result<usize> {
-        let text = String::from_utf8_lossy(buf);
-        let (body, end) = match text.strip_suffix('\n') {
-            Some(body) => (body, "\n"),
-            None => (&*text, ""),
-        };
-        let line = format!("{}{end}", tlsrelay::model::visible::visible(body));
-        std::io::stderr().lock().write_all(line.as_bytes())?;
-        Ok(buf.len())
-    }
-
-    fn flush(&mut self) -> std::io::Result<()> {
-        std::io::stderr().flush()
-    }
 }
 
 /// Starts the relay, reloads on SIGHUP (from `config_path`), stops on SIGTERM/SIGINT.

@@ -142,6 +142,7 @@ fn apply(env: &mut Envelope, i: usize, result: &RcptResult) -> Option<dsn::Recip
         RcptResult::Deferred { .. } => ("deferred", "none"),
     };
     metrics::counter!(names::DELIVERIES, "result" => outcome, "auth" => auth).increment(1);
+    super::recipient_log::log_recipient(env, i, env.attempts + 1, result);
     env.apply(i, result)
 }
 
@@ -151,7 +152,11 @@ async fn finish_attempt(ctx: &Context, mut env: Envelope, message: &Body) -> Aft
     env.attempts += 1;
     let now = now_unix();
     let d = &ctx.config.delivery;
+    let pending: Vec<usize> = (0..env.recipients.len())
+        .filter(|&i| env.recipients[i].state == RcptState::Queued)
+        .collect();
     let expired = env.expire(now, d.queue_lifetime.get());
+    super::recipient_log::log_expired(&env, &pending);
     env.owe(dsn::Kind::Failure, expired);
     let schedule: Vec<std::time::Duration> = d.retry_schedule.iter().map(|s| s.get()).collect();
     env.schedule_next(now, &schedule);

@@ -13,6 +13,7 @@ pub mod client;
 mod execute;
 mod observer;
 mod pool;
+mod recipient_log;
 mod scheduler;
 pub(crate) mod transaction;
 

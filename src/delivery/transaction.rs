@@ -6,7 +6,7 @@ use super::execute::Job;
 use super::Context;
 use crate::model::address::Mailbox;
 use crate::model::mechanism::TlsDemand;
-use crate::model::rcpt::RcptResult;
+use crate::model::rcpt::{Channel, RcptResult};
 use crate::model::status::EnhancedStatus;
 use crate::policy::Requirement;
 use crate::spool::{BodyType, DsnRet, Envelope};
@@ -62,7 +62,12 @@ pub(super) async fn transact(
             return None;
         }
     };
-    let mut results = interpret(&replies, &idxs, &session.host, &where_, req);
+    let channel = Channel {
+        addr: Some(session.addr),
+        tls_version: session.tls_version.clone(),
+        cipher: session.tls_cipher.clone(),
+    };
+    let mut results = interpret(&replies, &idxs, (&session.host, &where_), &channel, req);
     log_transaction(job, &session, req, reused, &replies, &results);
     results.append(&mut unwritable);
     if ctx.config.delivery.connection_reuse_time.get().is_zero() {
@@ -180,8 +185,8 @@ pub(crate) fn xtext(s: &str) -> String {
 fn interpret(
     replies: &TransactionReplies,
     idxs: &[usize],
-    host: &str,
-    where_: &str,
+    (host, where_): (&str, &str),
+    channel: &Channel,
     req: &Requirement,
 ) -> Vec<(usize, RcptResult)> {
     let judge = |r: &Reply, what: &str| -> Option<RcptResult> {
@@ -221,6 +226,7 @@ fn interpret(
                 host: host.to_string(),
                 mechanism: req.mechanism,
                 reply: r.one_line(),
+                channel: channel.clone(),
             },
             Some(r) => judge(r, "message").unwrap_or_else(|| RcptResult::Deferred {
                 reason: format!("{where_} accepted DATA but the message was not sent"),
@@ -251,7 +257,13 @@ pub(crate) fn fuzz_interpret(reply: &Reply) {
         policy: crate::model::rfc8460::PolicyType::NoPolicyFound,
         tls13_only: false,
     };
-    let results = interpret(&replies, &[0], &req.host, "mx.fuzz.example", &req);
+    let results = interpret(
+        &replies,
+        &[0],
+        (&req.host, "mx.fuzz.example"),
+        &Channel::default(),
+        &req,
+    );
     assert_eq!(results.len(), 1);
 }
 
@@ -409,7 +421,13 @@ mod tests {
                 data,
                 data_sent,
             };
-            let got = interpret(&replies, &[0, 1], "mx.test", "mx.test[192.0.2.1]", &req());
+            let got = interpret(
+                &replies,
+                &[0, 1],
+                ("mx.test", "mx.test[192.0.2.1]"),
+                &Channel::default(),
+                &req(),
+            );
             assert_eq!(short(&got), want);
         }
     }

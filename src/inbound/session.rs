@@ -738,6 +738,7 @@ impl Session {
             tls_report: false,
             ret: tx.ret,
             envid: tx.envid,
+            message_id: message_id(&body),
             recipients: tx.recipients,
             attempts: 0,
             next_attempt: now,
@@ -758,6 +759,7 @@ impl Session {
             tls = %env.client.tls.as_deref().unwrap_or("no"),
             requiretls = env.requiretls,
             user = %env.client.auth_user.as_deref().unwrap_or("-"),
+            message_id = %env.message_id.as_deref().unwrap_or("-"),
             "accepted"
         );
         metrics::counter!(crate::reporting::metrics::ACCEPTED).increment(1);
@@ -1080,6 +1082,19 @@ fn has_tls_required_no(msg: &[u8]) -> bool {
     false
 }
 
+/// The Message-ID of the message's header section, as mail-parser reads it;
+/// control characters are kept out of log lines by the log writer.
+fn message_id(msg: &[u8]) -> Option<String> {
+    let end = msg
+        .windows(4)
+        .position(|w| w == b"\r\n\r\n")
+        .map_or(msg.len(), |p| p + 4);
+    let headers = mail_parser::MessageParser::new().parse_headers(&msg[..end])?;
+    headers
+        .message_id()
+        .map(|id| id.chars().take(998).collect())
+}
+
 /// Counts Received header fields in the message's header section.
 fn count_received(msg: &[u8]) -> usize {
     let mut n = 0;
@@ -1109,6 +1124,27 @@ mod tests {
         ];
         for ((e, t, a), want) in cases {
             assert_eq!(protocol(e, t, a), want);
+        }
+    }
+
+    #[test]
+    fn message_ids_come_from_the_header_section_only() {
+        let cases: [(&[u8], Option<&str>); 5] = [
+            (
+                b"Message-ID: <abc@x.test>\r\nSubject: s\r\n\r\nbody\r\n",
+                Some("abc@x.test"),
+            ),
+            (
+                b"message-id:\r\n <folded@x.test>\r\n\r\n",
+                Some("folded@x.test"),
+            ),
+            (b"Subject: s\r\n\r\nMessage-ID: <in-body@x.test>\r\n", None),
+            (b"Subject: no id\r\n\r\n", None),
+            (b"", None),
+        ];
+        for (msg, want) in cases {
+            let got = message_id(msg);
+            assert_eq!(got.as_deref(), want, "{}", String::from_utf8_lossy(msg));
         }
     }
 

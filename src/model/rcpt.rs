@@ -1,7 +1,20 @@
 //! What became of one recipient in one delivery attempt.
 
+use std::net::SocketAddr;
+
 use crate::model::mechanism::Mechanism;
 use crate::model::status::EnhancedStatus;
+
+/// The TLS session a message went over, as a log line or a receipt names it.
+#[derive(Debug, Clone, PartialEq, Eq, Default)]
+pub struct Channel {
+    /// The address connected to.
+    pub addr: Option<SocketAddr>,
+    /// TLS version, e.g. `TLSv1.3`.
+    pub tls_version: String,
+    /// Negotiated cipher suite.
+    pub cipher: String,
+}
 
 /// The result for one recipient of one attempt.
 #[derive(Debug, Clone, PartialEq)]
@@ -14,6 +27,8 @@ pub enum RcptResult {
         mechanism: Mechanism,
         /// Its reply after the data.
         reply: String,
+        /// The connection that carried it.
+        channel: Channel,
     },
     /// Permanently failed.
     Failed {

@@ -50,6 +50,30 @@ pub fn visible_lines(s: &str) -> Cow<'_, str> {
     }
 }
 
+/// `s` as a logfmt value: bare when it is a single plain word, else in double
+/// quotes with `"` and `\` backslash-escaped and hidden characters shown as in
+/// [`visible`], so a key=value parser reads back exactly one value.
+pub fn logfmt_value(s: &str) -> Cow<'_, str> {
+    let plain = |c: char| !(c == ' ' || c == '"' || c == '=' || c == '\\' || hidden(c));
+    if !s.is_empty() && s.chars().all(plain) {
+        return Cow::Borrowed(s);
+    }
+    let mut out = String::with_capacity(s.len() + 2);
+    out.push('"');
+    for c in s.chars() {
+        match c {
+            '"' | '\\' => {
+                out.push('\\');
+                out.push(c);
+            }
+            c if hidden(c) => push_escape(&mut out, c),
+            c => out.push(c),
+        }
+    }
+    out.push('"');
+    Cow::Owned(out)
+}
+
 /// Escapes the hidden characters of `s` for which `escape` says yes.
 fn escape_where(s: &str, escape: impl Fn(char) -> bool) -> Cow<'_, str> {
     if !s.chars().any(|c| hidden(c) && escape(c)) {
@@ -95,6 +119,25 @@ mod tests {
             assert_eq!(visible(input), want, "{input:?}");
         }
         assert!(matches!(visible("plain"), Cow::Borrowed(_)));
+    }
+
+    #[test]
+    fn logfmt_values_table() {
+        let cases = [
+            ("alice@example.com", "alice@example.com"),
+            ("", "\"\""),
+            ("two words", "\"two words\""),
+            ("k=v", "\"k=v\""),
+            ("say \"hi\"", "\"say \\\"hi\\\"\""),
+            ("back\\slash", "\"back\\\\slash\""),
+            ("x\r\nforged=1", "\"x\\x0d\\x0aforged=1\""),
+            ("csi\u{9b}", "\"csi\\u{9b}\""),
+            ("<a@b.example>", "<a@b.example>"),
+            ("TLSv1.3", "TLSv1.3"),
+        ];
+        for (input, want) in cases {
+            assert_eq!(logfmt_value(input), want, "{input:?}");
+        }
     }
 
     #[test]

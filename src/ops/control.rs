@@ -209,6 +209,8 @@ pub async fn serve(handler: Handler, listener: UnixListener, mut stop: watch::Re
 async fn answer(handler: Arc<Handler>, stream: UnixStream) {
     let cred = stream.peer_cred().ok();
     let (uid, pid) = (cred.map(|c| c.uid()), cred.and_then(|c| c.pid()));
+    let who = |v: Option<u32>| v.map_or_else(|| "-".to_string(), |v| v.to_string());
+    let (uid_text, pid_text) = (who(uid), who(pid.and_then(|p| u32::try_from(p).ok())));
     // SAFETY: geteuid has no preconditions.
     let me = unsafe { libc::geteuid() };
     let (read, mut write) = stream.into_split();
@@ -222,10 +224,11 @@ async fn answer(handler: Arc<Handler>, stream: UnixStream) {
         }
         Err(e) => refuse(&format!("not a control request: {e}")),
         Ok(req) => {
-            tracing::info!(?uid, ?pid, request = ?req, "operator command");
+            let request = serde_json::to_string(&req).unwrap_or_default();
+            tracing::info!(uid = %uid_text, pid = %pid_text, request = %request, "operator command");
             let response = handler.clone().run(req).await;
             if !response.ok {
-                tracing::warn!(?uid, ?pid, error = %response.output, "operator command failed");
+                tracing::warn!(uid = %uid_text, pid = %pid_text, error = %response.output, "operator command failed");
             }
             response
         }

@@ -1,5 +1,6 @@
-//! The operator's views: the queue commands and `tlsrelay check`.
+//! The operator's views: the queue commands, `tlsrelay check`, the control socket and the log format.
 
 pub mod check;
 pub mod control;
+pub mod logging;
 pub mod queue;

@@ -244,6 +244,7 @@ mod tests {
             tls_report: false,
             ret: None,
             envid: None,
+            message_id: None,
             recipients: vec![],
             attempts: 3,
             next_attempt,

@@ -44,6 +44,10 @@ pub struct Envelope {
     pub ret: Option<DsnRet>,
     /// DSN ENVID parameter, decoded from xtext.
     pub envid: Option<String>,
+    /// The message's Message-ID (without angle brackets), so that log lines and
+    /// queue tools can name it as the sender's helpdesk knows it.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub message_id: Option<String>,
     /// The recipients, each with its own delivery state.
     pub recipients: Vec<Recipient>,
     /// Delivery attempts so far.
@@ -164,6 +168,7 @@ impl Envelope {
             tls_report: false,
             ret: None,
             envid: None,
+            message_id: None,
             recipients: vec![Recipient {
                 address: to.to_string(),
                 notify,
@@ -363,6 +368,7 @@ mod tests {
             tls_report: false,
             ret: None,
             envid: None,
+            message_id: None,
             recipients,
             attempts: 0,
             next_attempt: T0,
@@ -390,6 +396,7 @@ mod tests {
             host: "mx.example.net".into(),
             mechanism: Mechanism::Dane,
             reply: "250 2.0.0 Ok".into(),
+            channel: Default::default(),
         };
         let deferred = RcptResult::Deferred {
             reason: "mx.example.net: no STARTTLS".into(),
@@ -631,6 +638,7 @@ pub(crate) mod tests_support {
             tls_report: false,
             ret: None,
             envid: None,
+            message_id: None,
             recipients: vec![Recipient {
                 address: "b@example.net".into(),
                 notify: Default::default(),
