@@ -10,13 +10,16 @@ use std::str::FromStr;
 use std::time::Duration;
 
 use ipnet::IpNet;
-use serde::{Deserialize, Deserializer};
+use serde::{Deserialize, Deserializer, Serialize, Serializer};
 
+mod files;
 mod warnings;
+
+pub use files::FileProblem;
 pub use warnings::ConfigWarning;
 
 /// The whole configuration, as read from the TOML file (or the built-in defaults).
-#[derive(Debug, Clone, Deserialize, Default)]
+#[derive(Debug, Clone, Deserialize, Serialize, Default)]
 #[serde(deny_unknown_fields, default)]
 pub struct Config {
     /// The inbound SMTP server that the organization's MTAs relay through.
@@ -40,7 +43,7 @@ pub struct Config {
 }
 
 /// The `[tls_rpt]` section.
-#[derive(Debug, Clone, Deserialize)]
+#[derive(Debug, Clone, Deserialize, Serialize)]
 #[serde(deny_unknown_fields, default)]
 pub struct TlsRptConfig {
     /// Send daily TLS reports to receiving domains that ask for them.
@@ -83,7 +86,7 @@ impl Default for TlsRptConfig {
 }
 
 /// The `[metrics]` section.
-#[derive(Debug, Clone, Deserialize, Default)]
+#[derive(Debug, Clone, Deserialize, Serialize, Default)]
 #[serde(deny_unknown_fields, default)]
 pub struct MetricsConfig {
     /// Address of the Prometheus endpoint (`/metrics`); unset means no endpoint.
@@ -91,7 +94,7 @@ pub struct MetricsConfig {
 }
 
 /// The `[mta_sts]` section.
-#[derive(Debug, Clone, Deserialize)]
+#[derive(Debug, Clone, Deserialize, Serialize)]
 #[serde(deny_unknown_fields, default)]
 pub struct MtaStsConfig {
     /// Look up and enforce MTA-STS policies.
@@ -122,7 +125,7 @@ impl Default for MtaStsConfig {
 }
 
 /// The `[policies]` section.
-#[derive(Debug, Clone, Deserialize, Default)]
+#[derive(Debug, Clone, Deserialize, Serialize, Default)]
 #[serde(deny_unknown_fields, default)]
 pub struct PoliciesConfig {
     /// Directory of local policy files (`*.toml`); unset means none. Reloaded on SIGHUP.
@@ -130,7 +133,7 @@ pub struct PoliciesConfig {
 }
 
 /// The `[server]` section: listener, who may relay, TLS and limits.
-#[derive(Debug, Clone, Deserialize)]
+#[derive(Debug, Clone, Deserialize, Serialize)]
 #[serde(deny_unknown_fields, default)]
 pub struct ServerConfig {
     /// Addresses to listen on.
@@ -317,7 +320,7 @@ impl ServerConfig {
 }
 
 /// The `[spool]` section.
-#[derive(Debug, Clone, Deserialize)]
+#[derive(Debug, Clone, Deserialize, Serialize)]
 #[serde(deny_unknown_fields, default)]
 pub struct SpoolConfig {
     /// Spool directory; created if missing. Relative paths are relative to the working directory.
@@ -342,7 +345,7 @@ impl Default for SpoolConfig {
 }
 
 /// The `[log]` section.
-#[derive(Debug, Clone, Deserialize)]
+#[derive(Debug, Clone, Deserialize, Serialize)]
 #[serde(deny_unknown_fields, default)]
 pub struct LogConfig {
     /// Log filter (`error`, `warn`, `info`, `debug`, `trace`, or a tracing filter);
@@ -353,7 +356,7 @@ pub struct LogConfig {
 }
 
 /// The shape of log lines.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize, Serialize)]
 #[serde(rename_all = "lowercase")]
 pub enum LogFormat {
     /// logfmt: `time=… level=info target=… msg="…" key=value …`.
@@ -372,7 +375,7 @@ impl Default for LogConfig {
 }
 
 /// The `[delivery]` section: how tlsrelay reaches receiving MX hosts.
-#[derive(Debug, Clone, Deserialize)]
+#[derive(Debug, Clone, Deserialize, Serialize)]
 #[serde(deny_unknown_fields, default)]
 pub struct DeliveryConfig {
     /// Turn outbound delivery on or off (off: messages stay queued).
@@ -473,7 +476,7 @@ impl DeliveryConfig {
 }
 
 /// The authentication floor for MX hosts that no stronger rule covers.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize, Serialize)]
 #[serde(rename_all = "lowercase")]
 pub enum Floor {
     /// The certificate must be WebPKI-valid for the MX host name.
@@ -483,7 +486,7 @@ pub enum Floor {
 }
 
 /// The `[dns]` section.
-#[derive(Debug, Clone, Deserialize)]
+#[derive(Debug, Clone, Deserialize, Serialize)]
 #[serde(deny_unknown_fields, default)]
 pub struct DnsConfig {
     /// Nameservers (`ip` or `ip:port`); empty means the system's `/etc/resolv.conf`.
@@ -627,6 +630,22 @@ impl<'de> Deserialize<'de> for HumanDuration {
         s.parse().map_err(serde::de::Error::custom)
     }
 }
+
+/// Written back as the text the configuration file takes (`--print`).
+macro_rules! serialize_as_text {
+    ($t:ty, $text:expr) => {
+        impl Serialize for $t {
+            fn serialize<S: Serializer>(&self, s: S) -> Result<S::Ok, S::Error> {
+                #[allow(clippy::redundant_closure_call)]
+                s.collect_str(&($text)(self))
+            }
+        }
+    };
+}
+
+serialize_as_text!(NameServer, |n: &NameServer| n.0.to_string());
+serialize_as_text!(Network, |n: &Network| n.0.to_string());
+serialize_as_text!(HumanDuration, |d: &HumanDuration| d.to_string());
 
 /// A configuration that could not be used, with the file, the line and the fix.
 #[derive(Debug)]

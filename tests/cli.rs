@@ -197,6 +197,126 @@ async fn config_check_exit_codes_and_messages() {
     }
 }
 
+/// Each file a configuration names, missing: `config check` says which key and
+/// file and exits 1, and `serve` with the same file refuses to start. A
+/// configuration whose files all load is `ok`.
+#[tokio::test]
+async fn config_check_rejects_each_missing_file_that_serve_would() {
+    let dir = tempfile::tempdir().unwrap();
+    let d = dir.path();
+    let ca = TestCa::new("config check CA");
+    let (cert, key) = (d.join("cert.pem"), d.join("key.pem"));
+    ca.leaf(&["relay.test"]).write_pem(&cert, &key);
+    let gone = d.join("gone");
+    let gone = gone.display();
+    let base = format!(
+        "[server]\nhostname = \"relay.test\"\nlisten = [\"127.0.0.1:0\"]\n\
+         tls_cert_file = \"{}\"\ntls_key_file = \"{}\"\n[spool]\ndir = \"{}\"\n",
+        cert.display(),
+        key.display(),
+        d.join("spool").display()
+    );
+    let ok = d.join("ok.toml");
+    std::fs::write(&ok, &base).unwrap();
+    let r = tlsrelay(&["config", "check", ok.to_str().unwrap()]).await;
+    assert_eq!(r.code, 0, "{}", r.stderr);
+    let cases = [
+        (
+            "server.tls_cert_file",
+            base.replace(&cert.display().to_string(), &gone.to_string()),
+        ),
+        (
+            "server.tls_cert_file",
+            base.replace(&key.display().to_string(), &gone.to_string()),
+        ),
+        (
+            "server.auth_users_file",
+            base.replace("[spool]", &format!("auth_users_file = \"{gone}\"\n[spool]")),
+        ),
+        (
+            "dns.trust_anchor_file",
+            format!("{base}[dns]\ntrust_anchor_file = \"{gone}\"\n"),
+        ),
+        (
+            "delivery.extra_roots",
+            format!("{base}[delivery]\nextra_roots = [\"{gone}\"]\n"),
+        ),
+        (
+            "mta_sts.extra_roots",
+            format!("{base}[mta_sts]\nextra_roots = [\"{gone}\"]\n"),
+        ),
+        (
+            "tls_rpt.extra_roots",
+            format!("{base}[tls_rpt]\nextra_roots = [\"{gone}\"]\n"),
+        ),
+        (
+            "policies.dir",
+            format!("{base}[policies]\ndir = \"{gone}\"\n"),
+        ),
+        (
+            "tls_rpt.dkim_key_file",
+            format!("{base}[tls_rpt]\ndkim_key_file = \"{gone}\"\ndkim_selector = \"s\"\n"),
+        ),
+    ];
+    for (i, (key, text)) in cases.iter().enumerate() {
+        let path = d.join(format!("case{i}.toml"));
+        std::fs::write(&path, text).unwrap();
+        let path = path.to_str().unwrap();
+        let r = tlsrelay(&["config", "check", path]).await;
+        assert_eq!(r.code, 1, "{key}: {}{}", r.stdout, r.stderr);
+        assert!(
+            r.stderr.contains(&format!("{path}: error: {key}: ")),
+            "{key}: {}",
+            r.stderr
+        );
+        assert!(
+            r.stderr.contains(&gone.to_string()),
+            "{key} names the file: {}",
+            r.stderr
+        );
+        let serve = tokio::task::spawn_blocking({
+            let path = path.to_string();
+            move || {
+                Command::new(env!("CARGO_BIN_EXE_tlsrelay"))
+                    .args(["serve", "-c", &path])
+                    .output()
+                    .unwrap()
+            }
+        });
+        let out = tokio::time::timeout(std::time::Duration::from_secs(30), serve)
+            .await
+            .unwrap_or_else(|_| panic!("{key}: serve started with a missing file"))
+            .unwrap();
+        assert!(!out.status.success(), "{key}: serve exited 0");
+        let err = String::from_utf8_lossy(&out.stderr);
+        assert!(err.contains(&gone.to_string()), "{key}: serve names the file: {err}");
+    }
+}
+
+/// `--print` writes the effective configuration as TOML that loads again.
+#[tokio::test]
+async fn config_check_prints_the_effective_configuration() {
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("c.toml");
+    std::fs::write(
+        &path,
+        "[server]\nhostname = \"relay.test\"\n[delivery]\nqueue_lifetime = \"3d\"\n",
+    )
+    .unwrap();
+    let r = tlsrelay(&["config", "check", "--print", path.to_str().unwrap()]).await;
+    assert_eq!(r.code, 0, "{}", r.stderr);
+    assert!(r.stdout.contains("queue_lifetime = \"3d\""), "{}", r.stdout);
+    assert!(
+        r.stdout.contains("max_line_length = "),
+        "defaults are filled in: {}",
+        r.stdout
+    );
+    let again = dir.path().join("again.toml");
+    std::fs::write(&again, &r.stdout).unwrap();
+    let r2 = tlsrelay(&["config", "check", again.to_str().unwrap()]).await;
+    assert_eq!(r2.code, 0, "the printed TOML loads: {}", r2.stderr);
+}
+
 /// Puts the fixture envelope (written by the spool before `Notify` existed) in a
 /// spool under `dir`, with some fields changed, and returns the config path.
 fn spool_with_fixture(dir: &Path, id: &str, edit: impl Fn(&mut serde_json::Value)) -> String {

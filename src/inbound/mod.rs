@@ -3,7 +3,7 @@
 //! `Inbound::bind` opens the listeners; `Inbound::run` accepts sessions until the
 //! shutdown signal, then lets sessions in flight finish (within the grace time).
 
-mod auth;
+pub(crate) mod auth;
 mod conn;
 pub(crate) mod session;
 mod throttle;

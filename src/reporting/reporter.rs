@@ -531,7 +531,9 @@ fn unusable(e: &RecordError) -> Destinations {
 }
 
 /// The DKIM signer of report mail, when `tls_rpt.dkim_key_file` and `dkim_selector` are set.
-fn dkim_signer(config: &Config) -> Result<Option<tlsrpt::DkimReportSigner>, ReporterError> {
+pub(crate) fn dkim_signer(
+    config: &Config,
+) -> Result<Option<tlsrpt::DkimReportSigner>, ReporterError> {
     let c = &config.tls_rpt;
     let (Some(path), Some(selector)) = (&c.dkim_key_file, &c.dkim_selector) else {
         return Ok(None);
