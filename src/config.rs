@@ -66,6 +66,8 @@ pub struct TlsRptConfig {
     pub dkim_selector: Option<String>,
     /// DKIM signing domain (`d=`); default: the domain of `from`.
     pub dkim_domain: Option<String>,
+    /// How long outcome records and sent-report markers are kept.
+    pub retention: HumanDuration,
 }
 
 impl Default for TlsRptConfig {
@@ -79,6 +81,7 @@ impl Default for TlsRptConfig {
             max_delay: HumanDuration(Duration::from_secs(4 * 3600)),
             extra_roots: vec![],
             dkim_key_file: None,
+            retention: HumanDuration(Duration::from_secs(30 * 86400)),
             dkim_selector: None,
             dkim_domain: None,
         }

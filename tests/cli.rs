@@ -114,15 +114,26 @@ async fn report_send_waits_for_the_randomized_delay_unless_now() {
         format!("{day} rpt.test: https://reports.rpt.test:{port}/tlsrpt: POST accepted (200 OK)\n")
     };
 
-    // Today has not ended: its report is not due, so nothing is sent without --now.
-    let r = tlsrelay(&["-c", cfg, "report", "send", "--day", "today"]).await;
-    assert_eq!(
-        (r.code, r.stdout.as_str()),
-        (0, &*format!("{today}: no report due\n")),
-        "{}",
-        r.stderr
-    );
-    assert_eq!(receiver.requests().len(), 0);
+    // Today has not ended: with or without --now, a preview that sends and marks nothing.
+    for args in [&["--day", "today"][..], &["--now", "--day", "today"][..]] {
+        let r = tlsrelay(&[&["-c", cfg, "report", "send"][..], args].concat()).await;
+        assert_eq!(r.code, 0, "{}", r.stderr);
+        assert!(
+            r.stdout
+                .starts_with(&format!("{today} has not ended (UTC): a preview")),
+            "{}",
+            r.stdout
+        );
+        assert!(
+            r.stdout.contains(&format!(
+                "{today} rpt.test: would POST to https://reports.rpt.test:{port}/tlsrpt: 1 successful, 0 failed sessions so far\n"
+            )),
+            "{}",
+            r.stdout
+        );
+        assert_eq!(receiver.requests().len(), 0);
+        assert!(!spool.join(format!("tlsrpt/sent/{today}")).exists());
+    }
 
     // Yesterday's report is due (after 00:15 UTC): sent without --now.
     let minutes_into_day = now.timestamp().rem_euclid(86400) / 60;
@@ -135,16 +146,46 @@ async fn report_send_waits_for_the_randomized_delay_unless_now() {
         };
         assert_eq!((r.code, r.stdout), (0, want), "{}", r.stderr);
     }
+    let day = yesterday.to_string();
     let before_now = receiver.requests().len();
 
-    // --now sends today's report at once, and only once.
-    let r = tlsrelay(&["-c", cfg, "report", "send", "--now", "--day", "today"]).await;
-    assert_eq!((r.code, r.stdout), (0, accepted(today)), "{}", r.stderr);
-    assert_eq!(receiver.requests().len(), before_now + 1);
-    assert!(receiver.requests()[before_now].starts_with("POST /tlsrpt "));
-    let r = tlsrelay(&["-c", cfg, "report", "send", "--now", "--day", "today"]).await;
-    assert_eq!(r.stdout, format!("{today}: no report due\n"));
-    assert_eq!(receiver.requests().len(), before_now + 1);
+    // --now sends a finished day's report at once if still unsent, and only once.
+    let r = tlsrelay(&["-c", cfg, "report", "send", "--now", "--day", &day]).await;
+    let want = match before_now {
+        0 => accepted(yesterday),
+        _ => format!("{yesterday}: no report due\n"),
+    };
+    assert_eq!((r.code, r.stdout), (0, want), "{}", r.stderr);
+    assert_eq!(receiver.requests().len(), 1);
+    assert!(receiver.requests()[0].starts_with("POST /tlsrpt "));
+    let r = tlsrelay(&["-c", cfg, "report", "send", "--now", "--day", &day]).await;
+    assert_eq!(r.stdout, format!("{yesterday}: no report due\n"));
+    assert_eq!(receiver.requests().len(), 1);
+
+    // Under a short host name, reports would come from tlsrpt-noreply@vm: refused.
+    let short = dir.path().join("short.toml");
+    let text = std::fs::read_to_string(&config).unwrap();
+    std::fs::write(
+        &short,
+        text.replace("hostname = \"relay.test\"", "hostname = \"vm\""),
+    )
+    .unwrap();
+    let short = short.to_str().unwrap();
+    let r = tlsrelay(&["-c", short, "report", "send", "--now", "--day", &day]).await;
+    assert_eq!(r.code, 2, "{}", r.stdout);
+    assert!(
+        r.stderr
+            .contains("server.hostname \"vm\" is not a fully qualified domain name"),
+        "{}",
+        r.stderr
+    );
+    let r = tlsrelay(&["config", "check", short]).await;
+    assert!(
+        r.stderr.contains("warning: TLS reports will not be sent"),
+        "{}",
+        r.stderr
+    );
+    assert_eq!(receiver.requests().len(), 1);
 
     let help = tlsrelay(&["report", "send", "--help"]).await;
     assert!(
@@ -289,7 +330,10 @@ async fn config_check_rejects_each_missing_file_that_serve_would() {
             .unwrap();
         assert!(!out.status.success(), "{key}: serve exited 0");
         let err = String::from_utf8_lossy(&out.stderr);
-        assert!(err.contains(&gone.to_string()), "{key}: serve names the file: {err}");
+        assert!(
+            err.contains(&gone.to_string()),
+            "{key}: serve names the file: {err}"
+        );
     }
 }
 

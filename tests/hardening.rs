@@ -369,7 +369,7 @@ fn config_check_warns_about_open_relays_and_loose_modes() {
         std::fs::write(
             &path,
             format!(
-                "[server]\n{server}\n{tls}auth_users_file = \"{}\"\n[spool]\ndir = \"{}\"\n",
+                "[server]\nhostname = \"relay.test\"\n{server}\n{tls}auth_users_file = \"{}\"\n[spool]\ndir = \"{}\"\n",
                 users.display(),
                 dir.path().join("spool").display()
             ),

@@ -10,7 +10,7 @@ use clap::Subcommand;
 use tlsrelay::config::Config;
 use tlsrelay::ops::control::{self, Request};
 use tlsrelay::reporting::outcome::OutcomeLog;
-use tlsrelay::reporting::reporter::{summarize, DomainSummary, Reporter, Sent};
+use tlsrelay::reporting::reporter::{summarize, DomainSummary, Reporter, SendResult};
 use tlsrelay::spool::{Spool, SpoolError};
 
 use super::{dns, load_config, pretty_json, runtime};
@@ -25,10 +25,11 @@ pub enum ReportAction {
     /// are not due yet are left for later.
     Send {
         /// Send every report of the day that is not sent yet, now, without
-        /// waiting for its randomized delay (needed for --day today).
+        /// waiting for its randomized delay.
         #[arg(long)]
         now: bool,
-        /// The UTC day (YYYY-MM-DD, or "today" for testing); default yesterday.
+        /// The UTC day (YYYY-MM-DD, or "today"); default yesterday. A day that
+        /// has not ended gives a preview: nothing is sent or marked.
         #[arg(long)]
         day: Option<String>,
     },
@@ -103,10 +104,11 @@ fn render_period(label: &str, day: NaiveDate, sum: &BTreeMap<String, DomainSumma
     out
 }
 
-/// Sends the day's due reports (all of them with `now`) and says what happened:
-/// through the running server when one holds the spool.
+/// Sends the day's due reports (all of them with `now`), or previews a day that
+/// has not ended, and says what happened: through the running server when one
+/// holds the spool.
 fn send(config: Config, day: NaiveDate, now: bool, json: bool) -> anyhow::Result<ExitCode> {
-    let sent = runtime()?.block_on(async {
+    let sent: SendResult = runtime()?.block_on(async {
         let spool = match Spool::open(&config.spool.dir) {
             Ok(spool) => spool,
             Err(SpoolError::Locked(_)) => {
@@ -120,35 +122,38 @@ fn send(config: Config, day: NaiveDate, now: bool, json: bool) -> anyhow::Result
         let dns = dns(&config)?;
         let reporter =
             Reporter::new(Arc::new(config), spool, dns, None).map_err(anyhow::Error::msg)?;
-        anyhow::Ok(if now {
-            reporter.send_day(day).await
-        } else {
-            reporter
-                .send_day_due(day, chrono::Utc::now().timestamp())
-                .await
-        })
+        let at = chrono::Utc::now().timestamp();
+        reporter
+            .send_command(day, now, at)
+            .await
+            .map_err(anyhow::Error::msg)
     })?;
     if json {
         println!("{}", pretty_json(&sent)?);
-    } else {
+    } else if sent.preview {
+        println!("{day} has not ended (UTC): a preview; nothing is sent or marked, the day's reports go out after it ends");
+    }
+    if !json {
         print!("{}", render_sent(day, &sent));
     }
     Ok(ExitCode::SUCCESS)
 }
 
 /// One line per report: the day, the domain and what each destination said.
-fn render_sent(day: NaiveDate, sent: &[Sent]) -> String {
-    if sent.is_empty() {
+fn render_sent(day: NaiveDate, sent: &SendResult) -> String {
+    if sent.reports.is_empty() {
         return format!("{day}: no report due\n");
     }
-    sent.iter()
+    let retry = if sent.preview { "" } else { " (will retry)" };
+    sent.reports
+        .iter()
         .map(|s| {
             format!(
                 "{} {}: {}{}\n",
                 s.day,
                 s.domain,
                 s.results.join("; "),
-                if s.done { "" } else { " (will retry)" }
+                if s.done { "" } else { retry }
             )
         })
         .collect()

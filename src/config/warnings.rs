@@ -33,6 +33,11 @@ pub enum ConfigWarning {
         /// Its permission bits.
         mode: u32,
     },
+    /// TLS reporting is on, but `server.hostname` cannot sign reports.
+    ReportsOff {
+        /// Why, with the fix.
+        why: String,
+    },
 }
 
 impl fmt::Display for ConfigWarning {
@@ -50,6 +55,10 @@ impl fmt::Display for ConfigWarning {
                  (owned by the user tlsrelay runs as)",
                 file.display(),
                 file.display()
+            ),
+            ConfigWarning::ReportsOff { why } => write!(
+                f,
+                "TLS reports will not be sent: {why} (or set tls_rpt.enabled = false)"
             ),
         }
     }
@@ -143,6 +152,10 @@ impl Config {
                 });
             }
         }
+        if self.tls_rpt.enabled && self.delivery.enabled {
+            let why = crate::reporting::upkeep::hostname_problem(&self.server.hostname);
+            out.extend(why.map(|why| ConfigWarning::ReportsOff { why }));
+        }
         out
     }
 }
@@ -176,16 +189,25 @@ mod tests {
     #[test]
     fn open_relay_only_on_a_reachable_listener() {
         let parse = |text: &str| Config::parse(text, None).unwrap();
-        let open = parse("[server]\nlisten = [\"0.0.0.0:25\"]\nrelay_networks = [\"0.0.0.0/0\"]\n");
+        let open = parse("[server]\nhostname = \"relay.example.com\"\nlisten = [\"0.0.0.0:25\"]\nrelay_networks = [\"0.0.0.0/0\"]\n");
         let w = open.warnings();
         assert_eq!(w.len(), 1, "{w:?}");
         let text = w[0].to_string();
         assert!(text.contains("open relay"), "{text}");
         assert!(text.contains("0.0.0.0/0"), "{text}");
         let local =
-            parse("[server]\nlisten = [\"127.0.0.1:25\"]\nrelay_networks = [\"0.0.0.0/0\"]\n");
+            parse("[server]\nhostname = \"relay.example.com\"\nlisten = [\"127.0.0.1:25\"]\nrelay_networks = [\"0.0.0.0/0\"]\n");
         assert!(local.warnings().is_empty());
-        let fine = parse("[server]\nlisten = [\"[::]:25\"]\nrelay_networks = [\"10.0.0.0/8\"]\n");
+        let short = parse("[server]\nhostname = \"vm\"\n");
+        let w: Vec<String> = short.warnings().iter().map(|w| w.to_string()).collect();
+        assert_eq!(w.len(), 1, "{w:?}");
+        assert!(
+            w[0].starts_with("TLS reports will not be sent: server.hostname \"vm\""),
+            "{w:?}"
+        );
+        let quiet = parse("[server]\nhostname = \"vm\"\n[tls_rpt]\nenabled = false\n");
+        assert!(quiet.warnings().is_empty());
+        let fine = parse("[server]\nhostname = \"relay.example.com\"\nlisten = [\"[::]:25\"]\nrelay_networks = [\"10.0.0.0/8\"]\n");
         assert!(fine.warnings().is_empty());
     }
 }

@@ -287,12 +287,12 @@ impl Handler {
             Ok(r) => r,
             Err(e) => return refuse(&e.to_string()),
         };
-        let sent = if now {
-            reporter.send_day(day).await
-        } else {
-            reporter
-                .send_day_due(day, chrono::Utc::now().timestamp())
-                .await
+        let sent = match reporter
+            .send_command(day, now, chrono::Utc::now().timestamp())
+            .await
+        {
+            Ok(sent) => sent,
+            Err(why) => return refuse(&why),
         };
         match serde_json::to_string(&sent) {
             Ok(output) => Response { ok: true, output },

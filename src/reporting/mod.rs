@@ -4,3 +4,4 @@ pub mod metrics;
 pub mod outcome;
 pub mod reporter;
 pub mod tlsrpt;
+pub mod upkeep;

@@ -22,6 +22,7 @@ use crate::config::Config;
 use crate::model::domain::{Domain, DomainError};
 use crate::reporting::outcome::{Outcome, OutcomeLog, SessionResult};
 use crate::reporting::tlsrpt::{self, PolicyDomain, RecordError, Rua, TlsReport};
+use crate::reporting::upkeep;
 use crate::resolve::dns::{Answer, Dns};
 use crate::spool::{Envelope, Spool};
 
@@ -159,6 +160,15 @@ pub struct Sent {
     pub done: bool,
 }
 
+/// What `tlsrelay report send` did.
+#[derive(Debug, Clone, Serialize, serde::Deserialize)]
+pub struct SendResult {
+    /// The day has not ended: nothing was sent or marked.
+    pub preview: bool,
+    /// One entry per report (sent, or previewed).
+    pub reports: Vec<Sent>,
+}
+
 /// Where a domain wants its reports, from its `_smtp._tls` record.
 enum Destinations {
     /// Send to these.
@@ -214,6 +224,76 @@ impl Reporter {
         self.outcomes
             .read_day(&day.format("%Y-%m-%d").to_string())
             .unwrap_or_default()
+    }
+
+    /// What `tlsrelay report send` does: for a day that has not ended (UTC) at
+    /// `now`, a preview that sends and marks nothing (a report covers a whole
+    /// day, and marking it would suppress the real one); else the day's due
+    /// reports, or all of them with `all`. Refused without a fully qualified
+    /// `server.hostname`.
+    pub async fn send_command(
+        &self,
+        day: NaiveDate,
+        all: bool,
+        now: i64,
+    ) -> Result<SendResult, String> {
+        if let Some(why) = upkeep::hostname_problem(&self.config.server.hostname) {
+            return Err(format!("TLS reports cannot be sent: {why}"));
+        }
+        let today = chrono::DateTime::from_timestamp(now, 0).map_or(day, |t| t.date_naive());
+        if day >= today {
+            let reports = self.preview_day(day).await;
+            return Ok(SendResult {
+                preview: true,
+                reports,
+            });
+        }
+        let sent = if all {
+            self.send_day(day).await
+        } else {
+            self.send_day_due(day, now).await
+        };
+        Ok(SendResult {
+            preview: false,
+            reports: sent,
+        })
+    }
+
+    /// The reports `day` would give so far: per domain, where it would go and
+    /// how many sessions it would count. Nothing is sent or marked.
+    pub async fn preview_day(&self, day: NaiveDate) -> Vec<Sent> {
+        let records = self.read_day(day);
+        let mut out = Vec::new();
+        for (domain, sessions) in tlsrpt::sessions_by_domain(&records, day) {
+            let mut sent = Sent::new(day, &domain);
+            let PolicyDomain::Valid(d) = &domain else {
+                sent.results.push("not a domain name: no report".into());
+                out.push(sent);
+                continue;
+            };
+            let counts = tlsrpt::aggregate(d, day, &sessions).map_or_else(
+                || "no sessions".to_string(),
+                |a| {
+                    let ok: u32 = a.policies.iter().map(|p| p.successful).sum();
+                    let failed: u32 = a.policies.iter().map(|p| p.failed).sum();
+                    format!("{ok} successful, {failed} failed sessions so far")
+                },
+            );
+            let to = match self.destinations(d).await {
+                Destinations::Send(ruas) => ruas
+                    .iter()
+                    .map(|r| match r {
+                        Rua::Https(url) => format!("would POST to {url}: {counts}"),
+                        Rua::Mailto(addr) => format!("would mail mailto:{addr}: {counts}"),
+                    })
+                    .collect(),
+                Destinations::Nowhere { result, .. } => vec![result],
+                Destinations::Retry(words) => vec![words],
+            };
+            sent.results = to;
+            out.push(sent);
+        }
+        out
     }
 
     /// Sends every report still due for `day` (all policy domains with sessions).
@@ -465,10 +545,27 @@ impl Reporter {
     }
 
     /// Sends reports for finished days, each at a randomized time within
-    /// `tls_rpt.max_delay` after the day ended, until `shutdown`.
+    /// `tls_rpt.max_delay` after the day ended, and deletes records past their
+    /// retention, until `shutdown`. Without a fully qualified `server.hostname`
+    /// it sends nothing, and says so once.
     pub async fn run(self, mut shutdown: watch::Receiver<bool>) {
+        let unfit = upkeep::hostname_problem(&self.config.server.hostname);
+        if let Some(why) = &unfit {
+            tracing::warn!("TLS reports are not sent: {why}");
+        }
         loop {
-            self.send_due(chrono::Utc::now()).await;
+            let now = chrono::Utc::now();
+            let retention = self.config.tls_rpt.retention.get();
+            let pruned = upkeep::prune(self.spool.dir(), now.date_naive(), retention);
+            if pruned > 0 {
+                tracing::info!(
+                    days = pruned,
+                    "TLS reporting data past its retention deleted"
+                );
+            }
+            if unfit.is_none() {
+                self.send_due(now).await;
+            }
             let stop = tokio::select! {
                 _ = shutdown.changed() => true,
                 _ = tokio::time::sleep(Duration::from_secs(600)) => false,
