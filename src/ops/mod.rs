@@ -2,4 +2,6 @@
 
 pub mod check;
 pub mod control;
+pub mod filter;
 pub mod queue;
+pub mod summary;
