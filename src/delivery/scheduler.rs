@@ -178,13 +178,11 @@ impl Queue {
             AfterAttempt::Removed => {
                 self.unsaved.remove(&id);
             }
-            AfterAttempt::Queued(env) if hold => hold_again(ctx, env),
+            AfterAttempt::Queued(env) | AfterAttempt::Unsaved(env) if hold => hold_again(ctx, env),
             AfterAttempt::Queued(env) => {
                 self.unsaved.remove(&id);
                 self.waiting.insert(id, env);
             }
-            // The spool kept the hold: the attempt's own write failed.
-            AfterAttempt::Unsaved(_) if hold => {}
             AfterAttempt::Unsaved(env) => {
                 self.unsaved.insert(id.clone());
                 self.waiting.insert(id, env);
