@@ -2,7 +2,8 @@
 //! running server: filters, `summary`, bulk retry/delete/bounce behind `--yes`,
 //! hold/release and suspend/resume, on a queue of 1,000 messages across 10
 //! domains; and, with real TLS sinks, that a suspended domain and a held
-//! message get no delivery attempt until resumed or released, across a restart.
+//! message get no delivery attempt until resumed or released, across a restart,
+//! and that a suspension ends by itself at its time.
 
 mod support;
 
@@ -512,5 +513,16 @@ async fn suspended_domains_and_held_messages_get_no_attempt_until_resumed_or_rel
         .collect();
     assert!(rcpts.contains(&"held@b.test".to_string()), "{rcpts:?}");
     assert_eq!(listed(&config, &[]), 0);
+
+    // A suspension ends by itself, and its messages go out then (no rescan: 1h).
+    ok(&config, &["suspend", "b.test", "--for", "3s"]);
+    submit(relay.addr, "later@b.test").await;
+    tokio::time::sleep(Duration::from_secs(1)).await;
+    assert_eq!(sink_b.stats().messages, 5, "suspended for 3s");
+    assert!(
+        sink_b.wait_for_messages(6, Duration::from_secs(20)).await,
+        "delivered when the suspension ended"
+    );
+    assert_eq!(ok(&config, &["suspended"]), "no domain is suspended\n");
     stop(relay);
 }
