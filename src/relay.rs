@@ -117,6 +117,7 @@ impl Relay {
             spool: spool.clone(),
             dns: control_dns,
             requeue: config.delivery.enabled.then(|| delivery.queue_sender()),
+            scheduler: config.delivery.enabled.then(|| delivery.commands()),
         };
         // Before the inbound listener: once mail is accepted, queue commands must reach us.
         let control_listener =

@@ -105,7 +105,7 @@ async fn queue_commands_reach_the_running_server_and_are_logged() {
         "byte for byte"
     );
     assert_eq!(
-        ok(queue(&config, &["retry", "--all"])),
+        ok(queue(&config, &["retry", "--all", "--yes"])),
         "3 message(s) due for delivery now\n"
     );
     assert_eq!(

@@ -35,6 +35,10 @@ pub(super) async fn attempt(ctx: Arc<Context>, mut env: Envelope) -> AfterAttemp
     env.owe(dsn::Kind::Failure, failed);
     let mut domains = JoinSet::new();
     for (domain, idxs) in pending_by_domain(&env) {
+        if ctx.is_suspended(&domain) {
+            // Its recipients wait, untouched, for the end of the suspension.
+            continue;
+        }
         let (ctx, env, message) = (ctx.clone(), env.clone(), message.clone());
         domains.spawn(async move {
             let demand = demand_of(&ctx, &env);

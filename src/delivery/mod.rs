@@ -15,7 +15,10 @@ mod observer;
 mod pool;
 mod recipient_log;
 mod scheduler;
+pub mod suspend;
 pub(crate) mod transaction;
+
+pub use scheduler::Command;
 
 use std::collections::HashMap;
 use std::sync::{Arc, Mutex};
@@ -49,6 +52,8 @@ pub struct Context {
     requeue: mpsc::UnboundedSender<Envelope>,
     mta_sts: Option<Arc<MtaSts>>,
     policies: PolicySlot,
+    /// Domains the operator suspended: no attempt goes to them.
+    suspended: std::sync::RwLock<suspend::Suspensions>,
 }
 
 /// Why delivery could not be set up.
@@ -63,6 +68,9 @@ pub enum DeliveryError {
     /// A local policy file is wrong (file, line and fix).
     #[error(transparent)]
     Policies(#[from] PolicyError),
+    /// The suspensions file cannot be read (then nothing is delivered).
+    #[error(transparent)]
+    Suspensions(#[from] suspend::SuspendError),
     /// The outcome log cannot be opened.
     #[error("cannot open {}: {source}", dir.display())]
     Outcomes {
@@ -81,6 +89,8 @@ pub type PolicySlot = Arc<std::sync::RwLock<Arc<PolicySet>>>;
 pub struct Delivery {
     ctx: Arc<Context>,
     incoming: mpsc::UnboundedReceiver<Envelope>,
+    commands: mpsc::UnboundedReceiver<Command>,
+    command_tx: mpsc::UnboundedSender<Command>,
 }
 
 impl Delivery {
@@ -111,8 +121,11 @@ impl Delivery {
         let dir = spool.dir().join("outcomes");
         let outcomes =
             OutcomeLog::open(&dir).map_err(|source| DeliveryError::Outcomes { dir, source })?;
+        let suspended = suspend::Suspensions::load(spool.dir())?;
         let (tx, rx) = mpsc::unbounded_channel();
+        let (command_tx, commands) = mpsc::unbounded_channel();
         let ctx = Context {
+            suspended: std::sync::RwLock::new(suspended),
             connections: Arc::new(Semaphore::new(config.delivery.max_connections)),
             config,
             spool,
@@ -128,6 +141,8 @@ impl Delivery {
         Ok(Delivery {
             ctx: Arc::new(ctx),
             incoming: rx,
+            commands,
+            command_tx,
         })
     }
 
@@ -146,6 +161,11 @@ impl Delivery {
         self.ctx.requeue.clone()
     }
 
+    /// Where the operator's holds and suspensions reach the scheduler.
+    pub fn commands(&self) -> mpsc::UnboundedSender<Command> {
+        self.command_tx.clone()
+    }
+
     /// The facts and the plan an attempt at `domain` would use now: the very
     /// path of delivery, for comparing with `tlsrelay check`.
     pub async fn plan_for(&self, domain: &Domain, demand: TlsDemand) -> (DomainFacts, DomainPlan) {
@@ -154,6 +174,12 @@ impl Delivery {
 }
 
 impl Context {
+    /// Whether the operator suspended deliveries to `domain` now.
+    fn is_suspended(&self, domain: &Domain) -> bool {
+        let s = self.suspended.read().unwrap_or_else(|e| e.into_inner());
+        s.until(domain, crate::spool::now_unix()).is_some()
+    }
+
     /// Takes a permit for one more connection to `domain` (per domain, then global).
     async fn connection_permits(
         &self,

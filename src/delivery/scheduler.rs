@@ -9,15 +9,31 @@ use tokio::sync::watch;
 use tokio::task::JoinSet;
 
 use super::attempt::{attempt, AfterAttempt};
+use super::suspend::Suspensions;
 use super::{Context, Delivery};
 use crate::reporting::metrics as names;
 use crate::resolve::mta_sts::MtaSts;
 use crate::spool::{now_unix, Envelope};
 
+/// What the operator changed that the scheduler acts on at once, without
+/// waiting for a rescan of the spool (the spool already holds the change).
+#[derive(Debug, Clone)]
+pub enum Command {
+    /// These messages were put on hold: out of the schedule; one in flight is
+    /// held again when its attempt ends (the attempt wrote its older envelope).
+    Hold(Vec<String>),
+    /// These messages were deleted: out of the schedule.
+    Forget(Vec<String>),
+    /// The suspensions now in force (after `queue suspend` or `queue resume`).
+    Suspensions(Suspensions),
+}
+
 /// Messages waiting for their next attempt, and attempts in flight.
 struct Queue {
     waiting: HashMap<String, Envelope>,
     in_flight: HashSet<String>,
+    /// Messages held while their attempt was in flight.
+    hold_after: HashSet<String>,
     /// Messages whose last attempt could not be written to the spool: their
     /// state in `waiting` is newer than the disk's, so a rescan keeps it (else a
     /// full disk would make every scan retry them at once).
@@ -45,22 +61,29 @@ impl Delivery {
         let scan_every =
             (ctx.config.delivery.queue_scan_interval.get()).max(Duration::from_millis(200));
         let mut q = Queue {
-            waiting: initial.into_iter().map(|e| (e.id.clone(), e)).collect(),
+            waiting: HashMap::new(),
             in_flight: HashSet::new(),
+            hold_after: HashSet::new(),
             unsaved: HashSet::new(),
             tasks: JoinSet::new(),
         };
+        for env in initial {
+            q.add(env);
+        }
         let mut last_scan = Instant::now();
         loop {
             q.start_due(&ctx);
             let to_scan = scan_every.saturating_sub(last_scan.elapsed());
-            let sleep = q.until_next().min(to_scan.max(Duration::from_millis(50)));
+            let sleep = q
+                .until_next(&ctx)
+                .min(to_scan.max(Duration::from_millis(50)));
             tokio::select! {
                 _ = shutdown.wait_for(|v| *v) => break,
                 Some(env) = self.incoming.recv() => q.add(env),
+                Some(cmd) = self.commands.recv() => q.command(&ctx, cmd),
                 Some(done) = q.tasks.join_next(), if !q.tasks.is_empty() => {
                     if let Ok((id, env)) = done {
-                        q.finished(id, env);
+                        q.finished(&ctx, id, env);
                     }
                 }
                 _ = tokio::time::sleep(sleep) => {}
@@ -79,11 +102,13 @@ impl Delivery {
 }
 
 impl Queue {
-    /// Starts an attempt for every due message.
+    /// Starts an attempt for every due message not waiting only for
+    /// suspended domains; ends the suspensions whose time is up.
     fn start_due(&mut self, ctx: &Arc<Context>) {
         let now = now_unix();
+        let suspended = end_suspensions(ctx, now);
         let due: Vec<String> = (self.waiting.values())
-            .filter(|e| e.next_attempt <= now)
+            .filter(|e| e.next_attempt <= now && !suspended.blocks(e, now))
             .map(|e| e.id.clone())
             .collect();
         for id in due {
@@ -95,32 +120,65 @@ impl Queue {
         }
     }
 
-    /// How long until the next waiting message is due (a long time when none waits).
-    fn until_next(&self) -> Duration {
+    /// How long until the next waiting message is due or a suspension ends
+    /// (a long time when none waits).
+    fn until_next(&self, ctx: &Context) -> Duration {
         let now = now_unix();
+        let suspended = ctx.suspended.read().unwrap_or_else(|e| e.into_inner());
         (self.waiting.values())
+            .filter(|e| !suspended.blocks(e, now))
             .map(|e| e.next_attempt)
+            .chain(suspended.next_end(now))
             .min()
             .map_or(Duration::from_secs(3600), |t| {
                 Duration::from_secs((t - now).max(1) as u64)
             })
     }
 
-    /// A message announced by the inbound server (or a DSN), or read by a rescan;
-    /// neither replaces a message in flight or one newer in memory than on disk.
+    /// A message announced by the inbound server (or a DSN, or one the operator
+    /// retried or released), or read by a rescan; neither replaces a message in
+    /// flight or one newer in memory than on disk. A held message is not scheduled.
     fn add(&mut self, env: Envelope) {
-        if !self.in_flight.contains(&env.id) && !self.unsaved.contains(&env.id) {
+        if env.held {
+            self.waiting.remove(&env.id);
+        } else if !self.in_flight.contains(&env.id) && !self.unsaved.contains(&env.id) {
             self.waiting.insert(env.id.clone(), env);
         }
     }
 
-    /// An attempt ended; the envelope is kept when the message stays queued.
-    fn finished(&mut self, id: String, after: AfterAttempt) {
+    /// Carries out an operator's command.
+    fn command(&mut self, ctx: &Context, cmd: Command) {
+        match cmd {
+            Command::Hold(ids) => {
+                for id in ids {
+                    self.waiting.remove(&id);
+                    if self.in_flight.contains(&id) {
+                        self.hold_after.insert(id);
+                    }
+                }
+            }
+            Command::Forget(ids) => {
+                for id in ids {
+                    self.waiting.remove(&id);
+                    self.unsaved.remove(&id);
+                }
+            }
+            Command::Suspensions(s) => {
+                *ctx.suspended.write().unwrap_or_else(|e| e.into_inner()) = s;
+            }
+        }
+    }
+
+    /// An attempt ended; the envelope is kept when the message stays queued
+    /// (and held again when it was held during the attempt).
+    fn finished(&mut self, ctx: &Context, id: String, after: AfterAttempt) {
         self.in_flight.remove(&id);
+        let hold = self.hold_after.remove(&id);
         match after {
             AfterAttempt::Removed => {
                 self.unsaved.remove(&id);
             }
+            AfterAttempt::Queued(env) | AfterAttempt::Unsaved(env) if hold => hold_again(ctx, env),
             AfterAttempt::Queued(env) => {
                 self.unsaved.remove(&id);
                 self.waiting.insert(id, env);
@@ -164,6 +222,28 @@ impl Queue {
             self.tasks.abort_all();
         }
     }
+}
+
+/// Removes the suspensions that have ended (logging each), and returns those
+/// still running.
+fn end_suspensions(ctx: &Context, now: i64) -> Suspensions {
+    let mut s = ctx.suspended.write().unwrap_or_else(|e| e.into_inner());
+    for domain in s.prune(now) {
+        tracing::info!(%domain, "suspension ended; deliveries to the domain resume");
+    }
+    s.clone()
+}
+
+/// Writes the hold again over the envelope an attempt in flight wrote after
+/// `queue hold` (the attempt started before it, with the envelope not held).
+fn hold_again(ctx: &Context, mut env: Envelope) {
+    env.held = true;
+    let spool = ctx.spool.clone();
+    tokio::task::spawn_blocking(move || {
+        if let Err(e) = spool.update(&env) {
+            tracing::error!(id = %env.id, error = %e, "cannot write the hold after the attempt; the message may be attempted again");
+        }
+    });
 }
 
 /// Refreshes MTA-STS policies close to expiry every `mta_sts.refresh_interval`.

@@ -744,6 +744,7 @@ impl Session {
             next_attempt: now,
             delay_notice_sent: false,
             pending_dsns: vec![],
+            held: false,
         };
         (env, vec![header, body])
     }

@@ -17,11 +17,15 @@ use tokio::net::{UnixListener, UnixStream};
 use tokio::sync::{mpsc, watch};
 
 use crate::config::Config;
+use crate::delivery::Command;
+use crate::model::domain::Domain;
+use crate::ops::filter::Filter;
 use crate::ops::queue;
 use crate::resolve::dns::Dns;
 use crate::spool::{Envelope, Spool};
 
-/// A command for the running server.
+/// A command for the running server. Fields added since the first release
+/// are left out of the wire form when empty, so older forms stay valid.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(tag = "command", rename_all = "kebab-case")]
 pub enum Request {
@@ -29,6 +33,17 @@ pub enum Request {
     QueueList {
         /// JSON instead of a table.
         json: bool,
+        /// Which messages.
+        #[serde(default, skip_serializing_if = "Filter::is_empty")]
+        filter: Filter,
+    },
+    /// `queue summary`: messages per domain and age.
+    QueueSummary {
+        /// JSON instead of a table.
+        json: bool,
+        /// Which messages.
+        #[serde(default, skip_serializing_if = "Filter::is_empty")]
+        filter: Filter,
     },
     /// `queue show ID`.
     QueueShow {
@@ -42,20 +57,71 @@ pub enum Request {
         /// Queue id.
         id: String,
     },
-    /// `queue retry [ID]`.
+    /// `queue retry`.
     QueueRetry {
-        /// Queue id; every message without one.
+        /// Queue id; without one, the messages `filter` takes (all when empty).
         id: Option<String>,
+        /// Which messages, without an id.
+        #[serde(default, skip_serializing_if = "Filter::is_empty")]
+        filter: Filter,
+        /// Confirmed for more than one message.
+        #[serde(default, skip_serializing_if = "std::ops::Not::not")]
+        yes: bool,
     },
-    /// `queue delete ID`.
+    /// `queue delete`.
     QueueDelete {
-        /// Queue id.
-        id: String,
+        /// Queue id; without one, the messages `filter` takes (all when empty).
+        id: Option<String>,
+        /// Which messages, without an id.
+        #[serde(default, skip_serializing_if = "Filter::is_empty")]
+        filter: Filter,
+        /// Confirmed for more than one message.
+        #[serde(default, skip_serializing_if = "std::ops::Not::not")]
+        yes: bool,
     },
-    /// `queue bounce ID`.
+    /// `queue bounce`.
     QueueBounce {
-        /// Queue id.
-        id: String,
+        /// Queue id; without one, the messages `filter` takes (all when empty).
+        id: Option<String>,
+        /// Which messages, without an id.
+        #[serde(default, skip_serializing_if = "Filter::is_empty")]
+        filter: Filter,
+        /// Confirmed for more than one message.
+        #[serde(default, skip_serializing_if = "std::ops::Not::not")]
+        yes: bool,
+    },
+    /// `queue hold`: no attempt until released.
+    QueueHold {
+        /// Queue id; without one, the messages `filter` takes (all when empty).
+        id: Option<String>,
+        /// Which messages, without an id.
+        #[serde(default, skip_serializing_if = "Filter::is_empty")]
+        filter: Filter,
+    },
+    /// `queue release`: held messages back into the schedule.
+    QueueRelease {
+        /// Queue id; without one, the messages `filter` takes (all when empty).
+        id: Option<String>,
+        /// Which messages, without an id.
+        #[serde(default, skip_serializing_if = "Filter::is_empty")]
+        filter: Filter,
+    },
+    /// `queue suspend DOMAIN --for T`.
+    QueueSuspend {
+        /// The destination domain.
+        domain: Domain,
+        /// For how long.
+        seconds: u64,
+    },
+    /// `queue resume DOMAIN`.
+    QueueResume {
+        /// The destination domain.
+        domain: Domain,
+    },
+    /// `queue suspended`: the suspensions running.
+    QueueSuspended {
+        /// JSON instead of text.
+        json: bool,
     },
     /// `report send`: the day's reports, all of them with `now`.
     ReportSend {
@@ -64,6 +130,20 @@ pub enum Request {
         /// Send even those not due yet.
         now: bool,
     },
+}
+
+impl Request {
+    /// The word for what a command does to messages, when it changes them.
+    fn changes(&self) -> Option<&'static str> {
+        Some(match self {
+            Request::QueueRetry { .. } => "retried",
+            Request::QueueDelete { .. } => "deleted",
+            Request::QueueBounce { .. } => "bounced",
+            Request::QueueHold { .. } => "held",
+            Request::QueueRelease { .. } => "released",
+            _ => return None,
+        })
+    }
 }
 
 /// The server's answer.
@@ -175,6 +255,8 @@ pub struct Handler {
     pub dns: Dns,
     /// Where changed envelopes go so the scheduler sees them at once.
     pub requeue: Option<mpsc::UnboundedSender<Envelope>>,
+    /// Where holds, deletions and suspensions go so the scheduler acts at once.
+    pub scheduler: Option<mpsc::UnboundedSender<Command>>,
 }
 
 /// Binds the control socket of the spool at `dir`, which this process holds locked.
@@ -260,20 +342,47 @@ impl Handler {
         }
     }
 
-    /// Runs a queue command on the server's spool, then tells the scheduler.
+    /// Runs a queue command on the server's spool, logs the messages it
+    /// changed, then tells the scheduler.
     fn queue(&self, req: &Request) -> Result<String, queue::QueueError> {
-        let out = run_queue(&self.spool, &self.config.server.hostname, req)?;
-        if let (Some(tx), Request::QueueRetry { .. } | Request::QueueBounce { .. }) =
-            (&self.requeue, req)
-        {
+        let done = run_queue(&self.spool, &self.config.server.hostname, req)?;
+        if let Some(verb) = req.changes() {
+            tracing::info!(
+                count = done.ids.len(),
+                ids = %done.ids.join(" "),
+                dsns = %done.created.join(" "),
+                "queue: {} message(s) {verb}",
+                done.ids.len()
+            );
+        }
+        self.tell_scheduler(req, &done);
+        Ok(done.output)
+    }
+
+    /// Hands the scheduler what changed, so it need not wait for a rescan.
+    fn tell_scheduler(&self, req: &Request, done: &queue::Done) {
+        let command = match req {
+            Request::QueueHold { .. } => Some(Command::Hold(done.ids.clone())),
+            Request::QueueDelete { .. } => Some(Command::Forget(done.ids.clone())),
+            Request::QueueSuspend { .. } | Request::QueueResume { .. } => {
+                done.suspensions.clone().map(Command::Suspensions)
+            }
+            _ => None,
+        };
+        if let (Some(tx), Some(command)) = (&self.scheduler, command) {
+            let _ = tx.send(command);
+        }
+        let again = match req {
+            Request::QueueRetry { .. } | Request::QueueRelease { .. } => &done.ids,
+            Request::QueueBounce { .. } => &done.created,
+            _ => return,
+        };
+        if let Some(tx) = &self.requeue {
             // Due messages and new DSNs start now, not at the next scan.
-            for env in self.spool.list() {
-                if env.next_attempt <= crate::spool::now_unix() {
-                    let _ = tx.send(env);
-                }
+            for env in again.iter().filter_map(|id| self.spool.load(id).ok()) {
+                let _ = tx.send(env);
             }
         }
-        Ok(out)
     }
 
     async fn report_send(&self, day: NaiveDate, now: bool) -> Response {
@@ -307,40 +416,118 @@ pub fn run_queue(
     spool: &Spool,
     hostname: &str,
     req: &Request,
-) -> Result<String, queue::QueueError> {
+) -> Result<queue::Done, queue::QueueError> {
     match req {
-        Request::QueueList { json } => queue::list(spool, *json),
-        Request::QueueShow { id, json } => queue::show(spool, id, *json),
+        Request::QueueList { json, filter } => queue::list(spool, *json, filter).map(Into::into),
+        Request::QueueSummary { json, filter } => {
+            queue::queue_summary(spool, *json, filter).map(Into::into)
+        }
+        Request::QueueShow { id, json } => queue::show(spool, id, *json).map(Into::into),
         Request::QueueRaw { id } => {
             use base64::Engine;
             let bytes = spool.read_message(id)?;
-            Ok(base64::engine::general_purpose::STANDARD.encode(bytes) + "\n")
+            Ok((base64::engine::general_purpose::STANDARD.encode(bytes) + "\n").into())
         }
-        Request::QueueRetry { id } => queue::retry(spool, id.as_deref()),
-        Request::QueueDelete { id } => queue::delete(spool, id),
-        Request::QueueBounce { id } => queue::bounce(spool, id, hostname),
-        Request::ReportSend { .. } => Ok(String::new()),
+        Request::QueueRetry { id, filter, yes } => queue::retry(spool, id.as_deref(), filter, *yes),
+        Request::QueueDelete { id, filter, yes } => {
+            queue::delete(spool, id.as_deref(), filter, *yes)
+        }
+        Request::QueueBounce { id, filter, yes } => {
+            queue::bounce(spool, id.as_deref(), filter, *yes, hostname)
+        }
+        Request::QueueHold { id, filter } => queue::hold(spool, id.as_deref(), filter, true),
+        Request::QueueRelease { id, filter } => queue::hold(spool, id.as_deref(), filter, false),
+        Request::QueueSuspend { domain, seconds } => queue::suspend(spool, domain, *seconds),
+        Request::QueueResume { domain } => queue::resume(spool, domain),
+        Request::QueueSuspended { json } => queue::suspended(spool, *json).map(Into::into),
+        Request::ReportSend { .. } => Ok(queue::Done::default()),
     }
 }
 
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::ops::filter;
 
     #[test]
     fn requests_keep_their_wire_form() {
         let cases = [
             (
-                Request::QueueList { json: true },
+                Request::QueueList {
+                    json: true,
+                    filter: Filter::default(),
+                },
                 r#"{"command":"queue-list","json":true}"#,
             ),
             (
-                Request::QueueRetry { id: None },
+                Request::QueueRetry {
+                    id: None,
+                    filter: Filter::default(),
+                    yes: false,
+                },
                 r#"{"command":"queue-retry","id":null}"#,
             ),
             (
-                Request::QueueBounce { id: "AB12".into() },
+                Request::QueueBounce {
+                    id: Some("AB12".into()),
+                    filter: Filter::default(),
+                    yes: false,
+                },
                 r#"{"command":"queue-bounce","id":"AB12"}"#,
+            ),
+            (
+                Request::QueueDelete {
+                    id: None,
+                    filter: Filter {
+                        domain: Some(Domain::parse("Example.NET").unwrap()),
+                        older_than: Some(7200),
+                        reason: Some("try later".into()),
+                        ..Filter::default()
+                    },
+                    yes: true,
+                },
+                r#"{"command":"queue-delete","id":null,"filter":{"domain":"example.net","older_than":7200,"reason":"try later"},"yes":true}"#,
+            ),
+            (
+                Request::QueueSummary {
+                    json: false,
+                    filter: Filter {
+                        sender: Some(filter::Address::parse("<>").unwrap()),
+                        ..Filter::default()
+                    },
+                },
+                r#"{"command":"queue-summary","json":false,"filter":{"sender":""}}"#,
+            ),
+            (
+                Request::QueueHold {
+                    id: Some("AB12".into()),
+                    filter: Filter::default(),
+                },
+                r#"{"command":"queue-hold","id":"AB12"}"#,
+            ),
+            (
+                Request::QueueRelease {
+                    id: None,
+                    filter: Filter::default(),
+                },
+                r#"{"command":"queue-release","id":null}"#,
+            ),
+            (
+                Request::QueueSuspend {
+                    domain: Domain::parse("example.net").unwrap(),
+                    seconds: 7200,
+                },
+                r#"{"command":"queue-suspend","domain":"example.net","seconds":7200}"#,
+            ),
+            (
+                Request::QueueResume {
+                    domain: Domain::parse("example.net").unwrap(),
+                },
+                r#"{"command":"queue-resume","domain":"example.net"}"#,
+            ),
+            (
+                Request::QueueSuspended { json: true },
+                r#"{"command":"queue-suspended","json":true}"#,
             ),
             (
                 Request::ReportSend {
@@ -386,7 +573,14 @@ mod tests {
                 .unwrap();
             spool
         });
-        let answer = call(dir.path(), &Request::QueueList { json: false }).await;
+        let answer = call(
+            dir.path(),
+            &Request::QueueList {
+                json: false,
+                filter: Filter::default(),
+            },
+        )
+        .await;
         assert_eq!(answer.unwrap().output, "up");
         drop(starting.await.unwrap());
     }
@@ -397,9 +591,15 @@ mod tests {
         let dir = tempfile::tempdir().unwrap();
         drop(std::os::unix::net::UnixListener::bind(socket_path(dir.path())).unwrap());
         let started = std::time::Instant::now();
-        let err = call(dir.path(), &Request::QueueList { json: false })
-            .await
-            .unwrap_err();
+        let err = call(
+            dir.path(),
+            &Request::QueueList {
+                json: false,
+                filter: Filter::default(),
+            },
+        )
+        .await
+        .unwrap_err();
         assert!(started.elapsed() < STARTUP_WAIT / 2, "{err}");
         assert!(
             err.to_string().contains("no server holds the spool"),

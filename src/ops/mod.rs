@@ -2,5 +2,7 @@
 
 pub mod check;
 pub mod control;
+pub mod filter;
 pub mod logging;
 pub mod queue;
+pub mod summary;

@@ -250,6 +250,7 @@ mod tests {
             next_attempt,
             delay_notice_sent: false,
             pending_dsns: vec![],
+            held: false,
         }
     }
 

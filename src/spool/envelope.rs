@@ -60,6 +60,10 @@ pub struct Envelope {
     /// written): the message stays queued until they are.
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
     pub pending_dsns: Vec<PendingDsn>,
+    /// Put on hold by the operator (`queue hold`): never attempted, and so never
+    /// expired, until released. Absent in envelopes written before holds existed.
+    #[serde(default, skip_serializing_if = "std::ops::Not::not")]
+    pub held: bool,
 }
 
 /// A DSN that is owed to the sender but not yet stored as a message of its own.
@@ -181,6 +185,7 @@ impl Envelope {
             next_attempt: now,
             delay_notice_sent: false,
             pending_dsns: vec![],
+            held: false,
         }
     }
 
@@ -374,6 +379,7 @@ mod tests {
             next_attempt: T0,
             delay_notice_sent: false,
             pending_dsns: vec![],
+            held: false,
         }
     }
 
@@ -612,6 +618,18 @@ mod tests {
     }
 
     #[test]
+    fn held_is_written_only_when_set_and_old_envelopes_read_as_not_held() {
+        let mut env = one(Notify::default());
+        let text = serde_json::to_string(&env).unwrap();
+        assert!(!text.contains("held"), "{text}");
+        assert!(!serde_json::from_str::<Envelope>(&text).unwrap().held);
+        env.held = true;
+        let text = serde_json::to_string(&env).unwrap();
+        assert!(text.contains("\"held\":true"), "{text}");
+        assert!(serde_json::from_str::<Envelope>(&text).unwrap().held);
+    }
+
+    #[test]
     fn retry_until_is_arrival_plus_lifetime() {
         let env = one(Notify::default());
         assert_eq!(env.retry_until(Duration::from_secs(86400)), T0 + 86400);
@@ -651,6 +669,7 @@ pub(crate) mod tests_support {
             next_attempt: 0,
             delay_notice_sent: false,
             pending_dsns: vec![],
+            held: false,
         }
     }
 }
