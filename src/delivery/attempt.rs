@@ -142,6 +142,9 @@ fn apply(env: &mut Envelope, i: usize, result: &RcptResult) -> Option<dsn::Recip
         RcptResult::Deferred { .. } => ("deferred", "none"),
     };
     metrics::counter!(names::DELIVERIES, "result" => outcome, "auth" => auth).increment(1);
+    if outcome != "deferred" {
+        crate::reporting::metrics::queue_time(outcome, now_unix() - env.received_at);
+    }
     env.apply(i, result)
 }
 
@@ -152,6 +155,9 @@ async fn finish_attempt(ctx: &Context, mut env: Envelope, message: &Body) -> Aft
     let now = now_unix();
     let d = &ctx.config.delivery;
     let expired = env.expire(now, d.queue_lifetime.get());
+    for _ in &expired {
+        crate::reporting::metrics::queue_time("expired", now - env.received_at);
+    }
     env.owe(dsn::Kind::Failure, expired);
     let schedule: Vec<std::time::Duration> = d.retry_schedule.iter().map(|s| s.get()).collect();
     env.schedule_next(now, &schedule);
