@@ -67,13 +67,15 @@ async fn readyz_until(port: u16, pred: impl Fn(&Answer) -> bool) -> Answer {
     }
 }
 
-/// A relay config: SMTP on `smtp`, metrics on `metrics`, DNS from `dns` under `world`'s anchor.
+/// A relay config: SMTP on `smtp`, metrics on `metrics`, DNS from `dns` under
+/// `world`'s anchor, `min_free` bytes of disk reserve.
 fn write_config(
     dir: &Path,
     ports: (u16, u16, u16),
     dns: SocketAddr,
     world: &DnsWorld,
     ca: &Path,
+    min_free: u64,
 ) -> PathBuf {
     let (smtp, metrics, mx) = ports;
     let path = dir.join("tlsrelay.toml");
@@ -83,6 +85,7 @@ listen = ["127.0.0.1:{smtp}"]
 hostname = "relay.test"
 [spool]
 dir = "{spool}"
+min_free = {min_free}
 [delivery]
 port = {mx}
 extra_roots = ["{ca}"]
@@ -127,10 +130,11 @@ async fn readyz_names_a_resolver_that_strips_dnssec() {
         stripper.addr(),
         &world,
         &root,
+        1 << 20,
     );
     let relay = start(dir.path(), &config, smtp).await;
 
-    let a = readyz_until(metrics, |a| a.body.contains("self-test fails")).await;
+    let a = readyz_until(metrics, |a| a.body.contains("self-test failed")).await;
     assert_eq!(a.status, 503, "{}\n{}", a.head, a.body);
     let lines: Vec<&str> = a.body.lines().collect();
     assert_eq!(
@@ -140,7 +144,7 @@ async fn readyz_names_a_resolver_that_strips_dnssec() {
         a.body
     );
     assert!(
-        lines[0].starts_with("dnssec: the DNSSEC self-test fails"),
+        lines[0].starts_with("dnssec: DNSSEC self-test failed: "),
         "{}",
         a.body
     );
@@ -164,6 +168,46 @@ async fn readyz_names_a_resolver_that_strips_dnssec() {
         errors, 1,
         "one ERROR line when the self-test starts failing: {log}"
     );
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn readyz_gives_every_reason_one_per_line() {
+    let dir = tempfile::tempdir().unwrap();
+    let world = DnsWorld::builder().start().await;
+    let stripper = StrippingResolver::start(world.addr()).await;
+    let (smtp, metrics) = (free_port(), free_port());
+    // A reserve no disk has: the relay runs, but refuses mail, and says so.
+    let reserve: u64 = 9_000_000_000_000_000_000;
+    let ca = dir.path().join("none.pem");
+    TestCa::new("unused CA").write_root_pem(&ca);
+    let ports = (smtp, metrics, free_port());
+    let config = write_config(dir.path(), ports, stripper.addr(), &world, &ca, reserve);
+    let relay = start(dir.path(), &config, smtp).await;
+    let a = readyz_until(metrics, |a| a.body.contains("self-test failed")).await;
+    eprintln!("/readyz answered:\n{}{}", a.head, a.body);
+    assert_eq!(a.status, 503, "{}\n{}", a.head, a.body);
+    let lines: Vec<&str> = a.body.lines().collect();
+    assert_eq!(lines.len(), 2, "{}", a.body);
+    assert!(
+        lines[0].starts_with("dnssec: DNSSEC self-test failed: "),
+        "{}",
+        a.body
+    );
+    assert!(lines[1].starts_with("disk: "), "{}", a.body);
+    assert!(
+        lines[1].ends_with(&format!(
+            "below the reserve of {reserve} ([spool] min_free)"
+        )),
+        "{}",
+        a.body
+    );
+    let text = http(metrics, "GET", "/metrics").await.body;
+    assert_eq!(
+        value(&text, m::SPOOL_RESERVE),
+        Some(reserve as f64),
+        "{text}"
+    );
+    relay.kill();
 }
 
 /// Series of every counter the relay registers, with their fixed labels.
@@ -268,6 +312,7 @@ async fn ready_relay_serves_clean_metrics_after_a_delivery() {
         world.addr(),
         &world,
         &root,
+        1 << 20,
     );
     let relay = start(dir.path(), &config, smtp).await;
 

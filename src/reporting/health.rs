@@ -94,10 +94,8 @@ impl fmt::Display for NotReady {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         match self {
             NotReady::DnssecPending => write!(f, "dnssec: the DNSSEC self-test has not finished yet"),
-            NotReady::DnssecFailing(why) => write!(
-                f,
-                "dnssec: the DNSSEC self-test fails, so every domain is deferred: {why}"
-            ),
+            // The self-test's own words already say what fails and that DANE cannot work.
+            NotReady::DnssecFailing(why) => write!(f, "dnssec: {why}"),
             NotReady::SpoolNotWritable(why) => write!(f, "spool: not writable: {why}"),
             NotReady::DiskBelowReserve { free, reserve } => write!(
                 f,
@@ -371,6 +369,10 @@ mod tests {
     fn reasons_read_as_one_line_each() {
         for (reason, want) in [
             (NotReady::DnssecPending, "dnssec: the DNSSEC self-test has not finished yet"),
+            (
+                NotReady::DnssecFailing("DNSSEC self-test failed: x; DANE cannot work".into()),
+                "dnssec: DNSSEC self-test failed: x; DANE cannot work",
+            ),
             (
                 NotReady::DiskBelowReserve { free: 5, reserve: 10 },
                 "disk: 5 bytes free on the spool's file system, below the reserve of 10 ([spool] min_free)",

@@ -440,7 +440,7 @@ impl Dns {
             Answer::Records { security, .. }
             | Answer::NoRecords { security }
             | Answer::NxDomain { security } => security.to_string(),
-            Answer::Bogus(reason) => format!("bogus ({reason})"),
+            Answer::Bogus(reason) => format!("bogus ({})", reason.trim_end()),
             Answer::TempFail(reason) => return Err(SelfTestError::Unanswered { reason }),
         };
         Err(SelfTestError::Stripped {
