@@ -23,6 +23,8 @@ pub struct Relay {
     initial: Vec<crate::spool::Envelope>,
     control: Handler,
     control_listener: tokio::net::UnixListener,
+    /// Held so the periodic DNSSEC self-test runs as long as the relay does.
+    _health: Arc<crate::reporting::health::Health>,
 }
 
 /// The DNS settings of a configuration.
@@ -79,23 +81,18 @@ impl Relay {
     pub async fn start(config: Arc<Config>) -> Result<Relay, StartError> {
         let dir = &config.spool.dir;
         let spool = open_spool(dir, config.spool.segment_size)?;
+        let health = crate::reporting::health::Health::new(&config);
         if let Some(addr) = config.metrics.listen {
-            crate::reporting::metrics::install(addr)
+            crate::reporting::endpoint::start(addr, health.clone())
                 .map_err(|e| StartError::Metrics(e.to_string()))?;
-            tracing::info!(%addr, "metrics endpoint listening");
+            tracing::info!(%addr, "metrics endpoint listening (/metrics, /healthz, /readyz)");
         }
         let dns = Dns::new(&dns_settings(&config))?;
         if config.delivery.enabled {
-            // In the background: a slow or unreachable resolver must not delay the listener.
-            let probe = dns.clone();
-            tokio::spawn(async move {
-                match probe.self_test().await {
-                    Ok(()) => tracing::info!("DNSSEC self-test passed: the root DNSKEY validates"),
-                    Err(why) => tracing::error!(
-                        "{why}; domains that need DANE are deferred, never downgraded"
-                    ),
-                }
-            });
+            // In the background, and again and again: a slow resolver must not delay the
+            // listener, and one that starts stripping DNSSEC later must still be seen.
+            let weak = Arc::downgrade(&health);
+            tokio::spawn(crate::reporting::health::run_self_tests(dns.clone(), weak));
         }
         let delivery = Delivery::new(config.clone(), spool.clone(), dns.clone())?;
         let control_dns = dns.clone();
@@ -127,6 +124,7 @@ impl Relay {
             })?;
         let inbound = Inbound::bind(config.clone(), spool, Some(delivery.queue_sender())).await?;
         Ok(Relay {
+            _health: health,
             control_listener,
             config,
             reporter,

@@ -147,6 +147,9 @@ fn apply(env: &mut Envelope, i: usize, result: &RcptResult) -> Option<dsn::Recip
     };
     metrics::counter!(names::DELIVERIES, "result" => outcome, "auth" => auth).increment(1);
     super::recipient_log::log_recipient(env, i, env.attempts + 1, result);
+    if outcome != "deferred" {
+        crate::reporting::metrics::queue_time(outcome, now_unix() - env.received_at);
+    }
     env.apply(i, result)
 }
 
@@ -161,6 +164,12 @@ async fn finish_attempt(ctx: &Context, mut env: Envelope, message: &Body) -> Aft
         .collect();
     let expired = env.expire(now, d.queue_lifetime.get());
     super::recipient_log::log_expired(&env, &pending);
+    // Every recipient the lifetime failed, not only those whose NOTIFY asks for a DSN.
+    for &i in &pending {
+        if env.recipients[i].state == RcptState::Failed {
+            crate::reporting::metrics::queue_time("expired", now - env.received_at);
+        }
+    }
     env.owe(dsn::Kind::Failure, expired);
     let schedule: Vec<std::time::Duration> = d.retry_schedule.iter().map(|s| s.get()).collect();
     env.schedule_next(now, &schedule);

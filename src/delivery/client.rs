@@ -224,6 +224,8 @@ pub struct Session {
     /// The certificate chain the server presented.
     pub peer_certificates: Vec<rustls_pki_types::CertificateDer<'static>>,
     timeouts: Timeouts,
+    /// Counted in the open-connections gauge while the session lives.
+    gauge: crate::reporting::metrics::OpenConnection,
 }
 
 impl Session {
@@ -284,7 +286,13 @@ impl Session {
             tls_cipher: String::new(),
             peer_certificates: Vec::new(),
             timeouts,
+            gauge: crate::reporting::metrics::OpenConnection::new(),
         })
+    }
+
+    /// Counts the connection under the mechanism that authenticated its peer.
+    pub fn authenticated_by(&mut self, mechanism: crate::model::mechanism::Mechanism) {
+        self.gauge.authenticated(mechanism);
     }
 
     /// Greeting, EHLO and STARTTLS in clear: the only commands ever sent before TLS.

@@ -158,13 +158,15 @@ async fn try_address(
         data: d.data_timeout.get(),
     };
     let helo = ctx.config.helo_name();
-    let session = match Session::open(&t.req.host, addr, helo, tls, &t.req.sni, timeouts).await {
+    let mut session = match Session::open(&t.req.host, addr, helo, tls, &t.req.sni, timeouts).await
+    {
         Ok(s) => s,
         Err(e) => {
             obs.refused(t, addr, &e);
             return Err((e.reason, false));
         }
     };
+    session.authenticated_by(t.req.mechanism);
     if job.demand == TlsDemand::RequireTls && !session.caps.requiretls {
         let reason = format!(
             "{}[{}] does not offer REQUIRETLS, which the sender asked for (RFC 8689)",

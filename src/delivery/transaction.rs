@@ -55,7 +55,10 @@ pub(super) async fn transact(
             return Some(job.all(RcptResult::Deferred { reason }));
         }
     };
-    let replies = match session.transaction(&mail, &rcpts, &message).await {
+    let started = std::time::Instant::now();
+    let replies = session.transaction(&mail, &rcpts, &message).await;
+    crate::reporting::metrics::transaction_time(started.elapsed(), replies.is_ok());
+    let replies = match replies {
         Ok(r) => r,
         Err(e) => {
             tracing::info!(id = %job.env.id, domain = %job.domain, host = %session.host, error = %e, reused, "session failed during the transaction");

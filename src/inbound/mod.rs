@@ -117,6 +117,8 @@ impl Inbound {
         for l in self.listeners {
             let tx = accepted_tx.clone();
             acceptors.spawn(async move {
+                // Counted for /readyz while this loop runs; an abort drops it too.
+                let _up = crate::reporting::health::listener_up();
                 loop {
                     match l.accept().await {
                         Ok(pair) => {
@@ -173,9 +175,11 @@ async fn admit(
     shutdown: watch::Receiver<bool>,
 ) {
     let _ = stream.set_nodelay(true);
+    metrics::counter!(crate::reporting::metrics::INBOUND_SESSIONS).increment(1);
     let ip = peer.ip();
     let Some(_permit) = session_permit(&shared, ip) else {
         tracing::warn!(client = %peer, "session refused: server.max_sessions reached");
+        crate::reporting::metrics::inbound_reply(421, "4.3.2");
         let _ = stream
             .write_all(b"421 4.3.2 Too many connections; try again later\r\n")
             .await;
@@ -192,6 +196,7 @@ async fn admit(
     };
     if !admitted {
         tracing::warn!(client = %peer, "session refused: server.max_sessions_per_client reached");
+        crate::reporting::metrics::inbound_reply(421, "4.7.0");
         let _ = stream
             .write_all(b"421 4.7.0 Too many connections from your address; try again later\r\n")
             .await;

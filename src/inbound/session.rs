@@ -110,6 +110,7 @@ impl Session {
     /// Queues a reply; `esc` is the enhanced status code, empty where none belongs
     /// (greeting, HELO, 354).
     fn reply(&mut self, code: u16, esc: &str, text: &str) {
+        crate::reporting::metrics::inbound_reply(code, esc);
         let line = if esc.is_empty() {
             format!("{code} {text}\r\n")
         } else {
@@ -764,6 +765,7 @@ impl Session {
             "accepted"
         );
         metrics::counter!(crate::reporting::metrics::ACCEPTED).increment(1);
+        metrics::counter!(crate::reporting::metrics::INBOUND_BYTES).increment(env.size);
         let reply = format!("Ok: queued as {}", env.id);
         if let Some(q) = &self.shared.queued {
             let _ = q.send(env);

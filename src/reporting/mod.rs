@@ -1,7 +1,10 @@
 //! What tlsrelay tells others: outcome records, TLS reports (RFC 8460) and metrics.
 
+pub mod endpoint;
+pub mod health;
 pub mod metrics;
 pub mod outcome;
+pub mod process;
 pub mod reporter;
 pub mod tlsrpt;
 pub mod upkeep;

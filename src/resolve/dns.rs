@@ -157,12 +157,27 @@ pub enum SelfTestError {
     },
     /// The query got no answer.
     #[error(
-        "DNSSEC self-test failed: cannot query the root DNSKEY: {reason}; \
+        "DNSSEC self-test failed: cannot query the root zone (DNSKEY, then SOA): {reason}; \
          DANE cannot work until the name servers answer"
     )]
     Unanswered {
         /// What went wrong.
         reason: String,
+    },
+    /// The root DNSKEY matches the anchor (that needs no signature), but the
+    /// root's other records do not validate: signatures are stripped on the way.
+    #[error(
+        "DNSSEC self-test failed: the root SOA from {servers} is {what}, not secure, although \
+         the root DNSKEY matches trust anchor {anchor}; the servers strip DNSSEC signatures, \
+         so DANE cannot work"
+    )]
+    Stripped {
+        /// The name servers asked.
+        servers: String,
+        /// Where the trust anchor came from.
+        anchor: String,
+        /// What the SOA came back as (its security, or the validator's complaint).
+        what: String,
     },
 }
 
@@ -390,7 +405,7 @@ impl Dns {
             Answer::Records {
                 security: Security::Secure,
                 ..
-            } => Ok(()),
+            } => self.self_test_signatures().await,
             Answer::Records { security, .. } => Err(SelfTestError::NotSecure {
                 servers: servers(),
                 anchor: anchor(),
@@ -406,6 +421,33 @@ impl Dns {
             }
             Answer::TempFail(reason) => Err(SelfTestError::Unanswered { reason }),
         }
+    }
+
+    /// The root SOA must validate too: a DNSKEY RRset equal to the anchor is
+    /// trusted without its RRSIG, so only a signed record shows stripping.
+    async fn self_test_signatures(&self) -> Result<(), SelfTestError> {
+        let answer = self
+            .query(".", RecordType::SOA, |r| match r {
+                RData::SOA(_) => Some(()),
+                _ => None,
+            })
+            .await;
+        let what = match answer {
+            Answer::Records {
+                security: Security::Secure,
+                ..
+            } => return Ok(()),
+            Answer::Records { security, .. }
+            | Answer::NoRecords { security }
+            | Answer::NxDomain { security } => security.to_string(),
+            Answer::Bogus(reason) => format!("bogus ({})", reason.trim_end()),
+            Answer::TempFail(reason) => return Err(SelfTestError::Unanswered { reason }),
+        };
+        Err(SelfTestError::Stripped {
+            servers: self.inner.servers.clone(),
+            anchor: self.inner.anchor.clone(),
+            what,
+        })
     }
 
     /// Runs one query and maps hickory's result into an `Answer`.
@@ -998,7 +1040,15 @@ mod tests {
                 SelfTestError::Unanswered {
                     reason: "timeout".into(),
                 },
-                "cannot query the root DNSKEY: timeout",
+                "cannot query the root zone (DNSKEY, then SOA): timeout",
+            ),
+            (
+                SelfTestError::Stripped {
+                    servers: servers(),
+                    anchor: anchor(),
+                    what: "insecure".into(),
+                },
+                "the root SOA from 127.0.0.1:53 is insecure, not secure, although the root DNSKEY matches trust anchor /etc/root.key; the servers strip DNSSEC signatures",
             ),
         ];
         for (e, words) in cases {

@@ -152,6 +152,84 @@ impl DnsWorld {
     }
 }
 
+/// A forwarding resolver in front of a world that removes every RRSIG from the
+/// answers (UDP, 127.0.0.1), as a middlebox or an old forwarder does: DNSSEC
+/// cannot validate through it. It stops when dropped.
+pub struct StrippingResolver {
+    addr: SocketAddr,
+    stripped: Arc<std::sync::atomic::AtomicUsize>,
+    task: tokio::task::JoinHandle<()>,
+}
+
+impl StrippingResolver {
+    /// Starts forwarding to `upstream`.
+    pub async fn start(upstream: SocketAddr) -> StrippingResolver {
+        let socket = Arc::new(
+            tokio::net::UdpSocket::bind("127.0.0.1:0")
+                .await
+                .expect("bind udp"),
+        );
+        let addr = socket.local_addr().expect("udp local addr");
+        let stripped = Arc::new(std::sync::atomic::AtomicUsize::new(0));
+        let count = stripped.clone();
+        let task = tokio::spawn(async move {
+            let mut buf = vec![0u8; 65_535];
+            while let Ok((n, client)) = socket.recv_from(&mut buf).await {
+                let query = buf[..n].to_vec();
+                let (socket, count) = (socket.clone(), count.clone());
+                tokio::spawn(async move {
+                    if let Some(answer) = forward_stripped(&query, upstream, &count).await {
+                        let _ = socket.send_to(&answer, client).await;
+                    }
+                });
+            }
+        });
+        StrippingResolver {
+            addr,
+            stripped,
+            task,
+        }
+    }
+
+    /// Where it listens (UDP).
+    pub fn addr(&self) -> SocketAddr {
+        self.addr
+    }
+
+    /// How many RRSIG records it has removed so far.
+    pub fn stripped(&self) -> usize {
+        self.stripped.load(std::sync::atomic::Ordering::SeqCst)
+    }
+}
+
+impl Drop for StrippingResolver {
+    fn drop(&mut self) {
+        self.task.abort();
+    }
+}
+
+/// One query upstream; the answer without its RRSIGs.
+async fn forward_stripped(
+    query: &[u8],
+    upstream: SocketAddr,
+    count: &std::sync::atomic::AtomicUsize,
+) -> Option<Vec<u8>> {
+    let up = tokio::net::UdpSocket::bind("127.0.0.1:0").await.ok()?;
+    up.send_to(query, upstream).await.ok()?;
+    let mut buf = vec![0u8; 65_535];
+    let n = tokio::time::timeout(Duration::from_secs(2), up.recv(&mut buf))
+        .await
+        .ok()?
+        .ok()?;
+    let mut msg = hickory_server::proto::op::Message::from_vec(&buf[..n]).ok()?;
+    for section in [&mut msg.answers, &mut msg.authorities, &mut msg.additionals] {
+        let before = section.len();
+        section.retain(|r| r.record_type() != RecordType::RRSIG);
+        count.fetch_add(before - section.len(), std::sync::atomic::Ordering::SeqCst);
+    }
+    msg.to_vec().ok()
+}
+
 /// A DNSKEY for a fresh key that is not part of any world, in zone-file syntax (for wrong-anchor tests).
 pub fn foreign_anchor_text() -> String {
     let key = ZoneKey::generate();
