@@ -34,8 +34,15 @@ enum Command {
         action: cli::queue::QueueAction,
     },
     /// Explain what tlsrelay would do for a domain: MX, DNSSEC, MTA-STS, TLSA,
-    /// TLS-RPT, local policy, and the requirement per host. Exit status 0 when
-    /// tlsrelay can deliver there, 1 when it cannot.
+    /// TLS-RPT, local policy, and the requirement per host.
+    ///
+    /// Exit status: 0 when the policies allow delivery and a host would be
+    /// contacted (without --probe; STARTTLS and certificates are then unknown),
+    /// or when a host passed the live check (with --probe); 1 when no host may
+    /// be contacted, none passed the live check, the domain refuses mail (null
+    /// MX) or its lookup fails now; 2 when the check could not run (bad
+    /// configuration or arguments). `--json` has the same verdict in
+    /// `verdict_kind`.
     Check {
         /// The recipient domain.
         domain: String,

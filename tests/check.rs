@@ -129,6 +129,45 @@ async fn check_explains_each_domain() {
         out.contains("TLS-RPT:       v=TLSRPTv1; rua=mailto:tls@dane.test"),
         "{out}"
     );
+    assert!(out.contains(" expires 20"), "certificate expiry: {out}");
+    for debug in ["UnknownIssuer", "Other(", "OtherError", "Some(", " { "] {
+        assert!(!out.contains(debug), "Rust debug text {debug:?} in: {out}");
+    }
+
+    let (code, out) = tokio::task::spawn_blocking({
+        let c = config.clone();
+        move || check(&c, "dane.test", &["--probe", "--json"])
+    })
+    .await
+    .unwrap();
+    assert_eq!(code, 0, "{out}");
+    let v: serde_json::Value = serde_json::from_str(&out).unwrap();
+    assert_eq!(v["verdict_kind"], "probe-passed", "{out}");
+    let host = &v["hosts"][0];
+    assert_eq!(host["mechanism"], "dane", "{out}");
+    let tlsa = &host["tlsa_records"][0];
+    assert_eq!(
+        (
+            tlsa["usage"].as_u64(),
+            tlsa["selector"].as_u64(),
+            tlsa["matching"].as_u64()
+        ),
+        (Some(3), Some(1), Some(1)),
+        "{out}"
+    );
+    assert_eq!(
+        tlsa["data"].as_str().map(str::len),
+        Some(64),
+        "the full SHA-256: {out}"
+    );
+    assert_eq!(tlsa["usable"], true);
+    let cert = &host["probe"]["certificates"][0];
+    assert!(
+        cert["not_after"].as_str().is_some_and(|t| t.ends_with('Z')),
+        "{out}"
+    );
+    assert!(cert["days_left"].as_i64().is_some_and(|d| d > 0), "{out}");
+    assert_eq!(cert["sha256"].as_str().map(str::len), Some(64), "{out}");
 
     let (code, out) = tokio::task::spawn_blocking({
         let c = config.clone();
@@ -144,6 +183,11 @@ async fn check_explains_each_domain() {
         serde_json::json!(["mx.sts.test"])
     );
     assert_eq!(v["mta_sts_record"], "20261128");
+    assert_eq!(v["verdict_kind"], "policy-allows", "{out}");
+    assert!(
+        v["verdict"].as_str().unwrap().contains("hosts not probed"),
+        "without --probe the verdict says what it cannot know: {out}"
+    );
     let hosts = v["hosts"].as_array().unwrap();
     assert!(
         hosts[0]["requirement"]

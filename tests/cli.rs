@@ -403,7 +403,7 @@ async fn queue_show_reads_the_old_envelope_format() {
         "id:          6A1B2C3D0E0F1A2B",
         "received:    2026-01-01T00:00:00+00:00 from 192.0.2.10:50123 (helo mta1.example.org) over TLSv1.3 TLS13_AES_256_GCM_SHA384",
         "size:        1234 bytes, body EightBitMime, smtputf8 true, requiretls true",
-        "dsn:         ret Some(Hdrs), envid Some(\"QQ314159\")",
+        "dsn:         ret HDRS, envid \"QQ314159\"",
         "recipient:   <bob@example.net> Delivered notify=success,delay orcpt=bob@example.net",
         "recipient:   <carol@example.com> Queued",
         "recipient:   <dave@example.com> Failed notify=never",

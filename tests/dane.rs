@@ -202,7 +202,7 @@ fn cases(c: &Cas) -> Vec<Case> {
         name: "unusablebad",
         tlsa: vec![(1, 1, 1, sha256(&l.spki_der))],
         opts: MxOptions::with_cert(l),
-        expect: Expect::Refused("UnknownIssuer", ResultType::CertificateNotTrusted),
+        expect: Expect::Refused("unknown issuer", ResultType::CertificateNotTrusted),
     });
     // Securely absent TLSA: the floor.
     let l = c.public.leaf(&["mx.notlsa.dane.test"]);

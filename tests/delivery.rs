@@ -119,7 +119,7 @@ async fn unauthenticated_hosts_are_refused_and_mail_stays_queued() {
             "selfsigned.test",
             "127.0.0.21",
             MxOptions::with_cert(pki::self_signed(&["mx.selfsigned.test"])),
-            "UnknownIssuer",
+            "unknown issuer",
             Some(ResultType::CertificateNotTrusted),
         ),
         (

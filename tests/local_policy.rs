@@ -95,7 +95,7 @@ async fn each_level_delivers_or_refuses_as_documented() {
                 partner_root.display()
             ),
             opts: MxOptions::with_cert(public.leaf(&["mx.cafilewrong.test"])),
-            refused: Some("UnknownIssuer"),
+            refused: Some("unknown issuer"),
         },
         Case {
             domain: "pinned.test",

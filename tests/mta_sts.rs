@@ -344,7 +344,7 @@ async fn enforce_mode_invalid_certificate_defers() {
         .last_reason
         .clone()
         .unwrap();
-    assert!(reason.contains("UnknownIssuer"), "{reason}");
+    assert!(reason.contains("unknown issuer"), "{reason}");
     assert!(relay
         .outcomes()
         .iter()

@@ -159,13 +159,13 @@ async fn sessions_resume_only_under_the_requirement_that_verified_them() {
             "names under another CA",
             names_under(&other_ca),
             false,
-            Err("UnknownIssuer"),
+            Err("unknown issuer"),
         ),
         (
             "WebPKI floor (test CA not a root)",
             PeerCheck::WebPki,
             false,
-            Err("UnknownIssuer"),
+            Err("unknown issuer"),
         ),
         ("encrypt floor", PeerCheck::EncryptOnly, false, Ok(Full)),
         (

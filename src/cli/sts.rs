@@ -72,7 +72,7 @@ fn list_line(c: &CachedPolicy) -> String {
     let mode = c
         .parsed()
         .as_ref()
-        .map(|p| format!("{:?}", p.mode).to_lowercase())
+        .map(|p| p.mode.as_str().to_string())
         .unwrap_or_default();
     format!(
         "{:<30} id {:<20} mode {:<8} expires {}",

@@ -54,10 +54,65 @@ pub struct Report {
     pub local_policy: Option<String>,
     /// Per MX host.
     pub hosts: Vec<HostReport>,
-    /// Whether tlsrelay can deliver to the domain.
+    /// Whether tlsrelay can deliver to the domain (as far as `verdict_kind` knows).
     pub deliverable: bool,
-    /// Why not, when it cannot.
+    /// What the verdict rests on.
+    pub verdict_kind: VerdictKind,
+    /// The verdict in words.
     pub verdict: String,
+}
+
+/// What a `check` verdict rests on; the exit status follows `deliverable`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
+#[serde(rename_all = "kebab-case")]
+pub enum VerdictKind {
+    /// The policies allow delivery and hosts would be contacted; not probed, so
+    /// STARTTLS and certificates are unknown (exit 0).
+    PolicyAllows,
+    /// At least one host passed the live STARTTLS and certificate check (exit 0).
+    ProbePassed,
+    /// The policies leave no host that may be contacted (exit 1).
+    NoUsableHost,
+    /// No host passed the live check (exit 1).
+    ProbeFailed,
+    /// Mail to the domain fails for good, e.g. a null MX (exit 1).
+    Refused,
+    /// Mail to the domain is deferred now, e.g. DNS failed (exit 1).
+    Deferred,
+    /// The domain is not a domain name (exit 1).
+    BadDomain,
+}
+
+/// A TLSA record in full, for `--json`.
+#[derive(Debug, Serialize)]
+pub struct TlsaRecord {
+    /// Certificate usage (2 DANE-TA, 3 DANE-EE; others are unusable for SMTP).
+    pub usage: u8,
+    /// Selector (0 certificate, 1 public key).
+    pub selector: u8,
+    /// Matching type (0 exact, 1 SHA-256, 2 SHA-512).
+    pub matching: u8,
+    /// Association data, hex.
+    pub data: String,
+    /// Whether tlsrelay can use it (RFC 7672 §3.1).
+    pub usable: bool,
+    /// The name it was found under (the TLSA base domain).
+    pub base: String,
+}
+
+/// One certificate of a probed chain, for `--json`.
+#[derive(Debug, Serialize)]
+pub struct CertInfo {
+    /// SHA-256 of the certificate, hex.
+    pub sha256: String,
+    /// Its DNS names.
+    pub names: Vec<String>,
+    /// Start of validity (RFC 3339), when it parses.
+    pub not_before: Option<String>,
+    /// End of validity (RFC 3339), when it parses.
+    pub not_after: Option<String>,
+    /// Whole days from now until `not_after` (negative: expired).
+    pub days_left: Option<i64>,
 }
 
 /// The MTA-STS policy in plain terms.
@@ -90,6 +145,10 @@ pub struct HostReport {
     pub tlsa_status: String,
     /// The name sent as SNI and checked (the TLSA base domain under DANE), when the host is contacted.
     pub sni: Option<String>,
+    /// The TLSA records in full.
+    pub tlsa_records: Vec<TlsaRecord>,
+    /// The mechanism that would authenticate the host (dane, mta-sts, local, verify, encrypt).
+    pub mechanism: Option<String>,
     /// The requirement tlsrelay would apply, or why the host is skipped.
     pub requirement: String,
     /// Whether the host would be contacted.
@@ -109,8 +168,10 @@ pub struct ProbeReport {
     pub tls_version: Option<String>,
     /// Cipher suite.
     pub cipher: Option<String>,
-    /// The presented chain: per certificate, SHA-256 and the DNS names.
+    /// The presented chain: per certificate, SHA-256, the DNS names and expiry.
     pub chain: Vec<String>,
+    /// The same chain as fields.
+    pub certificates: Vec<CertInfo>,
     /// Whether the chain satisfies the TLSA records (None when DANE does not apply).
     pub dane: Option<String>,
     /// Whether it satisfies MTA-STS (WebPKI for the MX name), when a policy applies.
@@ -166,7 +227,11 @@ pub async fn run(
     };
     let domain = match Domain::parse(domain) {
         Ok(d) => d,
-        Err(e) => return Report::empty(domain, self_test, format!("cannot check: {e}")),
+        Err(e) => {
+            let mut r = Report::empty(domain, self_test, format!("cannot check: {e}"));
+            r.verdict_kind = VerdictKind::BadDomain;
+            return r;
+        }
     };
     let src = Sources {
         config,
@@ -182,11 +247,13 @@ pub async fn run(
         DomainPlan::Fail { status, reason } => {
             report.mx = format!("permanent failure {status}: {reason}");
             report.verdict = report.mx.clone();
+            report.verdict_kind = VerdictKind::Refused;
             return report;
         }
         DomainPlan::Defer { reason, .. } => {
             report.mx = format!("deferred: {reason}");
             report.verdict = report.mx.clone();
+            report.verdict_kind = VerdictKind::Deferred;
             return report;
         }
         DomainPlan::Hosts { steps, .. } => steps,
@@ -225,6 +292,7 @@ impl Report {
             local_policy: None,
             hosts: vec![],
             deliverable: false,
+            verdict_kind: VerdictKind::NoUsableHost,
             verdict,
         }
     }
@@ -289,6 +357,8 @@ fn host_report(hf: &HostFacts, step: &HostStep) -> HostReport {
         address_dnssec: String::new(),
         tlsa: vec![],
         tlsa_status: String::new(),
+        tlsa_records: tlsa_records(hf),
+        mechanism: None,
         sni: None,
         requirement: String::new(),
         usable: false,
@@ -310,6 +380,7 @@ fn host_report(hf: &HostFacts, step: &HostStep) -> HostReport {
         HostStep::Connect(t) => {
             h.usable = true;
             h.sni = Some(t.req.sni.clone());
+            h.mechanism = Some(t.req.auth_label().to_string());
             h.requirement = describe(&t.req);
         }
         HostStep::Skip(s) if s.cause == SkipCause::Dns => {
@@ -318,6 +389,24 @@ fn host_report(hf: &HostFacts, step: &HostStep) -> HostReport {
         HostStep::Skip(s) => h.requirement = format!("not contacted: {}", s.reason),
     }
     h
+}
+
+/// The TLSA records in full, as fields.
+fn tlsa_records(hf: &HostFacts) -> Vec<TlsaRecord> {
+    let Some(Answer::Records { records, .. }) = hf.tlsa.as_ref().map(|t| &t.answer) else {
+        return vec![];
+    };
+    let base = hf.tlsa.as_ref().map(|t| t.base.clone()).unwrap_or_default();
+    (records.iter())
+        .map(|r| TlsaRecord {
+            usage: r.usage,
+            selector: r.selector,
+            matching: r.matching,
+            data: r.data.iter().map(|b| format!("{b:02x}")).collect(),
+            usable: r.is_usable(),
+            base: base.clone(),
+        })
+        .collect()
 }
 
 /// The TLSA records (each marked usable or not) and the lookup's status.
@@ -390,20 +479,28 @@ fn conclude(report: &mut Report, probe: bool) {
     let probed_ok = (report.hosts.iter())
         .filter(|h| h.probe.as_ref().is_some_and(|p| p.satisfies_requirement))
         .count();
-    report.deliverable = if probe { probed_ok > 0 } else { usable > 0 };
-    report.verdict = match (report.deliverable, probe) {
-        (true, false) => {
-            format!("tlsrelay can deliver to {ascii}: {usable} host(s) would be contacted")
-        }
-        (true, true) => {
+    report.verdict_kind = match (probe, probed_ok > 0, usable > 0) {
+        (true, true, _) => VerdictKind::ProbePassed,
+        (true, false, _) => VerdictKind::ProbeFailed,
+        (false, _, true) => VerdictKind::PolicyAllows,
+        (false, _, false) => VerdictKind::NoUsableHost,
+    };
+    report.deliverable = matches!(
+        report.verdict_kind,
+        VerdictKind::ProbePassed | VerdictKind::PolicyAllows
+    );
+    report.verdict = match report.verdict_kind {
+        VerdictKind::PolicyAllows => format!(
+            "policy allows delivery to {ascii}: {usable} host(s) would be contacted; \
+             hosts not probed, so STARTTLS and certificates are unknown (add --probe)"
+        ),
+        VerdictKind::ProbePassed => {
             format!("tlsrelay can deliver to {ascii}: {probed_ok} host(s) passed the live check")
         }
-        (false, false) => {
-            format!("tlsrelay cannot deliver to {ascii} now: no MX host may be contacted")
-        }
-        (false, true) => {
+        VerdictKind::ProbeFailed => {
             format!("tlsrelay cannot deliver to {ascii} now: no MX host passed the live check")
         }
+        _ => format!("tlsrelay cannot deliver to {ascii} now: no MX host may be contacted"),
     };
 }
 
@@ -426,6 +523,7 @@ impl ProbeContext<'_> {
             tls_version: None,
             cipher: None,
             chain: vec![],
+            certificates: vec![],
             dane: None,
             mta_sts: None,
             floor: String::new(),
@@ -444,7 +542,8 @@ impl ProbeContext<'_> {
         p.cipher = Some(session.tls_cipher.clone());
         let chain = session.peer_certificates.clone();
         session.quit().await;
-        p.chain = chain.iter().map(describe_cert).collect();
+        p.certificates = chain.iter().map(cert_info).collect();
+        p.chain = p.certificates.iter().map(describe_cert).collect();
         self.judge(&mut p, &chain, t);
         p
     }
@@ -515,17 +614,53 @@ impl ProbeContext<'_> {
     }
 }
 
-/// A certificate as `sha256:HEX names: [..]`.
-fn describe_cert(c: &CertificateDer<'_>) -> String {
-    let fp: String = ring::digest::digest(&ring::digest::SHA256, c.as_ref())
+/// A certificate's fingerprint, names and validity.
+fn cert_info(c: &CertificateDer<'_>) -> CertInfo {
+    let sha256: String = ring::digest::digest(&ring::digest::SHA256, c.as_ref())
         .as_ref()
         .iter()
         .map(|b| format!("{b:02x}"))
         .collect();
     let names = webpki::EndEntityCert::try_from(c)
-        .map(|ee| ee.valid_dns_names().collect::<Vec<_>>().join(", "))
+        .map(|ee| ee.valid_dns_names().map(str::to_string).collect())
         .unwrap_or_default();
-    format!("sha256:{fp} names: [{names}]")
+    let validity = x509_parser::parse_x509_certificate(c.as_ref())
+        .ok()
+        .map(|(_, x)| {
+            (
+                x.validity().not_before.timestamp(),
+                x.validity().not_after.timestamp(),
+            )
+        });
+    let now = chrono::Utc::now().timestamp();
+    CertInfo {
+        sha256,
+        names,
+        not_before: validity.map(|(b, _)| rfc3339(b)),
+        not_after: validity.map(|(_, a)| rfc3339(a)),
+        days_left: validity.map(|(_, a)| (a - now).div_euclid(86400)),
+    }
+}
+
+/// Unix seconds as RFC 3339 UTC.
+fn rfc3339(t: i64) -> String {
+    chrono::DateTime::from_timestamp(t, 0)
+        .map(|t| t.to_rfc3339_opts(chrono::SecondsFormat::Secs, true))
+        .unwrap_or_default()
+}
+
+/// A certificate as `sha256:HEX names: [..] expires DATE (N days)`.
+fn describe_cert(c: &CertInfo) -> String {
+    let expiry = match (&c.not_after, c.days_left) {
+        (Some(at), Some(d)) if d < 0 => format!(" EXPIRED {at}"),
+        (Some(at), Some(d)) => format!(" expires {at} ({d} days)"),
+        _ => String::new(),
+    };
+    format!(
+        "sha256:{} names: [{}]{expiry}",
+        c.sha256,
+        c.names.join(", ")
+    )
 }
 
 /// The report in plain words, for people.

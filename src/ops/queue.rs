@@ -340,10 +340,13 @@ pub fn show(spool: &Spool, id: &str, as_json: bool) -> Result<String, QueueError
         env.size, env.body, env.smtputf8, env.requiretls
     );
     if env.ret.is_some() || env.envid.is_some() {
-        // The shape of `{:?}` (which scripts may read), the value made visible.
-        let envid =
-            (env.envid.as_deref()).map_or("None".into(), |e| format!("Some({:?})", visible(e)));
-        let _ = writeln!(out, "dsn:         ret {:?}, envid {envid}", env.ret);
+        let envid = (env.envid.as_deref()).map_or("-".into(), |e| format!("\"{}\"", visible(e)));
+        let ret = match env.ret {
+            Some(crate::spool::DsnRet::Full) => "FULL",
+            Some(crate::spool::DsnRet::Hdrs) => "HDRS",
+            None => "-",
+        };
+        let _ = writeln!(out, "dsn:         ret {ret}, envid {envid}");
     }
     let _ = writeln!(out, "attempts:    {}", env.attempts);
     if env.held {

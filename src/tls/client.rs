@@ -46,7 +46,7 @@ pub enum Rejection {
     #[error("{0}")]
     BadName(#[from] InvalidDnsNameError),
     /// The verifier refused the chain.
-    #[error("{0}")]
+    #[error("{}", super::errors::tls_words(.0))]
     Refused(#[from] rustls::Error),
 }
 

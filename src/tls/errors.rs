@@ -25,18 +25,124 @@ pub fn classify_tls_error(err: &std::io::Error) -> (ResultType, String) {
         },
         _ => ResultType::ValidationFailure,
     };
-    let words = match tls {
-        // The message of our own verifiers' errors, not their Debug form.
-        rustls::Error::InvalidCertificate(C::Other(other)) => other.0.to_string(),
-        other => other.to_string(),
+    (kind, format!("TLS handshake failed: {}", tls_words(tls)))
+}
+
+/// A TLS error in plain words: rustls and webpki show many of their errors
+/// only in their Debug form (`UnknownIssuer`, `Other(OtherError(CaUsedAsEndEntity))`).
+pub fn tls_words(err: &rustls::Error) -> String {
+    match err {
+        rustls::Error::InvalidCertificate(c) => certificate_words(c),
+        other => camel_to_words(&other.to_string()),
+    }
+}
+
+/// Why a certificate was refused, in plain words.
+fn certificate_words(c: &rustls::CertificateError) -> String {
+    use rustls::CertificateError as C;
+    let fixed = match c {
+        C::BadEncoding => "the certificate is malformed",
+        C::Expired => "the certificate has expired",
+        C::NotValidYet => "the certificate is not valid yet",
+        C::Revoked => "the certificate is revoked",
+        C::UnhandledCriticalExtension => {
+            "the certificate has a critical extension that is not understood"
+        }
+        C::UnknownIssuer => "the chain does not lead to a trusted root (unknown issuer)",
+        C::BadSignature => "a signature in the chain does not verify",
+        C::NotValidForName => "the certificate does not name the host",
+        C::InvalidPurpose => "the certificate is not for TLS server use",
+        C::ApplicationVerificationFailure => "the certificate failed a check of tlsrelay's",
+        C::Other(other) => return other_words(other),
+        // The *Context variants of rustls write plain sentences with their details.
+        other => return other.to_string(),
     };
-    (kind, format!("TLS handshake failed: {words}"))
+    fixed.to_string()
+}
+
+/// Our verifiers' errors carry their own sentence; webpki's only a variant name.
+fn other_words(other: &rustls::OtherError) -> String {
+    match other.0.downcast_ref::<webpki::Error>() {
+        Some(w) => webpki_words(w),
+        None => other.0.to_string(),
+    }
+}
+
+/// A webpki error in plain words.
+pub fn webpki_words(w: &webpki::Error) -> String {
+    match w {
+        webpki::Error::CaUsedAsEndEntity => {
+            "the server presented a CA certificate as its own".into()
+        }
+        webpki::Error::EndEntityUsedAsCa => {
+            "an end-entity certificate is used as a CA in the chain".into()
+        }
+        webpki::Error::CertExpired { .. } => "the certificate has expired".into(),
+        webpki::Error::CertNotValidYet { .. } => "the certificate is not valid yet".into(),
+        webpki::Error::UnknownIssuer => {
+            "the chain does not lead to a trusted root (unknown issuer)".into()
+        }
+        other => camel_to_words(&format!("{other:?}")),
+    }
+}
+
+/// `CaUsedAsEndEntity { .. }` as `ca used as end entity`: the last resort for
+/// an error that has no words of its own.
+fn camel_to_words(s: &str) -> String {
+    let end = s
+        .find(|c: char| !c.is_ascii_alphanumeric())
+        .unwrap_or(s.len());
+    let (name, rest) = s.split_at(end);
+    let debug_shaped = rest.is_empty() || rest.starts_with(" {") || rest.starts_with('(');
+    let camel = name.starts_with(|c: char| c.is_ascii_uppercase())
+        && name.contains(|c: char| c.is_ascii_lowercase());
+    if !debug_shaped || !camel {
+        return s.to_string();
+    }
+    let mut out = String::new();
+    for (i, c) in name.chars().enumerate() {
+        if c.is_ascii_uppercase() && i > 0 {
+            out.push(' ');
+        }
+        out.push(c.to_ascii_lowercase());
+    }
+    out
 }
 
 #[cfg(test)]
 mod tests {
     use super::*;
     use rustls::CertificateError as C;
+
+    #[test]
+    fn tls_errors_in_plain_words() {
+        let other = |e: webpki::Error| {
+            rustls::Error::InvalidCertificate(C::Other(rustls::OtherError(std::sync::Arc::new(e))))
+        };
+        let cases = [
+            (
+                rustls::Error::InvalidCertificate(C::UnknownIssuer),
+                "the chain does not lead to a trusted root (unknown issuer)",
+            ),
+            (
+                rustls::Error::InvalidCertificate(C::NotValidForName),
+                "the certificate does not name the host",
+            ),
+            (
+                other(webpki::Error::CaUsedAsEndEntity),
+                "the server presented a CA certificate as its own",
+            ),
+            (
+                other(webpki::Error::UnsupportedCriticalExtension),
+                "unsupported critical extension",
+            ),
+        ];
+        for (err, want) in cases {
+            assert_eq!(tls_words(&err), want);
+        }
+        let words = tls_words(&rustls::Error::InvalidCertificate(C::Expired));
+        assert!(!words.contains("Expired"), "{words}");
+    }
 
     fn io(e: rustls::Error) -> std::io::Error {
         std::io::Error::new(std::io::ErrorKind::InvalidData, e)

@@ -216,7 +216,7 @@ pub enum CaFileError {
         path: PathBuf,
     },
     /// A certificate that webpki cannot take as a trust anchor.
-    #[error("ca_file {}: certificate {number} cannot be a trust anchor ({error:?})", .path.display())]
+    #[error("ca_file {}: certificate {number} cannot be a trust anchor ({})", .path.display(), crate::tls::webpki_words(.error))]
     NotAnchor {
         /// The file.
         path: PathBuf,
