@@ -196,7 +196,8 @@ mod tests {
     fn plans() {
         let relay = account("tlsrelay", 999);
         let toor = account("toor", 0);
-        let cases: Vec<(u32, Option<&Account>, bool, Result<Plan, &str>)> = vec![
+        type Case<'a> = (u32, Option<&'a Account>, bool, Result<Plan, &'a str>);
+        let cases: Vec<Case> = vec![
             (0, None, false, Err("refusing to run as root: set [server] user = \"tlsrelay\" in /etc/x.toml, or run as an unprivileged user")),
             (0, None, true, Ok(Plan::Stay)),
             (0, Some(&relay), false, Ok(Plan::SwitchTo(relay.clone()))),
