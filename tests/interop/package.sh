@@ -62,6 +62,11 @@ fi
 exec 9>/tmp/tlsrelay-dane-testbed.lock
 flock -w 600 9 || die "another test bed run held the lock for 600 s"
 port_in_use() { (exec 3<>"/dev/tcp/$1/$2") 2>/dev/null; }
+busy=()
+for ap in 127.0.0.53:53 127.0.0.1:5353 127.0.0.10:25 127.0.0.11:25 127.0.0.1:2525 127.0.0.1:2526 127.0.0.30:443; do
+  port_in_use "${ap%:*}" "${ap#*:}" && busy+=("$ap")
+done
+((${#busy[@]} == 0)) || die "test bed addresses already in use (${busy[*]}): is another test bed running? Stop it with its teardown.sh first."
 
 # ---------------------------------------------------------------- state and cleanup
 export TB
@@ -202,11 +207,6 @@ check $? "as root, tlsrelay serve (config found at $ETC) refuses to run: $(head 
 
 # ---------------------------------------------------------------- a destination: the test bed
 log "setting up the test bed from $TESTBED in TB=$TB"
-busy=()
-for ap in 127.0.0.53:53 127.0.0.1:5353 127.0.0.10:25 127.0.0.11:25 127.0.0.1:2525 127.0.0.1:2526 127.0.0.30:443; do
-  port_in_use "${ap%:*}" "${ap#*:}" && busy+=("$ap")
-done
-((${#busy[@]} == 0)) || die "test bed addresses already in use (${busy[*]})"
 TB_STARTED=1
 for step in setup-pki.sh setup-dns.sh setup-postfix.sh start-https.sh; do
   timeout 180 "$TESTBED/$step" > "$TB/logs/$step.log" 2>&1 ||
