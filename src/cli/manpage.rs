@@ -10,14 +10,9 @@ pub fn write(cmd: clap::Command, out: &mut dyn Write) -> anyhow::Result<()> {
     let man = clap_mangen::Man::new(cmd.version(env!("CARGO_PKG_VERSION")))
         .section("8")
         .manual("System Manager's Manual");
-    man.render_title(out)?;
-    man.render_name_section(out)?;
-    man.render_synopsis_section(out)?;
-    man.render_description_section(out)?;
-    man.render_options_section(out)?;
-    man.render_subcommands_section(out)?;
+    // One render (each render_* part would repeat the roff preamble), then ours.
+    man.render(out)?;
     out.write_all(files_section().as_bytes())?;
-    man.render_version_section(out)?;
     Ok(())
 }
 
