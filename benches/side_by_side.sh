@@ -396,7 +396,8 @@ nameservers = ["127.0.0.1:$KNOT_PORT"]
 trust_anchor_file = "$TB/dns/root-anchor.dnskey"
 EOF
   "$BIN" config check "$CFG" > "$d/config-check.out" 2>&1 || { cat "$d/config-check.out"; die "config check failed"; }
-  NO_COLOR=1 "$BIN" serve --config "$CFG" </dev/null > "$d/tlsrelay.out" 2> "$d/tlsrelay.log" &
+  # run as root like everything here: serve refuses root without [server] user otherwise
+  TLSRELAY_ALLOW_ROOT=1 NO_COLOR=1 "$BIN" serve --config "$CFG" </dev/null > "$d/tlsrelay.out" 2> "$d/tlsrelay.log" &
   RELAY_PID=$!
   RELAY_LOG=$d/tlsrelay.log
   wait_port 127.0.0.1 "$RELAY_PORT" "$RELAY_PID" 30 || { tail -n 20 "$d/tlsrelay.log"; die "tlsrelay did not start"; }

@@ -192,6 +192,9 @@ pub struct ServerConfig {
     /// `auth_users_file`; others get `553 5.7.1`. Clients relaying by
     /// `relay_networks` without AUTH are not affected.
     pub sender_login_match: bool,
+    /// Started as root, `serve` binds its listeners and then runs as this user;
+    /// unset, it refuses to run as root.
+    pub user: Option<String>,
 }
 
 impl Default for ServerConfig {
@@ -225,6 +228,7 @@ impl Default for ServerConfig {
             auth_max_failures_per_user: 20,
             auth_lockout: HumanDuration(Duration::from_secs(900)),
             sender_login_match: false,
+            user: None,
         }
     }
 }
@@ -269,7 +273,22 @@ impl ServerConfig {
                 "server.hostname must be a host name without spaces, e.g. \"relay.example.com\"",
             ));
         }
-        Ok(())
+        self.check_user()
+    }
+
+    /// `user` must name an account that is not root (uid 0 under another name is caught at start).
+    fn check_user(&self) -> Result<(), Violation> {
+        match self.user.as_deref() {
+            Some("root") => Err(violation(
+                "user",
+                "server.user = \"root\" would keep every privilege; name an unprivileged account such as \"tlsrelay\"",
+            )),
+            Some(u) if u.is_empty() || u.contains(|c: char| c.is_whitespace() || c == ':' || c == '\0') => Err(violation(
+                "user",
+                "server.user must be a user name from /etc/passwd, e.g. \"tlsrelay\"",
+            )),
+            _ => Ok(()),
+        }
     }
 
     /// Line length, counts and sizes that would make the server unusable.
@@ -841,6 +860,13 @@ mod tests {
             ("[server]\n\nmax_line_length = 100\n", 3, "512"),
             ("[server]\ntls_cert_file = \"a.pem\"\n", 2, "tls_key_file"),
             ("[nosuch]\n", 1, "unknown field `nosuch`"),
+            ("[server]\nuser = \"root\"\n", 2, "unprivileged account"),
+            (
+                "[server]\n\nuser = \"mail user\"\n",
+                3,
+                "user name from /etc/passwd",
+            ),
+            ("[server]\nuser = \"\"\n", 2, "user name from /etc/passwd"),
         ];
         for (text, line, needle) in cases {
             let err = Config::parse(text, Some(Path::new("t.toml"))).unwrap_err();
@@ -866,5 +892,17 @@ mod example_file {
         let defaults = Config::default();
         example.server.hostname = defaults.server.hostname.clone();
         assert_eq!(format!("{example:?}"), format!("{defaults:?}"));
+    }
+
+    /// `deploy/debian/tlsrelay.toml` (installed as /etc/tlsrelay/tlsrelay.toml)
+    /// must parse and differ from the defaults only in the service's paths.
+    #[test]
+    fn packaged_config_differs_only_in_paths() {
+        let path = Path::new(env!("CARGO_MANIFEST_DIR")).join("deploy/debian/tlsrelay.toml");
+        let mut packaged = Config::load(&path).unwrap();
+        let defaults = Config::default();
+        assert_eq!(packaged.spool.dir, Path::new("/var/spool/tlsrelay"));
+        packaged.spool.dir = defaults.spool.dir.clone();
+        assert_eq!(format!("{packaged:?}"), format!("{defaults:?}"));
     }
 }

@@ -3,16 +3,17 @@
 
 mod cli;
 
-use std::path::PathBuf;
+use std::path::{Path, PathBuf};
 use std::process::ExitCode;
 
-use clap::{Parser, Subcommand};
+use clap::{CommandFactory, Parser, Subcommand};
 
 /// An outbound SMTP relay that delivers only over authenticated, forward-secret TLS.
 #[derive(Parser)]
 #[command(name = "tlsrelay", version)]
 struct Cli {
-    /// Configuration file (TOML). Without it, the built-in defaults apply.
+    /// Configuration file (TOML). Default: $TLSRELAY_CONFIG if set, else
+    /// /etc/tlsrelay/tlsrelay.toml if it exists, else the built-in defaults.
     #[arg(long, short, global = true)]
     config: Option<PathBuf>,
     #[command(subcommand)]
@@ -71,6 +72,9 @@ enum Command {
         #[arg(long)]
         json: bool,
     },
+    /// Print the manual page tlsrelay(8) (roff), made from these definitions; used by packaging.
+    #[command(hide = true)]
+    Manpage,
 }
 
 fn main() -> ExitCode {
@@ -85,7 +89,13 @@ fn main() -> ExitCode {
 }
 
 fn run(cli: Cli) -> anyhow::Result<ExitCode> {
-    let path = cli.config.as_deref();
+    // Every subcommand finds the file (and so the server's spool) the same way.
+    let path = cli::config_path(
+        cli.config,
+        std::env::var_os(cli::CONFIG_ENV),
+        Path::new(cli::SYSTEM_CONFIG).exists(),
+    );
+    let path = path.as_deref();
     match cli.command {
         Command::Serve => cli::serve::run(path),
         Command::Config { action } => cli::config::run(action),
@@ -98,5 +108,9 @@ fn run(cli: Cli) -> anyhow::Result<ExitCode> {
         Command::Sts { action } => cli::sts::run(path, action),
         Command::Policy { action } => cli::policy::run(path, action),
         Command::Report { action, json } => cli::report::run(path, action, json),
+        Command::Manpage => {
+            cli::manpage::write(Cli::command(), &mut std::io::stdout().lock())?;
+            Ok(ExitCode::SUCCESS)
+        }
     }
 }

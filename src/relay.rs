@@ -79,6 +79,16 @@ pub enum StartError {
 impl Relay {
     /// Locks and recovers the spool, sets up DNS and TLS, and binds the listeners.
     pub async fn start(config: Arc<Config>) -> Result<Relay, StartError> {
+        let listeners = crate::inbound::bind_listeners(&config.server.listen).await?;
+        Relay::start_on(config, listeners).await
+    }
+
+    /// Like [`Relay::start`], on SMTP listeners bound earlier (by `serve`, as
+    /// root, before it switches user): everything else, spool first, is opened here.
+    pub async fn start_on(
+        config: Arc<Config>,
+        listeners: Vec<tokio::net::TcpListener>,
+    ) -> Result<Relay, StartError> {
         let dir = &config.spool.dir;
         let spool = open_spool(dir, config.spool.segment_size)?;
         let health = crate::reporting::health::Health::new(&config);
@@ -122,7 +132,8 @@ impl Relay {
                 path: crate::ops::control::socket_path(dir),
                 err,
             })?;
-        let inbound = Inbound::bind(config.clone(), spool, Some(delivery.queue_sender())).await?;
+        let queued = Some(delivery.queue_sender());
+        let inbound = Inbound::with_listeners(config.clone(), spool, queued, listeners)?;
         Ok(Relay {
             _health: health,
             control_listener,

@@ -320,6 +320,8 @@ async fn config_check_rejects_each_missing_file_that_serve_would() {
             move || {
                 Command::new(env!("CARGO_BIN_EXE_tlsrelay"))
                     .args(["serve", "-c", &path])
+                    // Tests run as root in CI; the refusal itself is tested in tests/service.rs.
+                    .env("TLSRELAY_ALLOW_ROOT", "1")
                     .output()
                     .unwrap()
             }

@@ -77,6 +77,8 @@ impl Served {
     async fn start(config: &Path, log: PathBuf, port: u16) -> Served {
         let child = Command::new(env!("CARGO_BIN_EXE_tlsrelay"))
             .args(["serve", "--config"])
+            // Tests run as root in CI; the refusal itself is tested in tests/service.rs.
+            .env("TLSRELAY_ALLOW_ROOT", "1")
             .arg(config)
             .stdin(Stdio::null())
             .stdout(Stdio::null())

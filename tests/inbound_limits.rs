@@ -93,6 +93,8 @@ async fn start_binary(dir: &Path, server_toml: &str) -> Binary {
     .unwrap();
     let child = Command::new(env!("CARGO_BIN_EXE_tlsrelay"))
         .args(["serve", "--config"])
+        // Tests run as root in CI; the refusal itself is tested in tests/service.rs.
+        .env("TLSRELAY_ALLOW_ROOT", "1")
         .arg(&config)
         .stdin(Stdio::null())
         .stdout(Stdio::null())

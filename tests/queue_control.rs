@@ -31,6 +31,8 @@ fn write_config(dir: &Path, port: u16) -> PathBuf {
 async fn serve(config: &Path, port: u16, log: &Path) -> Child {
     let child = Command::new(env!("CARGO_BIN_EXE_tlsrelay"))
         .args(["serve", "--config"])
+        // Tests run as root in CI; the refusal itself is tested in tests/service.rs.
+        .env("TLSRELAY_ALLOW_ROOT", "1")
         .arg(config)
         .env("NO_COLOR", "1")
         .stdin(Stdio::null())

@@ -31,6 +31,8 @@ fn write_config(dir: &Path, name: &str, port: u16) -> std::path::PathBuf {
 fn spawn(config: &Path) -> Child {
     Command::new(env!("CARGO_BIN_EXE_tlsrelay"))
         .args(["serve", "--config"])
+        // Tests run as root in CI; the refusal itself is tested in tests/service.rs.
+        .env("TLSRELAY_ALLOW_ROOT", "1")
         .arg(config)
         .stdin(Stdio::null())
         .stdout(Stdio::null())

@@ -57,12 +57,36 @@ impl std::fmt::Display for StartError {
 
 impl std::error::Error for StartError {}
 
+/// Binds every address in `listen` (nothing is accepted until [`Inbound::run`]).
+pub async fn bind_listeners(listen: &[SocketAddr]) -> Result<Vec<TcpListener>, StartError> {
+    let mut listeners = Vec::new();
+    for addr in listen {
+        let l = TcpListener::bind(addr)
+            .await
+            .map_err(|e| StartError(format!("cannot listen on {addr}: {e}")))?;
+        listeners.push(l);
+    }
+    Ok(listeners)
+}
+
 impl Inbound {
     /// Loads TLS material and the users file, and binds every listen address.
     pub async fn bind(
         config: Arc<Config>,
         spool: Spool,
         queued: Option<mpsc::UnboundedSender<Envelope>>,
+    ) -> Result<Inbound, StartError> {
+        let listeners = bind_listeners(&config.server.listen).await?;
+        Inbound::with_listeners(config, spool, queued, listeners)
+    }
+
+    /// Like [`Inbound::bind`], on listeners bound earlier by [`bind_listeners`]
+    /// (by `serve`, before it gives up root).
+    pub fn with_listeners(
+        config: Arc<Config>,
+        spool: Spool,
+        queued: Option<mpsc::UnboundedSender<Envelope>>,
+        listeners: Vec<TcpListener>,
     ) -> Result<Inbound, StartError> {
         let tls = match (&config.server.tls_cert_file, &config.server.tls_key_file) {
             (Some(cert), Some(key)) => Some(TlsAcceptor::from(Arc::new(
@@ -76,13 +100,6 @@ impl Inbound {
             )),
             None => None,
         };
-        let mut listeners = Vec::new();
-        for addr in &config.server.listen {
-            let l = TcpListener::bind(addr)
-                .await
-                .map_err(|e| StartError(format!("cannot listen on {addr}: {e}")))?;
-            listeners.push(l);
-        }
         let sessions = Arc::new(Semaphore::new(config.server.max_sessions));
         let reserved = Arc::new(Semaphore::new(config.server.reserved_sessions));
         Ok(Inbound {

@@ -1,8 +1,10 @@
-//! The operator's views: the queue commands, `tlsrelay check`, the control socket and the log format.
+//! The operator's views (the queue commands, `tlsrelay check`, the control
+//! socket, the log format) and the process identity of `serve`.
 
 pub mod check;
 pub mod control;
 pub mod filter;
 pub mod logging;
+pub mod privileges;
 pub mod queue;
 pub mod summary;

@@ -40,6 +40,8 @@ pub async fn start_relay_logging(config: &Path, port: u16, log: &Path) -> Relay 
 async fn spawn(config: &Path, port: u16, stderr: Stdio) -> Relay {
     let child = Command::new(env!("CARGO_BIN_EXE_tlsrelay"))
         .args(["serve", "--config"])
+        // Tests run as root in CI; the refusal itself is tested in tests/service.rs.
+        .env("TLSRELAY_ALLOW_ROOT", "1")
         .arg(config)
         .env("NO_COLOR", "1")
         .stdin(Stdio::null())
