@@ -172,7 +172,7 @@ async fn serve_as_root_binds_then_runs_as_the_configured_user() {
     let stderr = String::from_utf8_lossy(&out.stderr);
     assert!(out.status.success(), "{stderr}");
     assert!(
-        stderr.contains("switched from root to the configured user user=nobody uid=65534"),
+        stderr.contains("msg=\"switched from root to the configured user\" user=nobody uid=65534"),
         "{stderr}"
     );
     let files = walk(&spool);

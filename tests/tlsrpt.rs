@@ -324,7 +324,8 @@ async fn idn_domain_report_is_sent_once_under_the_a_label() {
         .start()
         .await;
     let extra = format!(
-        "[tls_rpt]\norganization_name = \"Test Org\"\nextra_roots = [\"{}\"]",
+        // The day is from 2024: kept past the default 30-day retention.
+        "[tls_rpt]\norganization_name = \"Test Org\"\nretention = \"100000d\"\nextra_roots = [\"{}\"]",
         root.display()
     );
     let config = Arc::new(

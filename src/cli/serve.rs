@@ -18,6 +18,10 @@ pub fn run(config_path: Option<&Path>) -> anyhow::Result<ExitCode> {
     // Before anything is bound or logged: root without `[server] user` stops here.
     let identity = identity_plan(&config, config_path)?;
     tlsrelay::ops::logging::init(&config.log);
+    if privileges::euid() == 0 && identity == Plan::Stay {
+        let env = privileges::ALLOW_ROOT_ENV;
+        tracing::warn!("running as root ({env}=1): files in the spool will belong to root");
+    }
     match config_path {
         Some(file) => tracing::info!(file = %file.display(), "configuration file"),
         None => tracing::info!(
@@ -50,12 +54,6 @@ fn identity_plan(config: &Config, config_path: Option<&Path>) -> anyhow::Result<
     let allow_root = std::env::var_os(privileges::ALLOW_ROOT_ENV).is_some_and(|v| v == "1");
     let euid = privileges::euid();
     let plan = privileges::plan(euid, account.as_ref(), allow_root, &file)?;
-    if euid == 0 && plan == Plan::Stay {
-        eprintln!(
-            "tlsrelay: warning: running as root ({}=1): files in the spool will belong to root",
-            privileges::ALLOW_ROOT_ENV
-        );
-    }
     Ok(plan)
 }
 

@@ -4,6 +4,7 @@
 //! shutdown signal, then lets sessions in flight finish (within the grace time).
 
 pub(crate) mod auth;
+pub mod credentials;
 mod conn;
 pub(crate) mod session;
 mod throttle;
@@ -18,7 +19,6 @@ use tokio::io::AsyncWriteExt;
 use tokio::net::{TcpListener, TcpStream};
 use tokio::sync::{mpsc, watch, OwnedSemaphorePermit, Semaphore};
 use tokio::task::JoinSet;
-use tokio_rustls::TlsAcceptor;
 
 use crate::config::Config;
 use crate::spool::{Envelope, Spool};
@@ -27,8 +27,8 @@ use crate::spool::{Envelope, Spool};
 pub(crate) struct Shared {
     pub config: Arc<Config>,
     pub spool: Spool,
-    pub tls: Option<TlsAcceptor>,
-    pub users: Option<Arc<Users>>,
+    /// The certificate and users, swapped whole on reload.
+    pub credentials: Arc<credentials::Credentials>,
     /// The password-check pool and AUTH failure throttling.
     pub auth_gate: throttle::AuthGate,
     /// Told about each message as soon as it is durable, so delivery can start.
@@ -88,18 +88,7 @@ impl Inbound {
         queued: Option<mpsc::UnboundedSender<Envelope>>,
         listeners: Vec<TcpListener>,
     ) -> Result<Inbound, StartError> {
-        let tls = match (&config.server.tls_cert_file, &config.server.tls_key_file) {
-            (Some(cert), Some(key)) => Some(TlsAcceptor::from(Arc::new(
-                crate::tls::server_config(cert, key).map_err(|e| StartError(e.to_string()))?,
-            ))),
-            _ => None,
-        };
-        let users = match &config.server.auth_users_file {
-            Some(path) => Some(Arc::new(
-                Users::load(path).map_err(|e| StartError(e.to_string()))?,
-            )),
-            None => None,
-        };
+        let credentials = Arc::new(credentials::Credentials::load(&config).map_err(StartError)?);
         let sessions = Arc::new(Semaphore::new(config.server.max_sessions));
         let reserved = Arc::new(Semaphore::new(config.server.reserved_sessions));
         Ok(Inbound {
@@ -108,14 +97,18 @@ impl Inbound {
                 auth_gate: throttle::AuthGate::new(&config.server),
                 config,
                 spool,
-                tls,
-                users,
+                credentials,
                 queued,
                 sessions,
                 reserved,
                 per_client: Mutex::new(HashMap::new()),
             }),
         })
+    }
+
+    /// The certificate and users in force, for reload.
+    pub fn credentials(&self) -> Arc<credentials::Credentials> {
+        self.shared.credentials.clone()
     }
 
     /// The addresses actually bound (useful when a port of 0 was asked for).

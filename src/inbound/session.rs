@@ -361,10 +361,10 @@ impl Session {
             "CHUNKING".into(),
             "DSN".into(),
         ];
-        if self.shared.tls.is_some() && !tls {
+        if self.shared.credentials.tls().is_some() && !tls {
             lines.push("STARTTLS".into());
         }
-        if tls && self.shared.users.is_some() && self.auth_user.is_none() {
+        if tls && self.shared.credentials.users().is_some() && self.auth_user.is_none() {
             lines.push("AUTH PLAIN LOGIN".into());
         }
         if tls {
@@ -400,7 +400,7 @@ impl Session {
     /// With `server.sender_login_match`, why an authenticated user may not use `sender`.
     fn sender_refusal(&self, sender: &str) -> Option<String> {
         let user = self.auth_user.as_deref()?;
-        let users = self.shared.users.as_ref()?;
+        let users = self.shared.credentials.users()?;
         if !self.cfg().sender_login_match || users.may_send_as(user, sender) {
             return None;
         }
@@ -799,7 +799,7 @@ impl Session {
     }
 
     async fn starttls(&mut self) -> Result<(), Stop> {
-        let Some(acceptor) = self.shared.tls.clone() else {
+        let Some(acceptor) = self.shared.credentials.tls() else {
             self.error(502, "5.5.1", "STARTTLS is not available");
             return Ok(());
         };
@@ -840,7 +840,7 @@ impl Session {
             self.error(530, "5.7.0", "Must issue a STARTTLS command first");
             return Ok(());
         }
-        let Some(users) = self.shared.users.clone() else {
+        let Some(users) = self.shared.credentials.users() else {
             self.error(502, "5.5.1", "AUTH is not available");
             return Ok(());
         };

@@ -31,30 +31,65 @@ pub fn filter(level: &str) -> EnvFilter {
     if let Ok(f) = EnvFilter::try_from_default_env() {
         return f;
     }
+    EnvFilter::try_new(quieted(level)).unwrap_or_else(|_| EnvFilter::new("info"))
+}
+
+/// `level` with the noisy dependencies at `error` unless it names them.
+fn quieted(level: &str) -> String {
     let mut spec = level.to_string();
     for target in NOISY.iter().filter(|t| !level.contains(*t)) {
         spec.push_str(&format!(",{target}=error"));
     }
-    EnvFilter::try_new(spec).unwrap_or_else(|_| EnvFilter::new("info"))
+    spec
 }
 
-/// Installs the global subscriber for `log`.
+/// Swaps the filter of the installed subscriber (set by `init`).
+type LevelSetter = Box<dyn Fn(EnvFilter) -> Result<(), String> + Send + Sync>;
+
+/// The running server's filter switch; unset until `init`.
+static SET_FILTER: std::sync::OnceLock<LevelSetter> = std::sync::OnceLock::new();
+
+/// Installs the global subscriber for `log`; its level can change later with [`set_level`].
 pub fn init(log: &LogConfig) {
-    let builder = tracing_subscriber::fmt()
-        .with_env_filter(filter(&log.level))
-        .with_ansi(false);
+    // The filter comes last: the reload handle's type names the format and writer.
+    let base = tracing_subscriber::fmt().with_ansi(false);
     match log.format {
-        LogFormat::Text => builder
-            .event_format(Logfmt)
-            .with_writer(|| VisibleStderr)
-            .init(),
-        LogFormat::Json => builder
-            .json()
-            .flatten_event(true)
-            .with_current_span(false)
-            .with_span_list(false)
-            .with_writer(std::io::stderr)
-            .init(),
+        LogFormat::Text => {
+            let b = base
+                .event_format(Logfmt)
+                .with_writer(|| VisibleStderr)
+                .with_env_filter(filter(&log.level))
+                .with_filter_reloading();
+            let handle = b.reload_handle();
+            let _ = SET_FILTER.set(Box::new(move |f| handle.reload(f).map_err(|e| e.to_string())));
+            b.init();
+        }
+        LogFormat::Json => {
+            let b = base
+                .json()
+                .flatten_event(true)
+                .with_current_span(false)
+                .with_span_list(false)
+                .with_writer(std::io::stderr)
+                .with_env_filter(filter(&log.level))
+                .with_filter_reloading();
+            let handle = b.reload_handle();
+            let _ = SET_FILTER.set(Box::new(move |f| handle.reload(f).map_err(|e| e.to_string())));
+            b.init();
+        }
+    }
+}
+
+/// Applies a new `[log] level` (SIGHUP, `tlsrelay reload`); `RUST_LOG`, when
+/// set, still wins. Says what happened.
+pub fn set_level(level: &str) -> Result<String, String> {
+    if std::env::var_os("RUST_LOG").is_some() {
+        return Ok("log level kept: RUST_LOG overrides [log] level".into());
+    }
+    let f = EnvFilter::try_new(quieted(level)).map_err(|e| format!("[log] level {level:?}: {e}"))?;
+    match SET_FILTER.get() {
+        Some(set) => set(f).map(|()| format!("log level {level}")),
+        None => Ok("log level kept: no log subscriber of ours".into()),
     }
 }
 
