@@ -29,6 +29,11 @@ enum Command {
         #[command(subcommand)]
         action: cli::config::ConfigAction,
     },
+    /// Make the running server reread its configuration: certificate and key,
+    /// users file, log level, local policies and the MTA-STS cache take effect
+    /// at once; other changed settings are named as needing a restart. Exit
+    /// status 1 when something could not be reloaded (the old state stays).
+    Reload,
     /// Look at and manage the queue.
     Queue {
         #[command(subcommand)]
@@ -100,6 +105,7 @@ fn run(cli: Cli) -> anyhow::Result<ExitCode> {
         Command::Serve => cli::serve::run(path),
         Command::Config { action } => cli::config::run(action),
         Command::Queue { action } => cli::queue::run(path, action),
+        Command::Reload => cli::reload::run(path),
         Command::Check {
             domain,
             probe,

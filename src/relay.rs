@@ -11,6 +11,7 @@ use crate::config::Config;
 use crate::delivery::{Delivery, DeliveryError};
 use crate::inbound::Inbound;
 use crate::ops::control::Handler;
+use crate::ops::reload::Reloader;
 use crate::resolve::dns::{Dns, DnsSettings, DnsSetupError};
 use crate::spool::{Spool, SpoolError};
 
@@ -125,6 +126,7 @@ impl Relay {
             dns: control_dns,
             requeue: config.delivery.enabled.then(|| delivery.queue_sender()),
             scheduler: config.delivery.enabled.then(|| delivery.commands()),
+            reloader: Arc::default(),
         };
         // Before the inbound listener: once mail is accepted, queue commands must reach us.
         let control_listener =
@@ -146,15 +148,18 @@ impl Relay {
         })
     }
 
-    /// What SIGHUP does: reread the configuration file (reporting errors), the
-    /// local policies and the MTA-STS cache.
-    pub fn reloader(&self, config_path: Option<std::path::PathBuf>) -> Reloader {
-        Reloader {
+    /// What SIGHUP and `tlsrelay reload` do: see [`Reloader::reload`].
+    pub fn reloader(&self, config_path: Option<std::path::PathBuf>) -> Arc<Reloader> {
+        let reloader = Arc::new(Reloader {
             config_path,
-            policies_dir: self.config.policies.dir.clone(),
+            current: std::sync::Mutex::new(self.config.clone()),
             slot: self.delivery.policy_slot(),
             mta_sts: self.delivery.mta_sts(),
-        }
+            credentials: self.inbound.credentials(),
+        });
+        // `tlsrelay reload` reaches it through the control socket.
+        let _ = self.control.reloader.set(reloader.clone());
+        reloader
     }
 
     /// The spool this relay holds (open and locked while the relay lives).
@@ -214,41 +219,4 @@ fn open_spool(dir: &std::path::Path, segment_bytes: u64) -> Result<Spool, StartE
         tracing::error!(id = %id, "damaged envelope moved to {}/corrupt; inspect it by hand", dir.display());
     }
     Ok(spool)
-}
-
-/// Reloads policies (and checks the configuration) on SIGHUP without dropping mail.
-pub struct Reloader {
-    config_path: Option<std::path::PathBuf>,
-    policies_dir: Option<std::path::PathBuf>,
-    slot: crate::delivery::PolicySlot,
-    mta_sts: Option<Arc<crate::resolve::mta_sts::MtaSts>>,
-}
-
-impl Reloader {
-    /// Rereads what can change while running; a bad file keeps the old state.
-    pub fn reload(&self) {
-        if let Some(path) = &self.config_path {
-            match Config::load(path) {
-                Ok(_) => {
-                    tracing::info!(file = %path.display(), "configuration file checked; listener, spool and delivery settings take effect at the next restart")
-                }
-                Err(e) => tracing::error!("configuration not reloaded: {e}"),
-            }
-        }
-        if let Some(dir) = &self.policies_dir {
-            match crate::policy::local::PolicySet::load_dir(dir) {
-                Ok(set) => {
-                    tracing::info!(dir = %dir.display(), count = set.len(), "local policies reloaded");
-                    *self.slot.write().unwrap() = Arc::new(set);
-                }
-                Err(e) => tracing::error!(
-                    "local policies not reloaded, the previous ones stay in force: {e}"
-                ),
-            }
-        }
-        if let Some(sts) = &self.mta_sts {
-            sts.reload_from_disk();
-            tracing::info!("MTA-STS cache reread from disk");
-        }
-    }
 }

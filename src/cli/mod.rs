@@ -7,6 +7,7 @@ pub mod config;
 pub mod manpage;
 pub mod policy;
 pub mod queue;
+pub mod reload;
 pub mod report;
 pub mod serve;
 pub mod sts;

@@ -86,7 +86,7 @@ async fn serve(
     for addr in relay.local_addrs() {
         tracing::info!(%addr, hostname = %config.server.hostname, "listening");
     }
-    let reload = Arc::new(relay.reloader(config_path.map(Path::to_path_buf)));
+    let reload = relay.reloader(config_path.map(Path::to_path_buf));
     tokio::spawn(async move {
         while hup.recv().await.is_some() {
             // Reading thousands of policy files is blocking work: off the

@@ -4,8 +4,8 @@
 //! shutdown signal, then lets sessions in flight finish (within the grace time).
 
 pub(crate) mod auth;
-pub mod credentials;
 mod conn;
+pub mod credentials;
 pub(crate) mod session;
 mod throttle;
 

@@ -130,6 +130,8 @@ pub enum Request {
         /// Send even those not due yet.
         now: bool,
     },
+    /// `reload`: what SIGHUP does, with its report.
+    Reload,
 }
 
 impl Request {
@@ -257,6 +259,8 @@ pub struct Handler {
     pub requeue: Option<mpsc::UnboundedSender<Envelope>>,
     /// Where holds, deletions and suspensions go so the scheduler acts at once.
     pub scheduler: Option<mpsc::UnboundedSender<Command>>,
+    /// What `reload` runs; set once `serve` has made it.
+    pub reloader: Arc<std::sync::OnceLock<Arc<crate::ops::reload::Reloader>>>,
 }
 
 /// Binds the control socket of the spool at `dir`, which this process holds locked.
@@ -333,6 +337,9 @@ impl Handler {
         if let Request::ReportSend { day, now } = req {
             return self.report_send(day, now).await;
         }
+        if let Request::Reload = req {
+            return self.reload().await;
+        }
         let h = self.clone();
         let result = tokio::task::spawn_blocking(move || h.queue(&req)).await;
         match result {
@@ -382,6 +389,20 @@ impl Handler {
             for env in again.iter().filter_map(|id| self.spool.load(id).ok()) {
                 let _ = tx.send(env);
             }
+        }
+    }
+
+    /// Runs the reload off the runtime's threads (it reads files) and answers its report.
+    async fn reload(&self) -> Response {
+        let Some(reloader) = self.reloader.get().cloned() else {
+            return refuse("this server cannot reload (it was not started by tlsrelay serve)");
+        };
+        match tokio::task::spawn_blocking(move || reloader.reload()).await {
+            Ok(report) => Response {
+                ok: report.errors.is_empty(),
+                output: report.to_string(),
+            },
+            Err(e) => refuse(&format!("the reload failed: {e}")),
         }
     }
 
@@ -440,7 +461,7 @@ pub fn run_queue(
         Request::QueueSuspend { domain, seconds } => queue::suspend(spool, domain, *seconds),
         Request::QueueResume { domain } => queue::resume(spool, domain),
         Request::QueueSuspended { json } => queue::suspended(spool, *json).map(Into::into),
-        Request::ReportSend { .. } => Ok(queue::Done::default()),
+        Request::ReportSend { .. } | Request::Reload => Ok(queue::Done::default()),
     }
 }
 

@@ -61,7 +61,9 @@ pub fn init(log: &LogConfig) {
                 .with_env_filter(filter(&log.level))
                 .with_filter_reloading();
             let handle = b.reload_handle();
-            let _ = SET_FILTER.set(Box::new(move |f| handle.reload(f).map_err(|e| e.to_string())));
+            let _ = SET_FILTER.set(Box::new(move |f| {
+                handle.reload(f).map_err(|e| e.to_string())
+            }));
             b.init();
         }
         LogFormat::Json => {
@@ -74,7 +76,9 @@ pub fn init(log: &LogConfig) {
                 .with_env_filter(filter(&log.level))
                 .with_filter_reloading();
             let handle = b.reload_handle();
-            let _ = SET_FILTER.set(Box::new(move |f| handle.reload(f).map_err(|e| e.to_string())));
+            let _ = SET_FILTER.set(Box::new(move |f| {
+                handle.reload(f).map_err(|e| e.to_string())
+            }));
             b.init();
         }
     }
@@ -86,7 +90,8 @@ pub fn set_level(level: &str) -> Result<String, String> {
     if std::env::var_os("RUST_LOG").is_some() {
         return Ok("log level kept: RUST_LOG overrides [log] level".into());
     }
-    let f = EnvFilter::try_new(quieted(level)).map_err(|e| format!("[log] level {level:?}: {e}"))?;
+    let f =
+        EnvFilter::try_new(quieted(level)).map_err(|e| format!("[log] level {level:?}: {e}"))?;
     match SET_FILTER.get() {
         Some(set) => set(f).map(|()| format!("log level {level}")),
         None => Ok("log level kept: no log subscriber of ours".into()),

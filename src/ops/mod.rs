@@ -7,4 +7,5 @@ pub mod filter;
 pub mod logging;
 pub mod privileges;
 pub mod queue;
+pub mod reload;
 pub mod summary;

@@ -32,6 +32,18 @@ pub struct Client {
 }
 
 impl Client {
+    /// The connection under the client (to start TLS on it by hand).
+    pub fn into_inner(self) -> Box<dyn Stream> {
+        self.io.into_inner()
+    }
+
+    /// A client over an established stream (e.g. after a hand-made TLS handshake).
+    pub fn from_stream_boxed(stream: Box<dyn Stream>) -> Client {
+        Client {
+            io: BufReader::new(stream),
+        }
+    }
+
     /// Connects and returns the client and the greeting.
     pub async fn connect(addr: SocketAddr) -> (Client, Reply) {
         let tcp = TcpStream::connect(addr).await.expect("connect");
