@@ -248,7 +248,7 @@ done
 port_in_use 127.0.0.1 $PORT; check $? "the service listens on 127.0.0.1:$PORT"
 uid_line=$(awk '/^Uid:/ { print $2, $3, $4, $5 }' "/proc/$RELAY_PID/status" 2>/dev/null)
 [[ $uid_line == "$TUID $TUID $TUID $TUID" ]]; check $? "the service runs as tlsrelay (uid $TUID; /proc says: $uid_line)"
-grep -qF "configuration file file=$ETC" "$W/tlsrelay.log"
+grep -qF "msg=\"configuration file\" file=$ETC" "$W/tlsrelay.log"
 check $? "serve logs the configuration it found: $(grep -m1 -o 'configuration file.*' "$W/tlsrelay.log")"
 
 RUN=$(date +%s)-$$
@@ -272,6 +272,9 @@ grep -qs "^X-Package-Test: $RUN" "$MAILDIR"/*; check $? "the message reached the
 grep -hs "\"queue_id\":\"$QID\"" "$SPOOL"/outcomes/*.jsonl | grep -q '"tls_ok":true' &&
   grep -hs "\"queue_id\":\"$QID\"" "$SPOOL"/outcomes/*.jsonl | grep -q '"auth":"dane"'
 check $? "tlsrelay's outcome record: delivered over TLS authenticated by DANE"
+line=$(grep -F "msg=\"recipient delivered\" id=$QID " "$W/tlsrelay.log" | head -n 1)
+[[ $line == *" mechanism=dane "* && $line == *" result=delivered "* && $line == *" tls_version=TLSv1."* ]]
+check $? "the log has the recipient's line: ${line:-none}"
 
 bad=$(find "$SPOOL" \( ! -user tlsrelay -o ! -group tlsrelay \) -printf '%p %u:%g\n')
 [[ -z $bad && $(find "$SPOOL" | wc -l) -gt 3 ]]; check $? "every spool file belongs to tlsrelay ${bad:+(not: $bad)}"
