@@ -620,7 +620,7 @@ fn cache_files(dir: &Path) -> Vec<(PathBuf, Domain, CachedPolicy)> {
 fn classify_fetch_error(host: &str, e: &reqwest::Error) -> FetchError {
     let certificate = |tls: &rustls::Error| FetchError::Certificate {
         host: host.to_string(),
-        words: tls.to_string(),
+        words: format!("invalid peer certificate: {}", crate::tls::tls_words(tls)),
     };
     let mut source: Option<&dyn std::error::Error> = Some(e);
     while let Some(s) = source {
@@ -649,6 +649,7 @@ fn classify_fetch_error(host: &str, e: &reqwest::Error) -> FetchError {
     // hyper-util boxes the TLS error in types that hide rustls::Error from
     // downcasting; rustls's own wording identifies certificate failures.
     if words.contains("invalid peer certificate") {
+        let words = crate::tls::plain_certificate_words(&words);
         FetchError::Certificate { host, words }
     } else {
         FetchError::Request { host, words }

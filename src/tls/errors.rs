@@ -37,6 +37,34 @@ pub fn tls_words(err: &rustls::Error) -> String {
     }
 }
 
+/// `text` with rustls's Debug names of certificate errors (as a wrapped error
+/// chain prints them, `invalid peer certificate: UnknownIssuer`) put in words.
+pub fn plain_certificate_words(text: &str) -> String {
+    use rustls::CertificateError as C;
+    let names = [
+        ("UnknownIssuer", C::UnknownIssuer),
+        ("NotValidForName", C::NotValidForName),
+        ("Expired", C::Expired),
+        ("NotValidYet", C::NotValidYet),
+        ("BadEncoding", C::BadEncoding),
+        ("BadSignature", C::BadSignature),
+        ("Revoked", C::Revoked),
+        ("InvalidPurpose", C::InvalidPurpose),
+        ("UnhandledCriticalExtension", C::UnhandledCriticalExtension),
+    ];
+    let mut out = text.to_string();
+    for (name, err) in names {
+        let debug = format!("invalid peer certificate: {name}");
+        let end =
+            |rest: &str| rest.is_empty() || rest.starts_with(|c: char| !c.is_ascii_alphanumeric());
+        if let Some(at) = out.find(&debug).filter(|&at| end(&out[at + debug.len()..])) {
+            let words = format!("invalid peer certificate: {}", certificate_words(&err));
+            out.replace_range(at..at + debug.len(), &words);
+        }
+    }
+    out
+}
+
 /// Why a certificate was refused, in plain words.
 fn certificate_words(c: &rustls::CertificateError) -> String {
     use rustls::CertificateError as C;
@@ -142,6 +170,17 @@ mod tests {
         }
         let words = tls_words(&rustls::Error::InvalidCertificate(C::Expired));
         assert!(!words.contains("Expired"), "{words}");
+        let chain = "error sending request: client error (Connect): invalid peer certificate: UnknownIssuer";
+        assert_eq!(
+            plain_certificate_words(chain),
+            "error sending request: client error (Connect): invalid peer certificate: the chain does not lead to a trusted root (unknown issuer)"
+        );
+        let other = "invalid peer certificate: ExpiredContext { time: 1 }";
+        assert_eq!(
+            plain_certificate_words(other),
+            other,
+            "only whole names are replaced"
+        );
     }
 
     fn io(e: rustls::Error) -> std::io::Error {

@@ -22,7 +22,7 @@ use std::sync::{Arc, OnceLock};
 use rustls::crypto::CryptoProvider;
 
 pub use client::{https_client_config, ClientTls, ClientTlsError, Rejection, CONFIG_CACHE_SIZE};
-pub use errors::{classify_tls_error, tls_words, webpki_words};
+pub use errors::{classify_tls_error, plain_certificate_words, tls_words, webpki_words};
 pub use keys::{check_key_strength, key_description, KeyKind, WeakKey};
 pub use pem::{load_certs, PemError};
 pub use roots::{trust_store, RootsError};
