@@ -441,6 +441,12 @@ pub struct DeliveryConfig {
     /// record pointing there would make tlsrelay deliver to this machine. For
     /// labs and tests whose MX hosts listen on 127.0.0.x.
     pub allow_loopback_destinations: bool,
+    /// Bind outgoing IPv4 connections to this address (e.g. the one SPF lists); unset: the kernel chooses.
+    pub source_ipv4: Option<std::net::Ipv4Addr>,
+    /// Bind outgoing IPv6 connections to this address; unset: the kernel chooses.
+    pub source_ipv6: Option<std::net::Ipv6Addr>,
+    /// Address families to connect over: `any`, `ipv4`, `ipv6`, `prefer-ipv6`, `prefer-ipv4`.
+    pub address_family: crate::model::egress::AddressFamily,
 }
 
 impl Default for DeliveryConfig {
@@ -465,11 +471,23 @@ impl Default for DeliveryConfig {
             queue_scan_interval: secs(10),
             honor_tls_required_no: false,
             allow_loopback_destinations: false,
+            source_ipv4: None,
+            source_ipv6: None,
+            address_family: crate::model::egress::AddressFamily::Any,
         }
     }
 }
 
 impl DeliveryConfig {
+    /// The source addresses and families of `[delivery]`, before any route's own.
+    pub fn egress(&self) -> crate::model::egress::Egress {
+        crate::model::egress::Egress {
+            source_ipv4: self.source_ipv4,
+            source_ipv6: self.source_ipv6,
+            family: self.address_family,
+        }
+    }
+
     /// The `[delivery]` rules: a usable retry schedule, limits and lifetime.
     fn check(&self) -> Result<(), Violation> {
         if self.retry_schedule.is_empty() || self.retry_schedule.iter().any(|r| r.0.is_zero()) {

@@ -4,6 +4,7 @@ pub mod address;
 pub mod dns;
 pub mod domain;
 pub mod dsn;
+pub mod egress;
 pub mod mechanism;
 pub mod metric;
 pub mod notify;

@@ -48,7 +48,10 @@ use std::collections::HashMap;
 use std::fmt;
 use std::path::{Path, PathBuf};
 
+use chrono::NaiveDate;
+
 use crate::model::domain::{Domain, MxPattern};
+use crate::model::egress::{EgressOverride, NextHop};
 use crate::policy::requirement::CaCerts;
 
 use parse::FieldError;
@@ -289,6 +292,14 @@ pub struct LocalPolicy {
     pub min_tls: MinTls,
     /// MX host patterns allowed (`*.x` = one label below x); empty = every MX host.
     pub mx: Vec<MxPattern>,
+    /// A `[[route]]`: the next hop that takes the domain's mail instead of its MX hosts.
+    pub route: Option<NextHop>,
+    /// Source addresses and families this entry sets (the rest come from `[delivery]`).
+    pub egress: EgressOverride,
+    /// Until when the entry applies, and who asked for it and why.
+    pub exception: Exception,
+    /// Whether the entry may replace the DANE or MTA-STS policy the domain publishes.
+    pub overrides: Overrides,
     /// Where the policy was written, as `file:line`.
     pub source: String,
 }
@@ -325,6 +336,86 @@ impl LocalPolicy {
         };
         self.mx.iter().any(|p| p.matches_domain(&host))
     }
+}
+
+/// The bookkeeping of an entry that is an exception: its end, owner and reason.
+#[derive(Debug, Clone, Default, PartialEq, Eq, serde::Serialize)]
+pub struct Exception {
+    /// The last day (UTC) the entry applies; none = no end.
+    pub expires: Option<NaiveDate>,
+    /// Who is responsible for it.
+    pub owner: Option<String>,
+    /// Why it exists.
+    pub reason: Option<String>,
+    /// The ticket that decided it.
+    pub ticket: Option<String>,
+}
+
+/// How many days before `expires` the relay starts warning, daily.
+pub const EXPIRY_WARNING_DAYS: i64 = 14;
+
+/// Where an entry stands on a given day.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, serde::Serialize)]
+#[serde(rename_all = "kebab-case", tag = "state")]
+pub enum ExceptionState {
+    /// No `expires`: the entry applies until it is removed.
+    Permanent,
+    /// It applies, and ends in more than [`EXPIRY_WARNING_DAYS`] days.
+    Active {
+        /// Days until the last day (0 on the last day).
+        days_left: i64,
+    },
+    /// It applies, and ends within [`EXPIRY_WARNING_DAYS`] days: warned daily.
+    Expiring {
+        /// Days until the last day (0 on the last day).
+        days_left: i64,
+    },
+    /// Past its last day: the entry no longer applies.
+    Expired {
+        /// Days since the last day (1 on the first day it no longer applies).
+        days_ago: i64,
+    },
+}
+
+impl Exception {
+    /// The state of the entry on `today` (UTC).
+    pub fn state(&self, today: NaiveDate) -> ExceptionState {
+        let Some(last) = self.expires else {
+            return ExceptionState::Permanent;
+        };
+        let days_left = (last - today).num_days();
+        if days_left < 0 {
+            ExceptionState::Expired {
+                days_ago: -days_left,
+            }
+        } else if days_left <= EXPIRY_WARNING_DAYS {
+            ExceptionState::Expiring { days_left }
+        } else {
+            ExceptionState::Active { days_left }
+        }
+    }
+
+    /// Owner, reason and ticket in words, for log lines and listings.
+    pub fn describe(&self) -> String {
+        let parts: Vec<String> = [
+            ("owner", &self.owner),
+            ("reason", &self.reason),
+            ("ticket", &self.ticket),
+        ]
+        .into_iter()
+        .filter_map(|(k, v)| v.as_ref().map(|v| format!("{k}: {v}")))
+        .collect();
+        parts.join(", ")
+    }
+}
+
+/// The `override_dane` and `override_mta_sts` flags of an entry.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, serde::Serialize)]
+pub struct Overrides {
+    /// The entry may replace DANE the domain publishes.
+    pub dane: bool,
+    /// The entry may replace the domain's MTA-STS policy in enforce mode.
+    pub mta_sts: bool,
 }
 
 /// A policy file that cannot be used: the file, the line and what would be valid.
@@ -368,6 +459,15 @@ impl fmt::Display for PolicyError {
 }
 
 impl std::error::Error for PolicyError {}
+
+/// What [`PolicySet::lookup_on`] found for a domain.
+#[derive(Debug, Clone, Copy, Default)]
+pub struct Found<'a> {
+    /// The entry that applies.
+    pub active: Option<&'a LocalPolicy>,
+    /// The nearest entry that would apply but has expired.
+    pub expired: Option<&'a LocalPolicy>,
+}
 
 /// Every local policy, indexed by domain.
 #[derive(Debug, Clone, Default)]
@@ -464,6 +564,35 @@ impl PolicySet {
             .map(|&i| &self.policies[i])
     }
 
+    /// The entry in force for `domain` on `today`: an expired entry is passed
+    /// over (and returned beside it), so the next nearer `.parent` entry, or
+    /// none, decides instead.
+    pub fn lookup_on(&self, domain: &Domain, today: NaiveDate) -> Found<'_> {
+        let mut found = Found::default();
+        if self.policies.is_empty() {
+            return found;
+        }
+        let dotted = format!(".{domain}");
+        let keys = std::iter::once(domain.as_str()).chain(
+            dotted
+                .match_indices('.')
+                .skip(1)
+                .map(|(at, _)| &dotted[at..]),
+        );
+        for policy in keys.filter_map(|k| self.index.get(k).map(|&i| &self.policies[i])) {
+            match policy.exception.state(today) {
+                ExceptionState::Expired { .. } => {
+                    found.expired.get_or_insert(policy);
+                }
+                _ => {
+                    found.active = Some(policy);
+                    break;
+                }
+            }
+        }
+        found
+    }
+
     /// How many policies there are.
     pub fn len(&self) -> usize {
         self.policies.len()
@@ -540,6 +669,93 @@ mod tests {
             format!("spki-sha256:{}", colons.to_uppercase())
         );
         assert_eq!(Fingerprint::parse(&f.to_string()), Ok(f));
+    }
+
+    #[test]
+    fn exception_states() {
+        let day = |s: &str| NaiveDate::parse_from_str(s, "%Y-%m-%d").unwrap();
+        let ends = |s: &str| Exception {
+            expires: Some(day(s)),
+            ..Exception::default()
+        };
+        let today = day("2027-03-01");
+        let cases = [
+            (Exception::default(), ExceptionState::Permanent),
+            (ends("2027-04-01"), ExceptionState::Active { days_left: 31 }),
+            (ends("2027-03-16"), ExceptionState::Active { days_left: 15 }),
+            (
+                ends("2027-03-15"),
+                ExceptionState::Expiring { days_left: 14 },
+            ),
+            (
+                ends("2027-03-01"),
+                ExceptionState::Expiring { days_left: 0 },
+            ),
+            (ends("2027-02-28"), ExceptionState::Expired { days_ago: 1 }),
+            (
+                ends("2026-03-01"),
+                ExceptionState::Expired { days_ago: 365 },
+            ),
+        ];
+        for (e, want) in cases {
+            assert_eq!(e.state(today), want, "{:?}", e.expires);
+        }
+    }
+
+    #[test]
+    fn expired_entries_stop_applying() {
+        let set = set_of(
+            r#"
+[[policy]]
+domain = "partner.example"
+level = "encrypt"
+expires = 2027-02-28
+owner = "mail team"
+[[policy]]
+domain = ".example"
+level = "secure"
+expires = "2027-03-10"
+[[policy]]
+domain = "other.example"
+level = "encrypt"
+"#,
+        );
+        let day = |s: &str| NaiveDate::parse_from_str(s, "%Y-%m-%d").unwrap();
+        let d = |s: &str| Domain::parse(s).unwrap();
+        let show = |f: Found<'_>| {
+            (
+                f.active.map(|p| p.domain.clone()),
+                f.expired.map(|p| p.domain.clone()),
+            )
+        };
+        let s = |x: &str| Some(x.to_string());
+        let cases = [
+            (
+                "2027-02-28",
+                "partner.example",
+                (s("partner.example"), None),
+            ),
+            (
+                "2027-03-01",
+                "partner.example",
+                (s(".example"), s("partner.example")),
+            ),
+            (
+                "2027-03-11",
+                "partner.example",
+                (None, s("partner.example")),
+            ),
+            ("2027-03-11", "x.example", (None, s(".example"))),
+            ("2027-03-11", "other.example", (s("other.example"), None)),
+            ("2027-03-11", "unrelated.test", (None, None)),
+        ];
+        for (today, domain, want) in cases {
+            assert_eq!(
+                show(set.lookup_on(&d(domain), day(today))),
+                want,
+                "{today} {domain}"
+            );
+        }
     }
 
     #[test]

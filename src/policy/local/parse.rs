@@ -10,8 +10,12 @@ use rustls_pki_types::CertificateDer;
 use serde::Deserialize;
 use toml::Spanned;
 
-use super::{Fingerprint, FingerprintError, Level, LevelError, LocalPolicy, MinTls, PolicyError};
+use super::{
+    Exception, Fingerprint, FingerprintError, Level, LevelError, LocalPolicy, MinTls, Overrides,
+    PolicyError,
+};
 use crate::model::domain::{Domain, DomainError, MxPattern};
+use crate::model::egress::{AddressFamily, EgressOverride, HopError, NextHop};
 use crate::policy::requirement::CaCerts;
 
 /// What is wrong with one value (or line) of a policy file; shown after `file:line: `.
@@ -93,6 +97,36 @@ pub enum FieldError {
         /// The domain after the dot.
         parent: String,
     },
+    /// `level` missing in a `[[policy]]` table.
+    #[error("level is missing; write level = \"verify\" (or dane-only, dane, secure, fingerprint, encrypt)")]
+    NoLevel,
+    /// `via` in a `[[policy]]` table.
+    #[error("via belongs in a [[route]] table: write [[route]] instead of [[policy]] to send this domain's mail to a next hop")]
+    ViaInPolicy,
+    /// A `[[route]]` without `via`.
+    #[error("a route needs via, e.g. via = \"[gateway.partner.example]:25\" (that host) or \"relay.example.net\" (its MX hosts)")]
+    NoVia,
+    /// A `via` that is not a next hop.
+    #[error(transparent)]
+    Hop(#[from] HopError),
+    /// A source address that is not an address of its family.
+    #[error("{field} = \"{value}\" is not an {family} address")]
+    Source {
+        /// `source_ipv4` or `source_ipv6`.
+        field: &'static str,
+        /// The value as written.
+        value: String,
+        /// `IPv4` or `IPv6`.
+        family: &'static str,
+    },
+    /// An unknown `address_family`.
+    #[error(
+        "address_family = \"{0}\" is unknown; write any, ipv4, ipv6, prefer-ipv6 or prefer-ipv4"
+    )]
+    Family(String),
+    /// An `expires` that is not a date.
+    #[error("expires = {0} is not a date; write a day as expires = 2027-06-30 (the entry applies through that day, UTC)")]
+    Expires(String),
     /// A second policy for a domain.
     #[error(
         "\"{domain}\" already has a policy at {first}; a domain may have only one policy, remove one of them"
@@ -267,7 +301,10 @@ pub(super) fn parse(
         lines: Lines::new(text),
         read_ca_files,
     };
-    if let Some(i) = text.lines().position(|l| l.trim() == "[policy]") {
+    if let Some(i) = text
+        .lines()
+        .position(|l| l.trim() == "[policy]" || l.trim() == "[route]")
+    {
         return Err(PolicyError::at(path, i + 1, FieldError::SingleBrackets));
     }
     let raw: RawFile = toml::from_str(text).map_err(|e| PolicyError {
@@ -275,7 +312,9 @@ pub(super) fn parse(
         line: e.span().map(|s| reader.lines.of(s.start)),
         message: e.message().trim().to_string(),
     })?;
-    raw.policy.into_iter().map(|p| reader.policy(p)).collect()
+    let policies = raw.policy.into_iter().map(|p| reader.policy(p, false));
+    let routes = raw.route.into_iter().map(|p| reader.policy(p, true));
+    policies.chain(routes).collect()
 }
 
 /// A policy file as written.
@@ -284,6 +323,8 @@ pub(super) fn parse(
 struct RawFile {
     #[serde(default)]
     policy: Vec<RawPolicy>,
+    #[serde(default)]
+    route: Vec<RawPolicy>,
 }
 
 /// A list of strings as written, with positions.
@@ -294,13 +335,25 @@ type RawList = Spanned<Vec<Spanned<String>>>;
 #[serde(deny_unknown_fields)]
 struct RawPolicy {
     domain: Spanned<String>,
-    level: Spanned<String>,
+    level: Option<Spanned<String>>,
     #[serde(rename = "match")]
     match_names: Option<RawList>,
     fingerprints: Option<RawList>,
     ca_file: Option<Spanned<String>>,
     min_tls: Option<Spanned<toml::Value>>,
     mx: Option<RawList>,
+    via: Option<Spanned<String>>,
+    source_ipv4: Option<Spanned<String>>,
+    source_ipv6: Option<Spanned<String>>,
+    address_family: Option<Spanned<String>>,
+    expires: Option<Spanned<toml::Value>>,
+    owner: Option<String>,
+    reason: Option<String>,
+    ticket: Option<String>,
+    #[serde(default)]
+    override_dane: bool,
+    #[serde(default)]
+    override_mta_sts: bool,
 }
 
 /// Where each line of a text starts, so that finding a line costs a binary
@@ -355,13 +408,13 @@ impl Reader<'_> {
             .collect()
     }
 
-    /// One `[[policy]]` table, checked key by key in the order they are documented.
-    fn policy(&self, raw: RawPolicy) -> Result<(LocalPolicy, usize), PolicyError> {
+    /// One `[[policy]]` or `[[route]]` table, checked key by key in the order they are documented.
+    fn policy(&self, raw: RawPolicy, is_route: bool) -> Result<(LocalPolicy, usize), PolicyError> {
         let line = self.lines.at(&raw.domain);
         let domain = self.check(&raw.domain, |d| policy_key(d))?;
-        let level = self.check(&raw.level, |l| Ok(Level::parse(l)?))?;
+        let level = self.level(&raw, is_route, line)?;
         let match_names = self.match_names(level, raw.match_names.as_ref())?;
-        let fingerprints = self.fingerprints(level, &raw)?;
+        let fingerprints = self.fingerprints(level, &raw, line)?;
         let (ca_file, ca) = match &raw.ca_file {
             Some(c) => self.check(c, |name| self.ca_file(level, name))?,
             None => None,
@@ -372,6 +425,9 @@ impl Reader<'_> {
             None => MinTls::Tls12,
         };
         let mx = self.mx(raw.mx.as_ref())?;
+        let route = self.via(&raw, is_route, line)?;
+        let egress = self.egress(&raw)?;
+        let exception = self.exception(&raw)?;
         let source = format!("{}:{line}", self.path.display());
         let policy = LocalPolicy {
             domain,
@@ -382,9 +438,61 @@ impl Reader<'_> {
             ca,
             min_tls,
             mx,
+            route,
+            egress,
+            exception,
+            overrides: Overrides {
+                dane: raw.override_dane,
+                mta_sts: raw.override_mta_sts,
+            },
             source,
         };
         Ok((policy, line))
+    }
+
+    /// `level`: required in a policy; a route without one is `verify`.
+    fn level(&self, raw: &RawPolicy, is_route: bool, line: usize) -> Result<Level, PolicyError> {
+        match &raw.level {
+            Some(l) => self.check(l, |l| Ok(Level::parse(l)?)),
+            None if is_route => Ok(Level::Verify),
+            None => Err(PolicyError::at(self.path, line, FieldError::NoLevel)),
+        }
+    }
+
+    /// `via`: a route's next hop; required in a route, refused in a policy.
+    fn via(
+        &self,
+        raw: &RawPolicy,
+        is_route: bool,
+        line: usize,
+    ) -> Result<Option<NextHop>, PolicyError> {
+        match (&raw.via, is_route) {
+            (Some(v), false) => self.check(v, |_| Err(FieldError::ViaInPolicy)),
+            (None, true) => Err(PolicyError::at(self.path, line, FieldError::NoVia)),
+            (Some(v), true) => Ok(Some(self.check(v, |v| Ok(NextHop::parse(v)?))?)),
+            (None, false) => Ok(None),
+        }
+    }
+
+    /// `source_ipv4`, `source_ipv6`, `address_family` of this entry.
+    fn egress(&self, raw: &RawPolicy) -> Result<EgressOverride, PolicyError> {
+        Ok(EgressOverride {
+            source_ipv4: opt(self, &raw.source_ipv4, |v| source(v, "source_ipv4", "IPv4"))?,
+            source_ipv6: opt(self, &raw.source_ipv6, |v| source(v, "source_ipv6", "IPv6"))?,
+            family: opt(self, &raw.address_family, |v| {
+                AddressFamily::from_name(v.trim()).ok_or_else(|| FieldError::Family(v.clone()))
+            })?,
+        })
+    }
+
+    /// `expires`, `owner`, `reason`, `ticket`: why an exception exists and until when.
+    fn exception(&self, raw: &RawPolicy) -> Result<Exception, PolicyError> {
+        Ok(Exception {
+            expires: opt(self, &raw.expires, expires)?,
+            owner: raw.owner.clone(),
+            reason: raw.reason.clone(),
+            ticket: raw.ticket.clone(),
+        })
     }
 
     /// `match`: verify and secure only, not empty, names without wildcards.
@@ -407,7 +515,12 @@ impl Reader<'_> {
     }
 
     /// `fingerprints`: level fingerprint only, and required there.
-    fn fingerprints(&self, level: Level, raw: &RawPolicy) -> Result<Vec<Fingerprint>, PolicyError> {
+    fn fingerprints(
+        &self,
+        level: Level,
+        raw: &RawPolicy,
+        line: usize,
+    ) -> Result<Vec<Fingerprint>, PolicyError> {
         let pins = match &raw.fingerprints {
             Some(list) if level != Level::Fingerprint => {
                 return self.check(list, |_| Err(FieldError::FingerprintsNotForLevel(level)))
@@ -418,7 +531,7 @@ impl Reader<'_> {
         if level == Level::Fingerprint && pins.is_empty() {
             let line = match &raw.fingerprints {
                 Some(list) => self.lines.at(list),
-                None => self.lines.at(&raw.level),
+                None => raw.level.as_ref().map_or(line, |l| self.lines.at(l)),
             };
             return Err(PolicyError::at(self.path, line, FieldError::NoPin));
         }
@@ -459,6 +572,39 @@ impl Reader<'_> {
         })?;
         self.each(list, mx_pattern)
     }
+}
+
+/// An optional key, checked on its own line when present.
+fn opt<T, U>(
+    reader: &Reader<'_>,
+    value: &Option<Spanned<T>>,
+    check: impl FnOnce(&T) -> Result<U, FieldError>,
+) -> Result<Option<U>, PolicyError> {
+    value.as_ref().map(|v| reader.check(v, check)).transpose()
+}
+
+/// A source address of one family.
+fn source<A: std::str::FromStr>(
+    value: &String,
+    field: &'static str,
+    family: &'static str,
+) -> Result<A, FieldError> {
+    value.trim().parse().map_err(|_| FieldError::Source {
+        field,
+        value: value.clone(),
+        family,
+    })
+}
+
+/// `expires`: a TOML date (`2027-06-30`) or the same in a string.
+fn expires(value: &toml::Value) -> Result<chrono::NaiveDate, FieldError> {
+    let text = match value {
+        toml::Value::Datetime(d) if d.time.is_none() && d.offset.is_none() => d.to_string(),
+        toml::Value::String(s) => s.trim().to_string(),
+        other => return Err(FieldError::Expires(other.to_string())),
+    };
+    chrono::NaiveDate::parse_from_str(&text, "%Y-%m-%d")
+        .map_err(|_| FieldError::Expires(value.to_string()))
 }
 
 /// `min_tls`: "1.2" or "1.3", quoted or not.
@@ -625,6 +771,10 @@ level = "encrypt"
                     MxPattern::parse("mx1.partner-bank.example").unwrap(),
                     MxPattern::parse("*.mail.partner-bank.example").unwrap()
                 ],
+                route: None,
+                egress: EgressOverride::default(),
+                exception: Exception::default(),
+                overrides: Overrides::default(),
                 source: "/etc/tlsrelay/policies/p.toml:3".into(),
             }
         );
@@ -649,6 +799,60 @@ level = "encrypt"
     }
 
     #[test]
+    fn routes_and_exceptions() {
+        let got = parse_ok(
+            r#"
+[[route]]
+domain = "partner.example"
+via = "[gw.partner.example]:2525"
+level = "fingerprint"
+fingerprints = ["spki-sha256:3d5a0f7c9b1e24d86a4c0e2f91b7d3a5c8e6f0a2b4d6c8e0f1a3b5c7d9e1f3a5"]
+source_ipv4 = "127.0.0.7"
+address_family = "ipv4"
+
+[[route]]
+domain = ".filtered.example"
+via = "filter.example.net"
+
+[[policy]]
+domain = "broken.example"
+level = "encrypt"
+expires = 2027-06-30
+owner = "postmaster"
+reason = "expired certificate"
+ticket = "OPS-12"
+override_dane = true
+"#,
+        );
+        let hop = |s: &str| Some(NextHop::parse(s).unwrap());
+        assert_eq!(got.len(), 3);
+        let broken = &got[0];
+        assert_eq!((broken.route.clone(), broken.level), (None, Level::Encrypt));
+        assert_eq!(broken.exception.expires.unwrap().to_string(), "2027-06-30");
+        assert_eq!(
+            broken.exception.describe(),
+            "owner: postmaster, reason: expired certificate, ticket: OPS-12"
+        );
+        assert_eq!(
+            broken.overrides,
+            Overrides {
+                dane: true,
+                mta_sts: false
+            }
+        );
+        assert_eq!(got[1].route, hop("[gw.partner.example]:2525"));
+        assert_eq!(
+            got[1].egress.source_ipv4,
+            Some("127.0.0.7".parse().unwrap())
+        );
+        assert_eq!(got[1].egress.family, Some(AddressFamily::Ipv4));
+        assert_eq!(
+            (got[2].route.clone(), got[2].level),
+            (hop("filter.example.net"), Level::Verify)
+        );
+    }
+
+    #[test]
     fn errors_name_line_and_fix() {
         let head = "[[policy]]\ndomain = \"example.com\"\n";
         let fp = format!("fingerprints = [\"spki-sha256:{A}\"]\n");
@@ -656,8 +860,50 @@ level = "encrypt"
             (
                 format!("{head}level = \"secure\"\nmatchs = [\"a.example\"]\n"),
                 4,
-                "unknown field `matchs`, expected one of `domain`, `level`, `match`, `fingerprints`, `ca_file`, `min_tls`, `mx`",
+                "unknown field `matchs`, expected one of `domain`, `level`, `match`, `fingerprints`, `ca_file`, `min_tls`, `mx`, `via`",
             ),
+            (format!("{head}\n"), 2, "level is missing; write level = \"verify\""),
+            (
+                format!("{head}level = \"verify\"\nvia = \"[gw.example]\"\n"),
+                4,
+                "via belongs in a [[route]] table",
+            ),
+            (
+                "[[route]]\ndomain = \"example.com\"\nlevel = \"verify\"\n".into(),
+                2,
+                "a route needs via",
+            ),
+            (
+                "[[route]]\ndomain = \"example.com\"\n\nvia = \"[192.0.2.1]:25\"\n".into(),
+                4,
+                "give the hop's host name, not an address",
+            ),
+            (
+                "[[route]]\ndomain = \"example.com\"\nvia = \"[gw.example]:0\"\n".into(),
+                3,
+                "the port must be a number from 1 to 65535",
+            ),
+            (
+                "[[route]]\ndomain = \"example.com\"\nvia = \"gw.example\"\nsource_ipv4 = \"::1\"\n".into(),
+                4,
+                "source_ipv4 = \"::1\" is not an IPv4 address",
+            ),
+            (
+                format!("{head}level = \"encrypt\"\naddress_family = \"inet6\"\n"),
+                4,
+                "address_family = \"inet6\" is unknown",
+            ),
+            (
+                format!("{head}level = \"encrypt\"\nexpires = \"next year\"\n"),
+                4,
+                "is not a date; write a day as expires = 2027-06-30",
+            ),
+            (
+                format!("{head}level = \"encrypt\"\nexpires = 2027-06-30T10:00:00Z\n"),
+                4,
+                "is not a date",
+            ),
+            ("[route]\ndomain = \"example.com\"\n".into(), 1, "write [[policy]] with two brackets"),
             (
                 format!("{head}level = \"strict\"\n"),
                 3,
