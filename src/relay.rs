@@ -174,6 +174,11 @@ impl Relay {
 
     /// Serves until `shutdown` turns true, then stops both halves cleanly.
     pub async fn run(self, shutdown: watch::Receiver<bool>) {
+        let day = std::time::Duration::from_secs(86_400);
+        let watch = tokio::spawn(crate::ops::exceptions::watch(
+            self.delivery.policy_slot(),
+            day,
+        ));
         let delivery = tokio::spawn(self.delivery.run(self.initial, shutdown.clone()));
         let control = self.control.clone();
         let stop = shutdown.clone();
@@ -187,6 +192,7 @@ impl Relay {
         }
         self.inbound.run(shutdown).await;
         let _ = delivery.await;
+        watch.abort();
     }
 }
 

@@ -286,6 +286,7 @@ fn idn_outcome(day: chrono::NaiveDate, domain: &str, tls_ok: bool) -> Outcome {
         sending_ip: Some("127.0.0.1".into()),
         policy_strings: vec![],
         mx_patterns: vec![],
+        route: None,
     }
 }
 

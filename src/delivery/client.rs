@@ -3,7 +3,7 @@
 //! before TLS is up: the only plaintext commands are EHLO, STARTTLS and QUIT.
 
 use std::io;
-use std::net::SocketAddr;
+use std::net::{IpAddr, SocketAddr};
 use std::pin::Pin;
 use std::sync::Arc;
 use std::task::{Context, Poll};
@@ -11,7 +11,7 @@ use std::time::Duration;
 
 use rustls_pki_types::ServerName;
 use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt, ReadBuf};
-use tokio::net::TcpStream;
+use tokio::net::{TcpSocket, TcpStream};
 use tokio_rustls::client::TlsStream;
 
 use crate::protocol::data::normalize_line_ends;
@@ -194,9 +194,11 @@ impl AsyncWrite for Transport {
     }
 }
 
-/// Timeouts of one outbound session.
+/// How one outbound session is made: its source address and timeouts.
 #[derive(Debug, Clone, Copy)]
-pub struct Timeouts {
+pub struct Dial {
+    /// The source address to bind; none: the kernel chooses.
+    pub source: Option<IpAddr>,
     /// TCP connect.
     pub connect: Duration,
     /// Each command's reply.
@@ -223,9 +225,27 @@ pub struct Session {
     pub local_addr: Option<SocketAddr>,
     /// The certificate chain the server presented.
     pub peer_certificates: Vec<rustls_pki_types::CertificateDer<'static>>,
-    timeouts: Timeouts,
+    timeouts: Dial,
     /// Counted in the open-connections gauge while the session lives.
     gauge: crate::reporting::metrics::OpenConnection,
+}
+
+/// A socket for a connection to `addr`, bound to `source` when one is configured.
+fn bound_socket(addr: SocketAddr, source: Option<IpAddr>) -> Result<TcpSocket, String> {
+    let socket = match addr {
+        SocketAddr::V4(_) => TcpSocket::new_v4(),
+        SocketAddr::V6(_) => TcpSocket::new_v6(),
+    }
+    .map_err(|e| format!("could not be reached: no socket ({e})"))?;
+    if let Some(ip) = source {
+        socket.bind(SocketAddr::new(ip, 0)).map_err(|e| {
+            format!(
+                "could not be reached: the source address {ip} cannot be used ({e}); \
+                 check source_ipv4/source_ipv6"
+            )
+        })?;
+    }
+    Ok(socket)
 }
 
 impl Session {
@@ -237,7 +257,7 @@ impl Session {
         helo: &str,
         tls: Arc<rustls::ClientConfig>,
         sni: &str,
-        timeouts: Timeouts,
+        timeouts: Dial,
     ) -> Result<Session, HostError> {
         let mut s = Session::connect(host, addr, timeouts).await?;
         s.until_starttls(helo).await?;
@@ -253,18 +273,18 @@ impl Session {
     }
 
     /// A TCP connection to `addr`, not yet greeted.
-    async fn connect(
-        host: &str,
-        addr: SocketAddr,
-        timeouts: Timeouts,
-    ) -> Result<Session, HostError> {
+    async fn connect(host: &str, addr: SocketAddr, timeouts: Dial) -> Result<Session, HostError> {
         let failed = |reason: String| HostError {
             reason: format!("{host}[{}] {reason}", addr.ip()),
             result: None,
             reply: None,
             local: None,
         };
-        let tcp = match tokio::time::timeout(timeouts.connect, TcpStream::connect(addr)).await {
+        let socket = match bound_socket(addr, timeouts.source) {
+            Ok(s) => s,
+            Err(e) => return Err(failed(e)),
+        };
+        let tcp = match tokio::time::timeout(timeouts.connect, socket.connect(addr)).await {
             Ok(Ok(s)) => s,
             Ok(Err(e)) => return Err(failed(format!("refused the connection: {e}"))),
             Err(_) => {

@@ -8,7 +8,7 @@
 use std::net::{IpAddr, SocketAddr};
 
 use super::attempt::Body;
-use super::client::{Session, Timeouts};
+use super::client::{Dial, Session};
 use super::observer::Observer;
 use super::transaction::transact;
 use super::Context;
@@ -16,7 +16,11 @@ use crate::model::domain::Domain;
 use crate::model::mechanism::TlsDemand;
 use crate::model::rcpt::RcptResult;
 use crate::model::status::EnhancedStatus;
+use crate::policy::facts::DomainFacts;
+use crate::policy::local::LocalPolicy;
+use crate::policy::overrides::{self, Replaced, Standing};
 use crate::policy::{DomainPlan, HostStep, SkipCause, Target};
+use crate::reporting::metrics as names;
 use crate::spool::Envelope;
 
 /// The recipients of one domain of one message, and what the message demands of TLS.
@@ -54,11 +58,48 @@ pub(super) async fn deliver_domain(ctx: &Context, job: &Job<'_>) -> Vec<(usize, 
         return results;
     }
     let (facts, plan) = ctx.plan_for(job.domain, job.demand).await;
-    let obs = Observer::new(ctx, job.env, job.domain);
-    if let Some((result, words)) = &facts.sts.error {
+    let obs = Observer::new(ctx, job.env, job.domain).routed(facts.route());
+    let local = local_standing(job, &facts);
+    if let (Some((result, words)), None) = (&facts.sts.error, local) {
         obs.sts_failed(*result, words);
     }
     execute(ctx, job, plan, &obs).await
+}
+
+/// Logs and counts how the domain's local entry stands (expired, ignored for
+/// want of an override flag, overriding); returns the entry that decides, if any.
+fn local_standing<'f>(job: &Job<'_>, facts: &'f DomainFacts) -> Option<&'f LocalPolicy> {
+    let (id, domain) = (&job.env.id, job.domain);
+    if let Some(p) = &facts.expired {
+        let expires = p
+            .exception
+            .expires
+            .map(|d| d.to_string())
+            .unwrap_or_default();
+        tracing::info!(%id, %domain, entry = %p.source, expires, "local policy entry expired: no longer applied, the domain gets DANE, MTA-STS or the floor again");
+    }
+    let count = |r: Replaced, result: &'static str| {
+        for (on, published) in [(r.dane, "dane"), (r.mta_sts, "mta-sts")] {
+            if on {
+                metrics::counter!(names::LOCAL_OVERRIDES, "published" => published, "result" => result).increment(1);
+            }
+        }
+    };
+    match overrides::standing(facts) {
+        Standing::Ignored { missing } => {
+            let entry = facts
+                .local
+                .as_ref()
+                .map(|p| p.source.as_str())
+                .unwrap_or("");
+            let flags = missing.flags().join(" and ");
+            tracing::warn!(%id, %domain, entry, missing = %flags, "local policy entry ignored: the domain publishes a policy the entry would replace without saying so; its published policy applies");
+            count(missing, "ignored");
+        }
+        Standing::Applies { replaced } if replaced.any() => count(replaced, "applied"),
+        _ => {}
+    }
+    overrides::effective_local(facts)
 }
 
 /// Reuses a session kept from a recent delivery to the same domain. Only
@@ -146,13 +187,14 @@ async fn try_address(
     obs: &Observer<'_>,
 ) -> Result<Vec<(usize, RcptResult)>, (String, bool)> {
     let d = &ctx.config.delivery;
-    let addr = SocketAddr::new(ip, d.port);
+    let addr = SocketAddr::new(ip, t.port);
     let tls = if t.req.tls13_only {
         ctx.tls.config_tls13(&t.req.check)
     } else {
         ctx.tls.config(&t.req.check)
     };
-    let timeouts = Timeouts {
+    let timeouts = Dial {
+        source: t.egress.source_for(ip),
         connect: d.connect_timeout.get(),
         command: d.command_timeout.get(),
         data: d.data_timeout.get(),

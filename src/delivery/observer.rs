@@ -17,6 +17,8 @@ pub(super) struct Observer<'a> {
     ctx: &'a Context,
     env: &'a Envelope,
     domain: &'a Domain,
+    /// The route's next hop, when a route replaced the MX hosts.
+    route: Option<String>,
 }
 
 /// One outcome record's variable part.
@@ -33,7 +35,20 @@ struct Record<'a> {
 impl<'a> Observer<'a> {
     /// An observer for `domain` of `env`.
     pub(super) fn new(ctx: &'a Context, env: &'a Envelope, domain: &'a Domain) -> Self {
-        Observer { ctx, env, domain }
+        Observer {
+            ctx,
+            env,
+            domain,
+            route: None,
+        }
+    }
+
+    /// The same observer for a domain whose mail a route sends to `hop`.
+    pub(super) fn routed(self, hop: Option<&crate::model::egress::NextHop>) -> Self {
+        Observer {
+            route: hop.map(|h| h.to_string()),
+            ..self
+        }
     }
 
     /// MTA-STS discovery or fetch failed (a cached policy may still stand in).
@@ -150,6 +165,7 @@ impl<'a> Observer<'a> {
             sending_ip: r.sending_ip.map(|i| i.to_string()),
             policy_strings: r.report.policy_strings.clone(),
             mx_patterns: r.report.mx_patterns.clone(),
+            route: self.route.clone(),
         };
         if let Some(t) = r.result {
             metrics::counter!(names::REFUSALS, "result_type" => t.as_str()).increment(1);

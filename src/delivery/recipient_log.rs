@@ -28,6 +28,7 @@ pub(super) fn log_recipient(env: &Envelope, i: usize, attempt: u32, result: &Rcp
             id = %env.id, message_id = %common.message_id, from = %common.from, to = %common.to,
             domain = %common.domain, host = %host,
             addr = %channel.addr.map_or_else(|| "-".to_string(), |a| a.ip().to_string()),
+            source = %channel.source.map_or_else(|| "-".to_string(), |a| a.ip().to_string()),
             tls_version = %channel.tls_version, cipher = %channel.cipher, mechanism = %mechanism.as_str(),
             result = "delivered", delay = common.delay, attempt, reply = %reply,
             "recipient delivered"

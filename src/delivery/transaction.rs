@@ -67,6 +67,7 @@ pub(super) async fn transact(
     };
     let channel = Channel {
         addr: Some(session.addr),
+        source: session.local_addr,
         tls_version: session.tls_version.clone(),
         cipher: session.tls_cipher.clone(),
     };

@@ -5,6 +5,10 @@
 use crate::model::mechanism::Mechanism;
 use crate::model::rfc8460::ResultType;
 
+/// Plans where a local policy met published DANE or MTA-STS: applied (override flag written) or ignored.
+pub const LOCAL_OVERRIDES: &str = "tlsrelay_local_policy_overrides_total";
+/// Local policy entries by exception state: `expiring` (within 14 days) or `expired`.
+pub const LOCAL_EXCEPTIONS: &str = "tlsrelay_local_policy_exceptions";
 /// Accepted messages.
 pub const ACCEPTED: &str = "tlsrelay_messages_accepted_total";
 /// Recipients settled or deferred per attempt, by `result` and by the `auth` that carried them.

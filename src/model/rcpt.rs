@@ -10,6 +10,8 @@ use crate::model::status::EnhancedStatus;
 pub struct Channel {
     /// The address connected to.
     pub addr: Option<SocketAddr>,
+    /// Our end of the connection: the source address (configured or chosen by the kernel).
+    pub source: Option<SocketAddr>,
     /// TLS version, e.g. `TLSv1.3`.
     pub tls_version: String,
     /// Negotiated cipher suite.

@@ -6,7 +6,7 @@
 //! presented chain against DANE, MTA-STS and the floor.
 
 use std::fmt::Write as _;
-use std::net::SocketAddr;
+use std::net::{IpAddr, SocketAddr};
 
 use serde::Serialize;
 
@@ -14,8 +14,9 @@ use std::time::Duration;
 
 use rustls_pki_types::CertificateDer;
 
+use super::local_report::{local_section, render_local, LocalSection};
 use crate::config::{Config, Floor};
-use crate::delivery::client::{HostError, Session, Timeouts};
+use crate::delivery::client::{Dial, HostError, Session};
 use crate::model::dns::{Answer, Security};
 use crate::model::domain::Domain;
 use crate::model::mechanism::TlsDemand;
@@ -52,6 +53,8 @@ pub struct Report {
     pub tls_rpt: Option<String>,
     /// The local policy for the domain, if any.
     pub local_policy: Option<String>,
+    /// The local entry in detail: route, exception state, override standing, egress.
+    pub local: Option<LocalSection>,
     /// Per MX host.
     pub hosts: Vec<HostReport>,
     /// Whether tlsrelay can deliver to the domain (as far as `verdict_kind` knows).
@@ -243,6 +246,8 @@ pub async fn run(
     let mut report = Report::empty(domain.as_str(), self_test, String::new());
     report.tls_rpt = tls_rpt_record(dns, &domain).await;
     describe_policies(&mut report, &facts);
+    let today = chrono::Utc::now().date_naive();
+    report.local = Some(local_section(&facts, config.delivery.egress(), today));
     let steps = match plan {
         DomainPlan::Fail { status, reason } => {
             report.mx = format!("permanent failure {status}: {reason}");
@@ -290,6 +295,7 @@ impl Report {
             mta_sts_error: None,
             tls_rpt: None,
             local_policy: None,
+            local: None,
             hosts: vec![],
             deliverable: false,
             verdict_kind: VerdictKind::NoUsableHost,
@@ -516,7 +522,7 @@ impl ProbeContext<'_> {
     /// Connects to the host's first address with the encrypt-only check to see
     /// the chain, then judges the chain offline by every rule.
     async fn probe(&self, t: &Target) -> ProbeReport {
-        let addr = SocketAddr::new(t.addrs[0], self.config.delivery.port);
+        let addr = SocketAddr::new(t.addrs[0], t.port);
         let mut p = ProbeReport {
             address: addr.to_string(),
             result: String::new(),
@@ -529,7 +535,10 @@ impl ProbeContext<'_> {
             floor: String::new(),
             satisfies_requirement: false,
         };
-        let session = match self.open(addr, &t.req.sni).await {
+        let session = match self
+            .open(addr, &t.req.sni, t.egress.source_for(addr.ip()))
+            .await
+        {
             Ok(s) => s,
             Err(e) => {
                 p.result = e.reason;
@@ -549,9 +558,15 @@ impl ProbeContext<'_> {
     }
 
     /// STARTTLS with the encrypt-only check, so that any chain is seen.
-    async fn open(&self, addr: SocketAddr, sni: &str) -> Result<Session, HostError> {
+    async fn open(
+        &self,
+        addr: SocketAddr,
+        sni: &str,
+        source: Option<IpAddr>,
+    ) -> Result<Session, HostError> {
         let d = &self.config.delivery;
-        let timeouts = Timeouts {
+        let timeouts = Dial {
+            source,
             connect: d.connect_timeout.get(),
             command: d.command_timeout.get().min(Duration::from_secs(30)),
             data: d.data_timeout.get(),
@@ -669,11 +684,13 @@ pub fn render(r: &Report) -> String {
     let _ = writeln!(out, "domain:        {}", r.domain);
     let _ = writeln!(out, "DNSSEC:        {}", r.dnssec_self_test);
     let _ = writeln!(out, "MX:            {}", r.mx);
-    let _ = writeln!(
-        out,
-        "local policy:  {}",
-        r.local_policy.as_deref().unwrap_or("none")
-    );
+    match &r.local {
+        Some(section) => render_local(&mut out, section),
+        None => {
+            let local = r.local_policy.as_deref().unwrap_or("none");
+            let _ = writeln!(out, "local policy:  {local}");
+        }
+    }
     match (&r.mta_sts_record, &r.mta_sts_policy) {
         (_, Some(p)) => {
             let _ = writeln!(

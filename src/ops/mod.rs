@@ -3,8 +3,11 @@
 
 pub mod check;
 pub mod control;
+pub mod exceptions;
 pub mod filter;
+pub mod local_report;
 pub mod logging;
+pub mod policies;
 pub mod privileges;
 pub mod queue;
 pub mod reload;

@@ -141,6 +141,7 @@ impl Reloader {
                     set.len(),
                     dir.display()
                 ));
+                super::exceptions::report(&set, chrono::Utc::now().date_naive());
                 *self.slot.write().unwrap_or_else(|e| e.into_inner()) = Arc::new(set);
             }
             Err(e) => report

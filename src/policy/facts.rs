@@ -6,6 +6,7 @@
 
 use crate::model::dns::{AddrAnswer, MxHost, TlsaAnswer};
 use crate::model::domain::Domain;
+use crate::model::egress::NextHop;
 use crate::model::rfc8460::ResultType;
 use crate::policy::local::LocalPolicy;
 use crate::policy::mx::MxPlan;
@@ -26,6 +27,17 @@ pub struct DomainFacts {
     pub hosts: Vec<HostFacts>,
     /// MX hosts beyond `delivery.max_hosts_per_attempt`, not looked at.
     pub untried: usize,
+    /// The port the hosts are reached on: a route's, else `delivery.port`.
+    pub port: u16,
+    /// The nearest local policy entry that would apply but is past its `expires`.
+    pub expired: Option<LocalPolicy>,
+}
+
+impl DomainFacts {
+    /// The next hop when a route replaces the domain's MX hosts.
+    pub fn route(&self) -> Option<&NextHop> {
+        self.local.as_ref().and_then(|l| l.route.as_ref())
+    }
 }
 
 /// What MTA-STS discovery and the policy cache said for the domain.

@@ -12,6 +12,7 @@ pub mod facts;
 pub mod host;
 pub mod local;
 pub mod mx;
+pub mod overrides;
 pub mod plan;
 pub mod requirement;
 

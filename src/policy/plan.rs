@@ -8,12 +8,15 @@ use std::net::IpAddr;
 
 use crate::config::Floor;
 use crate::model::dns::{Answer, Security, TlsaAnswer};
+use crate::model::egress::Egress;
 use crate::model::mechanism::TlsDemand;
 use crate::model::rfc8460::{PolicyType, ResultType};
 use crate::model::status::EnhancedStatus;
 use crate::policy::facts::{DomainFacts, HostFacts};
 use crate::policy::host::{host_plan, local_host_plan, requiretls_ok, HostPlan, StsRule};
+use crate::policy::local::LocalPolicy;
 use crate::policy::mx::MxPlan;
+use crate::policy::overrides;
 use crate::policy::requirement::Requirement;
 use crate::protocol::sts::{Mode, StsPolicy};
 
@@ -65,6 +68,10 @@ pub struct Target {
     pub report: ReportFacts,
     /// Something the operator should know (an MTA-STS `testing` policy that does not list the host).
     pub note: Option<String>,
+    /// The TCP port: a route's, else `delivery.port`.
+    pub port: u16,
+    /// Source addresses to bind (`[delivery]`, then the local entry's own).
+    pub egress: Egress,
 }
 
 /// A host not contacted, and why.
@@ -130,6 +137,8 @@ pub struct Settings {
     pub floor: Floor,
     /// `delivery.allow_loopback_destinations`.
     pub destinations: Destinations,
+    /// `delivery.source_ipv4`, `source_ipv6`, `address_family`.
+    pub egress: Egress,
 }
 
 impl Settings {
@@ -142,6 +151,7 @@ impl Settings {
             } else {
                 Destinations::PublicOnly
             },
+            egress: d.egress(),
         }
     }
 }
@@ -152,6 +162,7 @@ impl From<Floor> for Settings {
         Settings {
             floor,
             destinations: Destinations::PublicOnly,
+            egress: Egress::default(),
         }
     }
 }
@@ -216,6 +227,9 @@ pub fn tlsa_string(r: &crate::model::dns::Tlsa) -> String {
 /// The rules that do not change from host to host of one domain.
 struct Rules<'a> {
     facts: &'a DomainFacts,
+    /// The local entry that decides, unless it is ignored ([`overrides`]).
+    local: Option<&'a LocalPolicy>,
+    egress: Egress,
     floor: Floor,
     destinations: Destinations,
     demand: TlsDemand,
@@ -240,12 +254,15 @@ pub fn plan_domain(facts: &DomainFacts, settings: Settings, demand: TlsDemand) -
         }
         MxPlan::Hosts { security, .. } => *security,
     };
+    let local = overrides::effective_local(facts);
     let rules = Rules {
         facts,
+        local,
+        egress: local.map_or(settings.egress, |l| settings.egress.with(&l.egress)),
         floor: settings.floor,
         destinations: settings.destinations,
         demand,
-        sts: sts_rule(facts),
+        sts: sts_rule(local, facts),
         mx_security,
     };
     DomainPlan::Hosts {
@@ -256,8 +273,8 @@ pub fn plan_domain(facts: &DomainFacts, settings: Settings, demand: TlsDemand) -
 }
 
 /// The MTA-STS rule: none when a local policy decides.
-fn sts_rule(facts: &DomainFacts) -> StsRule<'_> {
-    match (&facts.local, &facts.sts.policy) {
+fn sts_rule<'a>(local: Option<&LocalPolicy>, facts: &'a DomainFacts) -> StsRule<'a> {
+    match (local, &facts.sts.policy) {
         (None, Some(p)) if p.mode == Mode::Enforce => StsRule::Enforce(p),
         (None, Some(p)) if p.mode == Mode::Testing => StsRule::Testing(p),
         _ => StsRule::Absent,
@@ -276,11 +293,15 @@ impl Rules<'_> {
             Ok(addrs) => addrs,
             Err(skip) => return HostStep::Skip(skip),
         };
+        let addrs = match self.of_family(host, addrs) {
+            Ok(addrs) => addrs,
+            Err(skip) => return HostStep::Skip(skip),
+        };
         let (base, tlsa) = match &h.tlsa {
             Some(t) => (t.base.as_str(), Some(t.answer.clone())),
             None => (host, None),
         };
-        let plan = match &self.facts.local {
+        let plan = match self.local {
             _ if self.demand.waives_authentication() => HostPlan::Connect(self.waived(host)),
             Some(lp) => local_host_plan(lp, self.facts.domain.as_str(), host, base, tlsa.clone()),
             None => host_plan(host, base, self.floor, tlsa.clone(), self.sts),
@@ -320,6 +341,24 @@ impl Rules<'_> {
             result: None,
             report: ReportFacts::default(),
             cause: SkipCause::LocalAddress,
+        })
+    }
+
+    /// The addresses of the allowed families, the preferred first; a host with none is skipped.
+    fn of_family(&self, host: &str, addrs: Vec<IpAddr>) -> Result<Vec<IpAddr>, Skipped> {
+        let family = self.egress.family;
+        let ordered = family.order(&addrs);
+        if !ordered.is_empty() || addrs.is_empty() {
+            return Ok(ordered);
+        }
+        Err(Skipped {
+            host: host.to_string(),
+            reason: format!(
+                "{host} has no address of the families allowed (address_family = \"{family}\")"
+            ),
+            result: None,
+            report: ReportFacts::default(),
+            cause: SkipCause::Dns,
         })
     }
 
@@ -369,12 +408,14 @@ impl Rules<'_> {
             req,
             report,
             note,
+            port: self.facts.port,
+            egress: self.egress,
         })
     }
 
     /// The policy a refusal is reported under (RFC 8460 §4.3).
     fn skip_report(&self, result: Option<ResultType>, tlsa: Option<&TlsaAnswer>) -> ReportFacts {
-        if self.facts.local.is_some() {
+        if self.local.is_some() {
             ReportFacts::default()
         } else if matches!(
             result,
@@ -416,6 +457,7 @@ mod tests {
     use super::*;
     use crate::model::dns::{MxHost, Tlsa};
     use crate::model::domain::Domain;
+    use crate::model::egress::AddressFamily;
     use crate::policy::facts::{StsFacts, TlsaFacts};
     use crate::policy::local::PolicySet;
     use crate::protocol::sts::parse_policy;
@@ -464,6 +506,8 @@ mod tests {
             },
             hosts: vec![h],
             untried: 0,
+            port: 25,
+            expired: None,
         }
     }
 
@@ -476,8 +520,12 @@ mod tests {
         f
     }
 
-    fn with_local(mut f: DomainFacts, level: &str) -> DomainFacts {
-        let text = format!("[[policy]]\ndomain = \"d.test\"\nlevel = \"{level}\"\n");
+    fn with_local(f: DomainFacts, level: &str) -> DomainFacts {
+        with_entry(f, &format!("level = \"{level}\""))
+    }
+
+    fn with_entry(mut f: DomainFacts, lines: &str) -> DomainFacts {
+        let text = format!("[[policy]]\ndomain = \"d.test\"\n{lines}\n");
         let set = PolicySet::parse_file(&text, std::path::Path::new("p.toml")).unwrap();
         f.local = set.into_iter().next();
         f
@@ -547,16 +595,58 @@ mod tests {
                 "connect mta-sts",
             ),
             (
-                "requiretls, local encrypt",
-                with_local(secure(), "encrypt"),
+                "requiretls, local encrypt with override_dane",
+                with_entry(secure(), "level = \"encrypt\"\noverride_dane = true"),
                 RequireTls,
                 "skip RequireTls - NoPolicyFound",
             ),
             (
-                "local encrypt",
+                "local encrypt on a DANE domain without override_dane: ignored",
                 with_local(secure(), "encrypt"),
                 Standard,
+                "connect dane",
+            ),
+            (
+                "local encrypt with override_dane",
+                with_entry(secure(), "level = \"encrypt\"\noverride_dane = true"),
+                Standard,
                 "connect local",
+            ),
+            (
+                "local encrypt, nothing published",
+                with_local(insecure(), "encrypt"),
+                Standard,
+                "connect local",
+            ),
+            (
+                "local verify on MTA-STS enforce without override: ignored",
+                with_local(with_sts(insecure(), "enforce", "other.d.test"), "verify"),
+                Standard,
+                "skip Policy validation-failure Sts",
+            ),
+            (
+                "local verify with override_mta_sts",
+                with_entry(
+                    with_sts(insecure(), "enforce", "other.d.test"),
+                    "level = \"verify\"\noverride_mta_sts = true",
+                ),
+                Standard,
+                "connect local",
+            ),
+            (
+                "local dane-only on MTA-STS enforce needs no override",
+                with_local(with_sts(secure(), "enforce", "other.d.test"), "dane-only"),
+                Standard,
+                "connect dane",
+            ),
+            (
+                "local encrypt when the TLSA lookup is in doubt: ignored",
+                with_local(
+                    facts(Secure, host(Secure, Some(Answer::TempFail("t".into())))),
+                    "encrypt",
+                ),
+                Standard,
+                "skip Policy tlsa-invalid Tlsa",
             ),
             (
                 "local dane",
@@ -629,6 +719,68 @@ mod tests {
     }
 
     #[test]
+    fn address_families_filter_and_skip() {
+        let h = HostFacts {
+            mx: MxHost {
+                preference: 10,
+                host: "mx.d.test".into(),
+            },
+            addresses: Answer::Records {
+                records: vec!["192.0.2.1".parse().unwrap(), "2001:db8::1".parse().unwrap()],
+                security: Security::Insecure,
+                owner: "mx.d.test".into(),
+            },
+            tlsa: None,
+        };
+        let f = facts(Security::Insecure, h);
+        let with = |family: AddressFamily, v4: Option<&str>| Settings {
+            floor: Floor::Verify,
+            destinations: Destinations::PublicOnly,
+            egress: Egress {
+                source_ipv4: v4.map(|a| a.parse().unwrap()),
+                source_ipv6: None,
+                family,
+            },
+        };
+        let connect = |plan: DomainPlan| match plan {
+            DomainPlan::Hosts { steps, .. } => match &steps[0] {
+                HostStep::Connect(t) => Ok((t.addrs.clone(), t.egress)),
+                HostStep::Skip(s) => Err(s.reason.clone()),
+            },
+            other => Err(format!("{other:?}")),
+        };
+        let (addrs, egress) = connect(plan_domain(
+            &f,
+            with(AddressFamily::Ipv4, Some("127.0.0.9")),
+            TlsDemand::Standard,
+        ))
+        .unwrap();
+        assert_eq!(addrs, vec!["192.0.2.1".parse::<IpAddr>().unwrap()]);
+        assert_eq!(
+            egress.source_for(addrs[0]),
+            Some("127.0.0.9".parse().unwrap())
+        );
+        let (addrs, _) = connect(plan_domain(
+            &f,
+            with(AddressFamily::PreferIpv6, None),
+            TlsDemand::Standard,
+        ))
+        .unwrap();
+        assert_eq!(addrs[0], "2001:db8::1".parse::<IpAddr>().unwrap());
+        let mut v4_only = f.clone();
+        if let Answer::Records { records, .. } = &mut v4_only.hosts[0].addresses {
+            records.retain(IpAddr::is_ipv4);
+        }
+        let why = connect(plan_domain(
+            &v4_only,
+            with(AddressFamily::Ipv6, None),
+            TlsDemand::Standard,
+        ))
+        .unwrap_err();
+        assert!(why.contains("address_family = \"ipv6\""), "{why}");
+    }
+
+    #[test]
     fn local_addresses_table() {
         let cases = [
             ("127.0.0.1", true),
@@ -669,6 +821,7 @@ mod tests {
         let allow = Settings {
             floor: Floor::Verify,
             destinations: Destinations::AllowLoopback,
+            egress: Egress::default(),
         };
         let only_local = with_addrs(&["127.0.0.1", "::1"]);
         let plan = plan_domain(&only_local, Floor::Verify.into(), TlsDemand::Standard);

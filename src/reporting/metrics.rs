@@ -65,6 +65,15 @@ fn register() {
                 .absolute(0);
         }
     }
+    for published in ["dane", "mta-sts"] {
+        for result in ["applied", "ignored"] {
+            metrics::counter!(LOCAL_OVERRIDES, "published" => published, "result" => result)
+                .absolute(0);
+        }
+    }
+    for state in ["expiring", "expired"] {
+        metrics::gauge!(LOCAL_EXCEPTIONS, "state" => state).set(0.0);
+    }
     metrics::gauge!(BUILD_INFO, "version" => env!("CARGO_PKG_VERSION")).set(1.0);
     for name in [QUEUE_SIZE, QUEUE_OLDEST, INBOUND_LISTENERS] {
         metrics::gauge!(name).set(0.0);
@@ -96,6 +105,14 @@ fn describe() {
     metrics::describe_counter!(SPOOL_RECORDS, "Records written to the spool log.");
     describe_health();
     describe_traffic();
+    metrics::describe_counter!(
+        LOCAL_OVERRIDES,
+        "Plans where a local policy met the DANE or MTA-STS a domain publishes: applied with its override flag, or ignored without it."
+    );
+    metrics::describe_gauge!(
+        LOCAL_EXCEPTIONS,
+        "Local policy entries past their expires date, or within 14 days of it."
+    );
 }
 
 fn describe_health() {

@@ -48,6 +48,9 @@ pub struct Outcome {
     /// The MTA-STS policy's `mx` patterns (RFC 8460 §4.3 `mx-host`).
     #[serde(default)]
     pub mx_patterns: Vec<String>,
+    /// The route's next hop (`[host]:port` or a name), when a route replaced the MX hosts.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub route: Option<String>,
 }
 
 /// How one outcome record counts in TLS reports and summaries (RFC 8460 §4.3).
@@ -67,6 +70,12 @@ impl Outcome {
     pub fn session(&self) -> SessionResult {
         // Report mail is not reported on (RFC 8460 §5.3), whatever happened to it.
         if self.report_mail {
+            return SessionResult::NotCounted;
+        }
+        // RFC 8460 reports cover sessions with the domain's MX hosts under its
+        // policy; routed mail went to a hop the operator chose, so it is recorded
+        // (with `route`) for the operator's own views but not reported to the domain.
+        if self.route.is_some() {
             return SessionResult::NotCounted;
         }
         match (self.tls_ok, self.result) {
@@ -170,6 +179,7 @@ mod tests {
             sending_ip: None,
             policy_strings: vec![],
             mx_patterns: vec![],
+            route: None,
         }
     }
 

@@ -725,6 +725,7 @@ mod tests {
             sending_ip: None,
             policy_strings: vec![],
             mx_patterns: vec![],
+            route: None,
         }
     }
 

@@ -1154,6 +1154,7 @@ mod tests {
             sending_ip: addr.map(|_| SENDER.to_string()),
             policy_strings,
             mx_patterns,
+            route: None,
         }
     }
 

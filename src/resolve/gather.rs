@@ -8,6 +8,7 @@ use tokio::task::JoinSet;
 
 use crate::model::dns::{Answer, MxHost, Security};
 use crate::model::domain::Domain;
+use crate::model::egress::{HopLookup, NextHop};
 use crate::policy::facts::{DomainFacts, HostFacts, StsFacts, TlsaFacts};
 use crate::policy::local::PolicySet;
 use crate::policy::{plan_mx, wants_tlsa, MxPlan};
@@ -22,27 +23,39 @@ pub struct Gatherer<'a> {
     pub mta_sts: Option<&'a MtaSts>,
     /// The local policies in force.
     pub policies: &'a PolicySet,
-    /// The SMTP port (TLSA records live at `_port._tcp.host`).
+    /// The SMTP port of MX hosts (TLSA records live at `_port._tcp.host`); a route states its own.
     pub port: u16,
     /// How many MX hosts one attempt looks at (`delivery.max_hosts_per_attempt`).
     pub max_hosts: usize,
 }
 
 impl Gatherer<'_> {
-    /// Collects the facts for `domain`: local policy, MTA-STS, MX, and per host its addresses and TLSA.
+    /// Collects the facts for `domain`: local policy (or route), MTA-STS, MX, and per host its addresses and TLSA.
     pub async fn gather(&self, domain: &Domain) -> DomainFacts {
-        let local = self.policies.lookup(domain.as_str()).cloned();
-        let sts = match (&local, self.mta_sts) {
+        let found = self
+            .policies
+            .lookup_on(domain, chrono::Utc::now().date_naive());
+        let local = found.active.cloned();
+        let route = local.as_ref().and_then(|l| l.route.clone());
+        // A domain under a local policy still has its MTA-STS looked up: a policy that
+        // would replace an enforced one needs `override_mta_sts` (policy::overrides).
+        let sts = match (&route, self.mta_sts) {
             (None, Some(engine)) => sts_facts(engine, domain).await,
             _ => StsFacts::default(),
         };
-        let mx = plan_mx(domain.as_str(), self.dns.mx(domain.as_str()).await);
+        let (mx, port) = match &route {
+            Some(hop) => (self.hop_mx(hop).await, hop.port),
+            None => {
+                let answer = self.dns.mx(domain.as_str()).await;
+                (plan_mx(domain.as_str(), answer), self.port)
+            }
+        };
         let (hosts, untried) = match &mx {
             MxPlan::Hosts {
                 hosts, security, ..
             } => {
                 let n = hosts.len().min(self.max_hosts);
-                let facts = self.hosts(&hosts[..n], *security).await;
+                let facts = self.hosts(&hosts[..n], *security, port).await;
                 (facts, hosts.len() - n)
             }
             _ => (vec![], 0),
@@ -54,14 +67,45 @@ impl Gatherer<'_> {
             mx,
             hosts,
             untried,
+            port,
+            expired: found.expired.cloned(),
+        }
+    }
+
+    /// The hosts of a route's next hop: the bracketed host itself (its name comes
+    /// from the operator, not DNS, so it counts as secure for DANE), or the MX
+    /// hosts of the hop's name. A hop that cannot be found defers: the route is
+    /// the operator's to mend, the recipients are not at fault.
+    async fn hop_mx(&self, hop: &NextHop) -> MxPlan {
+        let plan = match hop.lookup {
+            HopLookup::Direct => MxPlan::Hosts {
+                hosts: vec![MxHost {
+                    preference: 0,
+                    host: hop.host.to_string(),
+                }],
+                security: Security::Secure,
+                implicit: false,
+            },
+            HopLookup::Mx => plan_mx(hop.host.as_str(), self.dns.mx(hop.host.as_str()).await),
+        };
+        match plan {
+            MxPlan::Fail { reason, .. } => MxPlan::Defer {
+                reason: format!("route via {hop}: {reason}"),
+                result: None,
+            },
+            MxPlan::Defer { reason, result } => MxPlan::Defer {
+                reason: format!("route via {hop}: {reason}"),
+                result,
+            },
+            hosts => hosts,
         }
     }
 
     /// The facts of each host, looked up concurrently, in the order given.
-    async fn hosts(&self, hosts: &[MxHost], mx_security: Security) -> Vec<HostFacts> {
+    async fn hosts(&self, hosts: &[MxHost], mx_security: Security, port: u16) -> Vec<HostFacts> {
         let mut set = JoinSet::new();
         for (i, mx) in hosts.iter().enumerate() {
-            let (dns, mx, port) = (self.dns.clone(), mx.clone(), self.port);
+            let (dns, mx) = (self.dns.clone(), mx.clone());
             set.spawn(async move { (i, host_facts(&dns, mx, mx_security, port).await) });
         }
         let mut out: Vec<(usize, HostFacts)> = Vec::with_capacity(hosts.len());
