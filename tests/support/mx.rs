@@ -215,6 +215,8 @@ struct State {
     received: Vec<ReceivedMessage>,
     transcripts: Vec<Vec<String>>,
     tls_errors: Vec<String>,
+    /// The client's address of each connection, in accept order.
+    peers: Vec<SocketAddr>,
 }
 
 struct Shared {
@@ -327,6 +329,11 @@ impl MxServer {
         f(&mut self.shared.opts.lock().unwrap());
     }
 
+    /// The client address of every connection so far, in accept order.
+    pub fn peers(&self) -> Vec<SocketAddr> {
+        self.shared.with(|s| s.peers.clone())
+    }
+
     pub fn received(&self) -> Vec<ReceivedMessage> {
         self.shared.with(|s| s.received.clone())
     }
@@ -384,13 +391,14 @@ async fn accept_loop(listener: TcpListener, shared: Arc<Shared>) {
     loop {
         tokio::select! {
             accepted = listener.accept() => {
-                let Ok((tcp, _peer)) = accepted else { continue };
+                let Ok((tcp, peer)) = accepted else { continue };
                 // Replies to pipelined commands go out at once, as a real MTA's do;
                 // with Nagle they wait for the client's delayed ACK (40 ms each).
                 let _ = tcp.set_nodelay(true);
                 let id = shared.with(|s| {
                     s.stats.connections += 1;
                     s.transcripts.push(Vec::new());
+                    s.peers.push(peer);
                     s.transcripts.len() - 1
                 });
                 let opts = shared.opts.lock().unwrap().clone();

@@ -249,6 +249,27 @@ impl TestRelay {
         all
     }
 
+    /// Waits until every message in `ids` has had an attempt (or left the queue), 30 s at most.
+    pub async fn wait_attempted(&self, ids: &[String]) {
+        let deadline = Instant::now() + Duration::from_secs(30);
+        while Instant::now() < deadline
+            && !ids
+                .iter()
+                .all(|id| self.spool.load(id).map(|e| e.attempts >= 1).unwrap_or(true))
+        {
+            tokio::time::sleep(Duration::from_millis(100)).await;
+        }
+    }
+
+    /// The last reason recorded for the first recipient of `id` (empty once delivered).
+    pub fn last_reason(&self, id: &str) -> String {
+        self.spool
+            .load(id)
+            .ok()
+            .and_then(|e| e.recipients[0].last_reason.clone())
+            .unwrap_or_default()
+    }
+
     /// The spool directory path.
     pub fn spool_dir(&self) -> PathBuf {
         self.dir.path().join("spool")
