@@ -103,8 +103,8 @@ fn list(config_path: Option<&Path>) -> anyhow::Result<ExitCode> {
     let set = PolicySet::load_dir(dir)?;
     let today = chrono::Utc::now().date_naive();
     println!(
-        "{:<28} {:<12} {:<28} {:<24} {}",
-        "DOMAIN", "LEVEL", "ROUTE", "EXPIRES", "SOURCE / ABOUT"
+        "{:<28} {:<12} {:<28} {:<24} SOURCE / ABOUT",
+        "DOMAIN", "LEVEL", "ROUTE", "EXPIRES"
     );
     for p in set.iter() {
         let route = p

@@ -2,8 +2,8 @@
 //!
 //! A local entry replaces the DANE, MTA-STS and floor rules for its domain. When
 //! the domain publishes DANE, or an MTA-STS policy in enforce mode, an entry that
-//! would authenticate its hosts another way (say `encrypt` for a DANE-signed
-//! domain) applies only if it says so with `override_dane = true` or
+//! would accept certificates the published policy refuses (`encrypt`, `verify` or
+//! `secure`, and for MTA-STS also `dane` where DANE is absent) applies only if it says so with `override_dane = true` or
 //! `override_mta_sts = true`. Without the flag the entry is ignored and the
 //! published policy decides: a forgotten exception never quietly weakens a
 //! domain that started publishing DANE after it was written.
@@ -18,7 +18,7 @@ use crate::protocol::sts::Mode;
 /// The published policies an entry would replace.
 #[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize)]
 pub struct Replaced {
-    /// The domain publishes DANE (or its TLSA lookup is in doubt) and the entry is not a DANE level.
+    /// The domain publishes DANE (or its TLSA lookup is in doubt) and the entry accepts more than it.
     pub dane: bool,
     /// The domain has an MTA-STS policy in enforce mode the entry would not carry out.
     pub mta_sts: bool,
@@ -99,10 +99,12 @@ fn replaced(facts: &DomainFacts, lp: &LocalPolicy) -> Replaced {
         .policy
         .as_ref()
         .is_some_and(|p| p.mode == Mode::Enforce);
+    // `fingerprint` accepts only the keys it pins, and `dane`/`dane-only` carry
+    // DANE out: none accepts a certificate the published policy would refuse.
+    let accepts_more = matches!(lp.level, Level::Encrypt | Level::Verify | Level::Secure);
     Replaced {
-        dane: dane && !matches!(lp.level, Level::Dane | Level::DaneOnly),
-        mta_sts: sts_enforced
-            && !(lp.level == Level::DaneOnly || (lp.level == Level::Dane && dane)),
+        dane: dane && accepts_more,
+        mta_sts: sts_enforced && (accepts_more || (lp.level == Level::Dane && !dane)),
     }
 }
 

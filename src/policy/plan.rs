@@ -634,6 +634,24 @@ mod tests {
                 "connect local",
             ),
             (
+                "local fingerprint on a DANE domain needs no override",
+                with_entry(
+                    secure(),
+                    &format!(
+                        "level = \"fingerprint\"\nfingerprints = [\"spki-sha256:{}\"]",
+                        "ab".repeat(32)
+                    ),
+                ),
+                Standard,
+                "connect local",
+            ),
+            (
+                "local dane on MTA-STS enforce without DANE: ignored",
+                with_local(with_sts(insecure(), "enforce", "other.d.test"), "dane"),
+                Standard,
+                "skip Policy validation-failure Sts",
+            ),
+            (
                 "local dane-only on MTA-STS enforce needs no override",
                 with_local(with_sts(secure(), "enforce", "other.d.test"), "dane-only"),
                 Standard,

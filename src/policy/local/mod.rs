@@ -985,8 +985,12 @@ level = "encrypt"
                 ("legacy-partner.example", Level::Encrypt),
                 ("selfsigned-partner.example", Level::Fingerprint),
                 ("partner-bank.example", Level::Secure),
+                ("partner.example", Level::Fingerprint),
+                (".filtered.example", Level::Verify),
             ]
         );
+        let hop = set.lookup("x.filtered.example").unwrap().route.as_ref();
+        assert_eq!(hop.unwrap().to_string(), "relay.filter.example.net");
         let bank = set.lookup("partner-bank.example").unwrap();
         assert_eq!(bank.min_tls, MinTls::Tls13);
         assert_eq!(

@@ -585,13 +585,13 @@ fn opt<T, U>(
 
 /// A source address of one family.
 fn source<A: std::str::FromStr>(
-    value: &String,
+    value: &str,
     field: &'static str,
     family: &'static str,
 ) -> Result<A, FieldError> {
     value.trim().parse().map_err(|_| FieldError::Source {
         field,
-        value: value.clone(),
+        value: value.to_string(),
         family,
     })
 }
