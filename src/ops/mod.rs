@@ -7,5 +7,6 @@ pub mod filter;
 pub mod logging;
 pub mod privileges;
 pub mod queue;
+pub mod readiness;
 pub mod reload;
 pub mod summary;
