@@ -55,7 +55,11 @@ enum Command {
     /// once, and one line per domain is printed (messages seen, mechanism,
     /// deliverable, why) with a summary; exit status 0 when every domain is
     /// deliverable, 1 when one is not.
-    #[command(group = clap::ArgGroup::new("what").required(true).args(["domain", "domains_file", "from_postfix_log"]))]
+    ///
+    /// --warnings runs the server's early-warnings probe now on the busiest
+    /// destination domains of the spool's outcome records and prints what it
+    /// finds (it does not write the spool); exit status 1 when it finds any.
+    #[command(group = clap::ArgGroup::new("what").required(true).args(["domain", "domains_file", "from_postfix_log", "warnings"]))]
     Check {
         /// The recipient domain.
         domain: Option<String>,
@@ -76,6 +80,9 @@ enum Command {
         #[arg(long, value_name = "N", default_value_t = tlsrelay::ops::readiness::DEFAULT_PARALLEL as u64,
               value_parser = clap::value_parser!(u64).range(1..=256))]
         parallel: u64,
+        /// Early warnings now: probe the `[warnings] top_domains` busiest destinations.
+        #[arg(long)]
+        warnings: bool,
     },
     /// The MTA-STS policy cache.
     Sts {
@@ -130,6 +137,11 @@ fn run(cli: Cli) -> anyhow::Result<ExitCode> {
             json,
             ..
         } => cli::check::run(path, &domain, probe, json),
+        Command::Check {
+            warnings: true,
+            json,
+            ..
+        } => cli::check::warnings(path, json),
         Command::Check {
             domains_file,
             from_postfix_log,

@@ -109,3 +109,53 @@ fn targets(source: Source) -> anyhow::Result<Vec<readiness::Target>> {
         }
     }
 }
+
+/// `check --warnings`: the early-warnings probe of the busiest destinations,
+/// now; exit status 1 when it finds anything.
+pub fn warnings(config_path: Option<&Path>, json: bool) -> anyhow::Result<ExitCode> {
+    use tlsrelay::reporting::early_warning::{busiest, Prober};
+    let config = load_config(config_path)?;
+    let spool = &config.spool.dir;
+    let top = busiest(spool, config.warnings.top_domains)
+        .with_context(|| format!("cannot read the outcome records under {}", spool.display()))?;
+    let domains: Vec<_> = top.into_iter().map(|(d, _)| d).collect();
+    let file = runtime()?.block_on(async {
+        let (dns, sts, policies) = engines(&config)?;
+        let tls = tlsrelay::tls::ClientTls::new(&config.delivery.extra_roots)?;
+        let prober = Prober {
+            sources: tlsrelay::ops::check::Sources {
+                config: &config,
+                dns: &dns,
+                sts: &sts,
+                policies: &policies,
+            },
+            tls: &tls,
+        };
+        anyhow::Ok(prober.run(&domains, chrono::Utc::now().timestamp()).await)
+    })?;
+    if json {
+        println!("{}", pretty_json(&file)?);
+    } else {
+        let mut out = String::new();
+        for w in &file.warnings {
+            out.push_str(&format!(
+                "{} {} {}: {}\n",
+                w.domain,
+                w.host,
+                w.kind.label(),
+                w.detail
+            ));
+        }
+        out.push_str(&format!(
+            "{} domain(s) probed, {} warning(s)\n",
+            file.domains.len(),
+            file.warnings.len()
+        ));
+        print!("{}", tlsrelay::model::visible::visible_lines(&out));
+    }
+    Ok(if file.warnings.is_empty() {
+        ExitCode::SUCCESS
+    } else {
+        ExitCode::from(1)
+    })
+}
