@@ -1,9 +1,10 @@
-//! Early warnings in a running relay (the real binary): after mail to three
+//! Early warnings in a running relay (the real binary): after mail to five
 //! domains, the periodic probe (a 2s interval here) warns about the MX whose
 //! certificate expires in 5 days and the MX whose TLSA record no longer matches
-//! its certificate, in the log, in `/metrics` and in `SPOOL/warnings.json`;
-//! the healthy DANE domain gets no warning. `tlsrelay check --warnings` finds
-//! the same.
+//! its certificate (and about an MTA-STS policy that does not list the MX, and a
+//! TLSA lookup that is DNSSEC-bogus), in the log, in `/metrics` and in
+//! `SPOOL/warnings.json`; the healthy DANE domain gets no warning.
+//! `tlsrelay check --warnings` finds the same.
 
 mod support;
 
@@ -15,6 +16,7 @@ use std::time::{Duration, Instant, SystemTime};
 use support::child::start_relay_logging;
 use support::client::Client;
 use support::dns_world::{DnsWorld, ZoneKind};
+use support::https::{HttpsServer, Response};
 use support::mx::{free_port, MxOptions, MxServer};
 use support::pki::{self, LeafOptions, TestCa};
 use tlsrelay::model::metric as m;
@@ -99,6 +101,9 @@ nameservers = ["{dns}"]
 trust_anchor_file = "{anchor}"
 timeout = "2s"
 attempts = 1
+[mta_sts]
+https_port = {mx}
+extra_roots = ["{ca}"]
 [metrics]
 listen = "127.0.0.1:{metrics}"
 [warnings]
@@ -147,6 +152,13 @@ async fn expiring_certificate_and_stale_tlsa_are_warned() {
     )
     .await
     .unwrap();
+    let _https = HttpsServer::start(
+        ip("127.0.16.30"),
+        port,
+        ca.leaf(&["mta-sts.unlisted.test"]),
+        Response::policy("version: STSv1\nmode: enforce\nmx: mx.elsewhere.test\nmax_age: 604800\n"),
+    )
+    .await;
     let world = DnsWorld::builder()
         .zone("soon.test", ZoneKind::Unsigned)
         .mx("soon.test", 10, "mx.soon.test")
@@ -159,6 +171,17 @@ async fn expiring_certificate_and_stale_tlsa_are_warned() {
         .mx("fine.test", 10, "mx.fine.test")
         .a("mx.fine.test", "127.0.16.12")
         .tlsa(port, "mx.fine.test", 3, 1, 1, &sha256(&fine_cert.spki_der))
+        .zone("unlisted.test", ZoneKind::Unsigned)
+        .mx("unlisted.test", 10, "mx.unlisted.test")
+        .a("mx.unlisted.test", "127.0.16.12")
+        .txt("_mta-sts.unlisted.test", &["v=STSv1; id=1"])
+        .a("mta-sts.unlisted.test", "127.0.16.30")
+        // MX and address signed; the TLSA records in a zone of their own whose signatures are broken.
+        .zone("bogus.test", ZoneKind::Signed)
+        .mx("bogus.test", 10, "mx.bogus.test")
+        .a("mx.bogus.test", "127.0.16.12")
+        .zone("_tcp.mx.bogus.test", ZoneKind::BadSignatures)
+        .tlsa(port, "mx.bogus.test", 3, 1, 1, &sha256(&fine_cert.spki_der))
         .start()
         .await;
     let (smtp, metrics) = (free_port(), free_port());
@@ -180,19 +203,27 @@ async fn expiring_certificate_and_stale_tlsa_are_warned() {
             "registered at zero: {before}"
         );
     }
-    for rcpt in ["a@soon.test", "b@stale.test", "c@fine.test"] {
+    for rcpt in [
+        "a@soon.test",
+        "b@stale.test",
+        "c@fine.test",
+        "d@unlisted.test",
+        "e@bogus.test",
+    ] {
         submit(relay.addr, rcpt).await;
     }
 
     let deadline = Instant::now() + Duration::from_secs(60);
-    let (expiring, mismatch) = loop {
+    let (expiring, mismatch, unlisted, bogus) = loop {
         let log = std::fs::read_to_string(&log_path).unwrap_or_default();
         let found = (
             warning_line(&log, "soon.test", "cert-expiring"),
             warning_line(&log, "stale.test", "tlsa-mismatch"),
+            warning_line(&log, "unlisted.test", "sts-mx-not-listed"),
+            warning_line(&log, "bogus.test", "tlsa-bogus"),
         );
-        if let (Some(a), Some(b)) = found {
-            break (a, b);
+        if let (Some(a), Some(b), Some(c), Some(d)) = found {
+            break (a, b, c, d);
         }
         assert!(
             Instant::now() < deadline,
@@ -208,6 +239,9 @@ async fn expiring_certificate_and_stale_tlsa_are_warned() {
         mismatch.contains("do not match the served certificate"),
         "{mismatch}"
     );
+    assert!(unlisted.contains("host=mx.unlisted.test"), "{unlisted}");
+    assert!(bogus.contains("host=mx.bogus.test"), "{bogus}");
+    assert!(bogus.contains("DNSSEC"), "{bogus}");
     let log = std::fs::read_to_string(&log_path).unwrap();
     assert!(
         !log.lines()
@@ -215,21 +249,24 @@ async fn expiring_certificate_and_stale_tlsa_are_warned() {
         "the healthy DANE domain is not warned about:\n{log}"
     );
 
-    // The gauges follow the latest probe: the two, once each.
+    // The gauges follow the latest probe: each kind once.
     let deadline = Instant::now() + Duration::from_secs(30);
     let text = loop {
         let text = metrics_text(metrics).await;
         let v = |k: &str| value(&text, &format!("{}{{kind=\"{k}\"}}", m::EARLY_WARNINGS));
-        if v("cert-expiring") == Some(1.0) && v("tlsa-mismatch") == Some(1.0) {
+        let kinds = [
+            "cert-expiring",
+            "tlsa-mismatch",
+            "sts-mx-not-listed",
+            "tlsa-bogus",
+        ];
+        if kinds.iter().all(|k| v(k) == Some(1.0)) {
             break text;
         }
         assert!(Instant::now() < deadline, "metrics: {text}");
         tokio::time::sleep(Duration::from_millis(200)).await;
     };
-    let v = |k: &str| value(&text, &format!("{}{{kind=\"{k}\"}}", m::EARLY_WARNINGS));
-    assert_eq!(v("sts-mx-not-listed"), Some(0.0), "{text}");
-    assert_eq!(v("tlsa-bogus"), Some(0.0), "{text}");
-    assert_eq!(value(&text, m::EARLY_WARNINGS_DOMAINS), Some(3.0), "{text}");
+    assert_eq!(value(&text, m::EARLY_WARNINGS_DOMAINS), Some(5.0), "{text}");
     assert!(
         value(&text, m::EARLY_WARNINGS_LAST_RUN).is_some_and(|t| t > 0.0),
         "{text}"
@@ -241,13 +278,18 @@ async fn expiring_certificate_and_stale_tlsa_are_warned() {
         .map(|w| (w.domain.clone(), w.kind.clone()))
         .collect();
     kinds.sort_by(|a, b| a.0.cmp(&b.0));
-    assert_eq!(kinds.len(), 2, "{latest:?}");
-    assert_eq!(kinds[0].0, "soon.test");
+    assert_eq!(kinds.len(), 4, "{latest:?}");
+    assert_eq!(kinds[0], ("bogus.test".into(), WarningKind::TlsaBogus));
+    assert_eq!(kinds[1].0, "soon.test");
     assert!(
-        matches!(kinds[0].1, WarningKind::CertExpiring { days_left } if (3..=5).contains(&days_left)),
+        matches!(kinds[1].1, WarningKind::CertExpiring { days_left } if (3..=5).contains(&days_left)),
         "{latest:?}"
     );
-    assert_eq!(kinds[1], ("stale.test".into(), WarningKind::TlsaMismatch));
+    assert_eq!(kinds[2], ("stale.test".into(), WarningKind::TlsaMismatch));
+    assert_eq!(
+        kinds[3],
+        ("unlisted.test".into(), WarningKind::StsMxNotListed)
+    );
     relay.kill();
 
     // The same probe by hand, from the spool's outcome records.
@@ -276,5 +318,5 @@ async fn expiring_certificate_and_stale_tlsa_are_warned() {
         text.contains("stale.test mx.stale.test tlsa-mismatch: "),
         "{text}"
     );
-    assert!(text.contains("3 domain(s) probed, 2 warning(s)"), "{text}");
+    assert!(text.contains("5 domain(s) probed, 4 warning(s)"), "{text}");
 }
