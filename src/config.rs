@@ -40,6 +40,53 @@ pub struct Config {
     pub metrics: MetricsConfig,
     /// SMTP TLS Reporting (RFC 8460).
     pub tls_rpt: TlsRptConfig,
+    /// Early warnings: a periodic probe of the most frequent destination domains.
+    pub warnings: WarningsConfig,
+}
+
+/// The `[warnings]` section: early warnings about the busiest destinations.
+#[derive(Debug, Clone, Deserialize, Serialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct WarningsConfig {
+    /// Probe the most frequent destination domains periodically (needs delivery on).
+    pub enabled: bool,
+    /// How many of the most frequent destination domains (by messages of the last 7 days) are probed.
+    pub top_domains: usize,
+    /// How often they are probed; the first probe runs a minute after start (or after
+    /// `interval`, when shorter) unless the last one, kept in the spool, is more recent.
+    pub interval: HumanDuration,
+    /// Warn when an MX host's certificate expires within this many days.
+    pub cert_expiry_days: u32,
+}
+
+impl Default for WarningsConfig {
+    fn default() -> Self {
+        WarningsConfig {
+            enabled: true,
+            top_domains: 50,
+            interval: HumanDuration(Duration::from_secs(86400)),
+            cert_expiry_days: 14,
+        }
+    }
+}
+
+impl WarningsConfig {
+    /// The `[warnings]` rules: something to probe, now and then.
+    fn check(&self) -> Result<(), Violation> {
+        if self.top_domains == 0 {
+            return Err(violation(
+                "top_domains",
+                "warnings.top_domains must be at least 1 (or set warnings.enabled = false)",
+            ));
+        }
+        if self.interval.0.is_zero() {
+            return Err(violation(
+                "interval",
+                "warnings.interval must be longer than 0s, e.g. \"1d\"",
+            ));
+        }
+        Ok(())
+    }
 }
 
 /// The `[tls_rpt]` section.
@@ -760,6 +807,7 @@ impl Config {
     fn check(&self) -> Result<(), Violation> {
         self.server.check()?;
         self.delivery.check()?;
+        self.warnings.check()?;
         if self.tls_rpt.dkim_key_file.is_some() && self.tls_rpt.dkim_selector.is_none() {
             return Err(violation(
                 "dkim_key_file",
@@ -885,6 +933,9 @@ mod tests {
                 "user name from /etc/passwd",
             ),
             ("[server]\nuser = \"\"\n", 2, "user name from /etc/passwd"),
+            ("[warnings]\ntop_domains = 0\n", 2, "warnings.top_domains"),
+            ("[warnings]\n\ninterval = \"0s\"\n", 3, "warnings.interval"),
+            ("[warnings]\ninterval = \"daily\"\n", 2, "not a duration"),
         ];
         for (text, line, needle) in cases {
             let err = Config::parse(text, Some(Path::new("t.toml"))).unwrap_err();

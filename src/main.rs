@@ -49,15 +49,40 @@ enum Command {
     /// MX) or its lookup fails now; 2 when the check could not run (bad
     /// configuration or arguments). `--json` has the same verdict in
     /// `verdict_kind`.
+    ///
+    /// The readiness check before cutover: with --from-postfix-log or
+    /// --domains-file, every domain is probed (as with --probe), --parallel at
+    /// once, and one line per domain is printed (messages seen, mechanism,
+    /// deliverable, why) with a summary; exit status 0 when every domain is
+    /// deliverable, 1 when one is not.
+    ///
+    /// --warnings runs the server's early-warnings probe now on the busiest
+    /// destination domains of the spool's outcome records and prints what it
+    /// finds (it does not write the spool); exit status 1 when it finds any.
+    #[command(group = clap::ArgGroup::new("what").required(true).args(["domain", "domains_file", "from_postfix_log", "warnings"]))]
     Check {
         /// The recipient domain.
-        domain: String,
+        domain: Option<String>,
         /// Also connect to each host, do STARTTLS (no mail), and judge the certificate chain.
         #[arg(long)]
         probe: bool,
         /// Print JSON.
         #[arg(long)]
         json: bool,
+        /// Readiness: check the domains of this file (one a line, optionally with a message count).
+        #[arg(long, value_name = "FILE")]
+        domains_file: Option<PathBuf>,
+        /// Readiness: check the destination domains of Postfix's log (smtp/lmtp
+        /// delivery lines), with the messages seen per domain; may be repeated.
+        #[arg(long, value_name = "FILE")]
+        from_postfix_log: Vec<PathBuf>,
+        /// Readiness: domains probed at once.
+        #[arg(long, value_name = "N", default_value_t = tlsrelay::ops::readiness::DEFAULT_PARALLEL as u64,
+              value_parser = clap::value_parser!(u64).range(1..=256))]
+        parallel: u64,
+        /// Early warnings now: probe the `[warnings] top_domains` busiest destinations.
+        #[arg(long)]
+        warnings: bool,
     },
     /// The MTA-STS policy cache.
     Sts {
@@ -107,10 +132,29 @@ fn run(cli: Cli) -> anyhow::Result<ExitCode> {
         Command::Queue { action } => cli::queue::run(path, action),
         Command::Reload => cli::reload::run(path),
         Command::Check {
-            domain,
+            domain: Some(domain),
             probe,
             json,
+            ..
         } => cli::check::run(path, &domain, probe, json),
+        Command::Check {
+            warnings: true,
+            json,
+            ..
+        } => cli::check::warnings(path, json),
+        Command::Check {
+            domains_file,
+            from_postfix_log,
+            parallel,
+            json,
+            ..
+        } => {
+            let source = match domains_file {
+                Some(file) => cli::check::Source::DomainsFile(file),
+                None => cli::check::Source::PostfixLogs(from_postfix_log),
+            };
+            cli::check::readiness(path, source, parallel as usize, json)
+        }
         Command::Sts { action } => cli::sts::run(path, action),
         Command::Policy { action } => cli::policy::run(path, action),
         Command::Report { action, json } => cli::report::run(path, action, json),

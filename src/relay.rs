@@ -26,6 +26,8 @@ pub struct Relay {
     control_listener: tokio::net::UnixListener,
     /// Held so the periodic DNSSEC self-test runs as long as the relay does.
     _health: Arc<crate::reporting::health::Health>,
+    /// The periodic early-warnings probe, when `[warnings] enabled` and delivery is on.
+    warnings: Option<crate::reporting::early_warning::Task>,
 }
 
 /// The DNS settings of a configuration.
@@ -106,6 +108,7 @@ impl Relay {
             tokio::spawn(crate::reporting::health::run_self_tests(dns.clone(), weak));
         }
         let delivery = Delivery::new(config.clone(), spool.clone(), dns.clone())?;
+        let warnings = warnings_task(&config, &dns, &delivery)?;
         let control_dns = dns.clone();
         let reporter = if config.tls_rpt.enabled && config.delivery.enabled {
             Some(
@@ -138,6 +141,7 @@ impl Relay {
         let inbound = Inbound::with_listeners(config.clone(), spool, queued, listeners)?;
         Ok(Relay {
             _health: health,
+            warnings,
             control_listener,
             config,
             reporter,
@@ -190,10 +194,46 @@ impl Relay {
         if let Some(r) = self.reporter {
             tokio::spawn(r.run(shutdown.clone()));
         }
+        if let Some(w) = self.warnings {
+            tokio::spawn(w.run(shutdown.clone()));
+        }
         self.inbound.run(shutdown).await;
         let _ = delivery.await;
         watch.abort();
     }
+}
+
+/// The early-warnings task, with delivery's MTA-STS engine (or, when MTA-STS is
+/// off and so never asked, one over the same cache directory).
+fn warnings_task(
+    config: &Arc<Config>,
+    dns: &Dns,
+    delivery: &Delivery,
+) -> Result<Option<crate::reporting::early_warning::Task>, StartError> {
+    if !(config.warnings.enabled && config.delivery.enabled) {
+        return Ok(None);
+    }
+    let sts = match delivery.mta_sts() {
+        Some(sts) => sts,
+        None => {
+            let settings = crate::resolve::mta_sts::FetchSettings {
+                port: config.mta_sts.https_port,
+                extra_roots: config.mta_sts.extra_roots.clone(),
+                timeout: config.mta_sts.fetch_timeout.get(),
+            };
+            let dir = config.spool.dir.join("mta-sts");
+            let sts = crate::resolve::mta_sts::MtaSts::new(dns.clone(), settings, &dir)
+                .map_err(|e| StartError::Delivery(DeliveryError::MtaSts(e.to_string())))?;
+            Arc::new(sts)
+        }
+    };
+    Ok(Some(crate::reporting::early_warning::Task {
+        config: config.clone(),
+        dns: dns.clone(),
+        sts,
+        policies: delivery.policy_slot(),
+        spool_dir: config.spool.dir.clone(),
+    }))
 }
 
 /// Opens (locks, imports, replays) the spool and logs what recovery found.

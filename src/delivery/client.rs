@@ -207,6 +207,19 @@ pub struct Dial {
     pub data: Duration,
 }
 
+impl Dial {
+    /// The settings of a probe (`check`, early warnings): `[delivery]`'s timeouts,
+    /// each reply waited for at most 30 s, from `source`.
+    pub fn probe(d: &crate::config::DeliveryConfig, source: Option<IpAddr>) -> Dial {
+        Dial {
+            source,
+            connect: d.connect_timeout.get(),
+            command: d.command_timeout.get().min(Duration::from_secs(30)),
+            data: d.data_timeout.get(),
+        }
+    }
+}
+
 /// An authenticated TLS session with one MX host, ready for mail transactions.
 pub struct Session {
     transport: Transport,

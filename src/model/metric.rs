@@ -55,6 +55,12 @@ pub const QUEUE_TIME: &str = "tlsrelay_delivery_queue_time_seconds";
 pub const TRANSACTION_TIME: &str = "tlsrelay_delivery_transaction_seconds";
 /// Open outbound SMTP connections (pooled idle ones included), by `mechanism`.
 pub const OUTBOUND_CONNECTIONS: &str = "tlsrelay_outbound_connections";
+/// Early warnings of the last probe, by `kind` (no domain label: domains are unbounded).
+pub const EARLY_WARNINGS: &str = "tlsrelay_early_warnings";
+/// Destination domains the last early-warnings probe looked at.
+pub const EARLY_WARNINGS_DOMAINS: &str = "tlsrelay_early_warnings_domains_probed";
+/// Unix time of the last early-warnings probe.
+pub const EARLY_WARNINGS_LAST_RUN: &str = "tlsrelay_early_warnings_last_run_timestamp_seconds";
 
 /// The `auth` label of a delivered recipient: one per mechanism.
 pub const MECHANISMS: [Mechanism; 5] = [

@@ -10,8 +10,6 @@ use std::net::{IpAddr, SocketAddr};
 
 use serde::Serialize;
 
-use std::time::Duration;
-
 use rustls_pki_types::CertificateDer;
 
 use super::local_report::{local_section, render_local, LocalSection};
@@ -565,12 +563,7 @@ impl ProbeContext<'_> {
         source: Option<IpAddr>,
     ) -> Result<Session, HostError> {
         let d = &self.config.delivery;
-        let timeouts = Dial {
-            source,
-            connect: d.connect_timeout.get(),
-            command: d.command_timeout.get().min(Duration::from_secs(30)),
-            data: d.data_timeout.get(),
-        };
+        let timeouts = Dial::probe(d, source);
         let tls = self.tls.config(&PeerCheck::EncryptOnly);
         let helo = self.config.helo_name();
         Session::open(&self.host.mx.host, addr, helo, tls, sni, timeouts).await

@@ -10,5 +10,6 @@ pub mod logging;
 pub mod policies;
 pub mod privileges;
 pub mod queue;
+pub mod readiness;
 pub mod reload;
 pub mod summary;

@@ -75,6 +75,9 @@ fn register() {
         metrics::gauge!(LOCAL_EXCEPTIONS, "state" => state).set(0.0);
     }
     metrics::gauge!(BUILD_INFO, "version" => env!("CARGO_PKG_VERSION")).set(1.0);
+    for kind in super::early_warning::KINDS {
+        metrics::gauge!(EARLY_WARNINGS, "kind" => kind).set(0.0);
+    }
     for name in [QUEUE_SIZE, QUEUE_OLDEST, INBOUND_LISTENERS] {
         metrics::gauge!(name).set(0.0);
     }
@@ -128,6 +131,18 @@ fn describe_health() {
     );
     metrics::describe_gauge!(SELFTEST_LAST, "Unix time of the last DNSSEC self-test.");
     metrics::describe_gauge!(READY, "1 while /readyz answers 200, else 0.");
+    metrics::describe_gauge!(
+        EARLY_WARNINGS,
+        "Early warnings found by the last probe of the busiest destinations, by kind."
+    );
+    metrics::describe_gauge!(
+        EARLY_WARNINGS_DOMAINS,
+        "Destination domains the last early-warnings probe looked at."
+    );
+    metrics::describe_gauge!(
+        EARLY_WARNINGS_LAST_RUN,
+        "Unix time of the last early-warnings probe."
+    );
 }
 
 fn describe_traffic() {

@@ -1,5 +1,6 @@
 //! What tlsrelay tells others: outcome records, TLS reports (RFC 8460) and metrics.
 
+pub mod early_warning;
 pub mod endpoint;
 pub mod health;
 pub mod metrics;
