@@ -16,6 +16,7 @@ mod pool;
 mod recipient_log;
 mod scheduler;
 pub mod suspend;
+mod timers;
 pub(crate) mod transaction;
 
 pub use scheduler::Command;

@@ -1,5 +1,6 @@
-//! The scheduler: keeps due messages moving, picks up what changed on disk,
-//! and stops gracefully.
+//! The scheduler: starts each message's attempt when it is due (a timer
+//! index, no rescans: whatever changes the queue tells the scheduler), and stops
+//! gracefully.
 
 use std::collections::{HashMap, HashSet};
 use std::sync::Arc;
@@ -10,13 +11,15 @@ use tokio::task::JoinSet;
 
 use super::attempt::{attempt, AfterAttempt};
 use super::suspend::Suspensions;
+use super::timers::Timers;
+use crate::model::domain::Domain;
 use super::{Context, Delivery};
 use crate::reporting::metrics as names;
 use crate::resolve::mta_sts::MtaSts;
 use crate::spool::{now_unix, Envelope};
 
-/// What the operator changed that the scheduler acts on at once, without
-/// waiting for a rescan of the spool (the spool already holds the change).
+/// What the operator changed that the scheduler acts on at once (the spool
+/// already holds the change).
 #[derive(Debug, Clone)]
 pub enum Command {
     /// These messages were put on hold: out of the schedule; one in flight is
@@ -30,14 +33,14 @@ pub enum Command {
 
 /// Messages waiting for their next attempt, and attempts in flight.
 struct Queue {
-    waiting: HashMap<String, Envelope>,
+    /// Waiting messages by due time; their envelopes stay in the spool.
+    timers: Timers,
     in_flight: HashSet<String>,
     /// Messages held while their attempt was in flight.
     hold_after: HashSet<String>,
     /// Messages whose last attempt could not be written to the spool: their
-    /// state in `waiting` is newer than the disk's, so a rescan keeps it (else a
-    /// full disk would make every scan retry them at once).
-    unsaved: HashSet<String>,
+    /// state here is newer than the disk's, so it is the one attempted next.
+    unsaved: HashMap<String, Envelope>,
     tasks: JoinSet<(String, AfterAttempt)>,
 }
 
@@ -58,25 +61,23 @@ impl Delivery {
         if let Some(sts) = ctx.mta_sts.clone() {
             spawn_sts_refresh(&ctx, sts, shutdown.clone());
         }
-        let scan_every =
+        let upkeep_every =
             (ctx.config.delivery.queue_scan_interval.get()).max(Duration::from_millis(200));
         let mut q = Queue {
-            waiting: HashMap::new(),
+            timers: Timers::default(),
             in_flight: HashSet::new(),
             hold_after: HashSet::new(),
-            unsaved: HashSet::new(),
+            unsaved: HashMap::new(),
             tasks: JoinSet::new(),
         };
         for env in initial {
             q.add(env);
         }
-        let mut last_scan = Instant::now();
+        let mut last_upkeep = Instant::now();
         loop {
             q.start_due(&ctx);
-            let to_scan = scan_every.saturating_sub(last_scan.elapsed());
-            let sleep = q
-                .until_next(&ctx)
-                .min(to_scan.max(Duration::from_millis(50)));
+            let to_upkeep = upkeep_every.saturating_sub(last_upkeep.elapsed());
+            let sleep = q.until_next(&ctx).min(to_upkeep.max(Duration::from_millis(50)));
             tokio::select! {
                 _ = shutdown.wait_for(|v| *v) => break,
                 Some(env) = self.incoming.recv() => q.add(env),
@@ -88,12 +89,12 @@ impl Delivery {
                 }
                 _ = tokio::time::sleep(sleep) => {}
             }
-            if last_scan.elapsed() >= scan_every {
-                last_scan = Instant::now();
+            if last_upkeep.elapsed() >= upkeep_every {
+                last_upkeep = Instant::now();
                 ctx.pool
                     .close_idle(ctx.config.delivery.connection_reuse_time.get())
                     .await;
-                q.rescan(&ctx).await;
+                q.gauges(&ctx);
             }
         }
         q.drain(&ctx).await;
@@ -102,17 +103,27 @@ impl Delivery {
 }
 
 impl Queue {
-    /// Starts an attempt for every due message not waiting only for
-    /// suspended domains; ends the suspensions whose time is up.
+    /// Starts an attempt for every due message; one waiting only for suspended
+    /// domains is put back until the first of those suspensions ends.
     fn start_due(&mut self, ctx: &Arc<Context>) {
         let now = now_unix();
         let suspended = end_suspensions(ctx, now);
-        let due: Vec<String> = (self.waiting.values())
-            .filter(|e| e.next_attempt <= now && !suspended.blocks(e, now))
-            .map(|e| e.id.clone())
-            .collect();
-        for id in due {
-            let env = self.waiting.remove(&id).expect("listed above");
+        while let Some(id) = self.timers.pop_due(now) {
+            let env = match self.unsaved.remove(&id) {
+                Some(env) => env,
+                None => match ctx.spool.load(&id) {
+                    Ok(env) => env,
+                    // Removed meanwhile (delivered by a DSN path, deleted): nothing to do.
+                    Err(_) => continue,
+                },
+            };
+            if env.held {
+                continue;
+            }
+            if suspended.blocks(&env, now) {
+                self.timers.set(&id, resumes_at(&suspended, &env, now));
+                continue;
+            }
             self.in_flight.insert(id.clone());
             let ctx = ctx.clone();
             self.tasks
@@ -121,28 +132,28 @@ impl Queue {
     }
 
     /// How long until the next waiting message is due or a suspension ends
-    /// (a long time when none waits).
+    /// (an hour when none waits).
     fn until_next(&self, ctx: &Context) -> Duration {
         let now = now_unix();
         let suspended = ctx.suspended.read().unwrap_or_else(|e| e.into_inner());
-        (self.waiting.values())
-            .filter(|e| !suspended.blocks(e, now))
-            .map(|e| e.next_attempt)
+        (self.timers.next().into_iter())
             .chain(suspended.next_end(now))
             .min()
             .map_or(Duration::from_secs(3600), |t| {
-                Duration::from_secs((t - now).max(1) as u64)
+                Duration::from_secs((t - now).max(0) as u64)
             })
     }
 
     /// A message announced by the inbound server (or a DSN, or one the operator
-    /// retried or released), or read by a rescan; neither replaces a message in
-    /// flight or one newer in memory than on disk. A held message is not scheduled.
+    /// retried or released); a message in flight is left to its attempt. A held
+    /// message is not scheduled.
     fn add(&mut self, env: Envelope) {
         if env.held {
-            self.waiting.remove(&env.id);
-        } else if !self.in_flight.contains(&env.id) && !self.unsaved.contains(&env.id) {
-            self.waiting.insert(env.id.clone(), env);
+            self.timers.remove(&env.id);
+            self.unsaved.remove(&env.id);
+        } else if !self.in_flight.contains(&env.id) {
+            self.unsaved.remove(&env.id);
+            self.timers.set(&env.id, env.next_attempt);
         }
     }
 
@@ -151,7 +162,7 @@ impl Queue {
         match cmd {
             Command::Hold(ids) => {
                 for id in ids {
-                    self.waiting.remove(&id);
+                    self.timers.remove(&id);
                     if self.in_flight.contains(&id) {
                         self.hold_after.insert(id);
                     }
@@ -159,53 +170,44 @@ impl Queue {
             }
             Command::Forget(ids) => {
                 for id in ids {
-                    self.waiting.remove(&id);
+                    self.timers.remove(&id);
                     self.unsaved.remove(&id);
                 }
             }
             Command::Suspensions(s) => {
                 *ctx.suspended.write().unwrap_or_else(|e| e.into_inner()) = s;
+                // A resume may make blocked messages due before their suspension's end.
+                for id in self.timers.ids() {
+                    if let Ok(env) = ctx.spool.load(&id) {
+                        self.timers.set(&id, env.next_attempt);
+                    }
+                }
             }
         }
     }
 
-    /// An attempt ended; the envelope is kept when the message stays queued
+    /// An attempt ended; the message is scheduled again when it stays queued
     /// (and held again when it was held during the attempt).
     fn finished(&mut self, ctx: &Context, id: String, after: AfterAttempt) {
         self.in_flight.remove(&id);
         let hold = self.hold_after.remove(&id);
         match after {
-            AfterAttempt::Removed => {
-                self.unsaved.remove(&id);
-            }
+            AfterAttempt::Removed => {}
             AfterAttempt::Queued(env) | AfterAttempt::Unsaved(env) if hold => hold_again(ctx, env),
-            AfterAttempt::Queued(env) => {
-                self.unsaved.remove(&id);
-                self.waiting.insert(id, env);
-            }
+            AfterAttempt::Queued(env) => self.timers.set(&id, env.next_attempt),
             AfterAttempt::Unsaved(env) => {
-                self.unsaved.insert(id.clone());
-                self.waiting.insert(id, env);
+                self.timers.set(&id, env.next_attempt);
+                self.unsaved.insert(id, env);
             }
         }
     }
 
-    /// The disk is the truth: picks up `queue retry`, `queue delete` and DSNs.
-    async fn rescan(&mut self, ctx: &Context) {
-        let spool = ctx.spool.clone();
-        let Ok(on_disk) = tokio::task::spawn_blocking(move || spool.list()).await else {
-            return;
-        };
-        let ids: HashSet<String> = on_disk.iter().map(|e| e.id.clone()).collect();
-        let oldest = on_disk.iter().map(|e| e.received_at).min();
-        metrics::gauge!(names::QUEUE_SIZE).set(on_disk.len() as f64);
+    /// The queue gauges, from the spool's index (no disk read).
+    fn gauges(&self, ctx: &Context) {
+        let (size, oldest) = ctx.spool.size_and_oldest();
+        metrics::gauge!(names::QUEUE_SIZE).set(size as f64);
         metrics::gauge!(names::QUEUE_OLDEST)
             .set(oldest.map_or(0, |t| (now_unix() - t).max(0)) as f64);
-        self.waiting.retain(|id, _| ids.contains(id));
-        self.unsaved.retain(|id| ids.contains(id));
-        for env in on_disk {
-            self.add(env);
-        }
     }
 
     /// Lets attempts in flight finish, within `server.shutdown_grace`.
@@ -222,6 +224,17 @@ impl Queue {
             self.tasks.abort_all();
         }
     }
+}
+
+/// When a message that waits only for suspended domains may go: the first end
+/// of those suspensions (at least a second from now).
+fn resumes_at(suspended: &Suspensions, env: &Envelope, now: i64) -> i64 {
+    env.pending()
+        .filter_map(|r| Domain::of_address(&r.address).ok())
+        .filter_map(|d| suspended.until(&d, now))
+        .min()
+        .unwrap_or(now + 60)
+        .max(now + 1)
 }
 
 /// Removes the suspensions that have ended (logging each), and returns those

@@ -370,7 +370,9 @@ impl Handler {
     fn tell_scheduler(&self, req: &Request, done: &queue::Done) {
         let command = match req {
             Request::QueueHold { .. } => Some(Command::Hold(done.ids.clone())),
-            Request::QueueDelete { .. } => Some(Command::Forget(done.ids.clone())),
+            Request::QueueDelete { .. } | Request::QueueBounce { .. } => {
+                Some(Command::Forget(done.ids.clone()))
+            }
             Request::QueueSuspend { .. } | Request::QueueResume { .. } => {
                 done.suspensions.clone().map(Command::Suspensions)
             }

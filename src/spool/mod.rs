@@ -348,6 +348,14 @@ impl Spool {
         self.index().entries.len()
     }
 
+    /// How many messages are queued, and the arrival time of the oldest (one
+    /// pass over the in-memory index, no envelope copied).
+    pub fn size_and_oldest(&self) -> (usize, Option<i64>) {
+        let index = self.index();
+        let oldest = index.entries.values().map(|e| e.env.received_at).min();
+        (index.entries.len(), oldest)
+    }
+
     /// Whether no message is queued.
     pub fn is_empty(&self) -> bool {
         self.len() == 0
