@@ -13,9 +13,11 @@ use ipnet::IpNet;
 use serde::{Deserialize, Deserializer, Serialize, Serializer};
 
 mod files;
+mod shaping;
 mod warnings;
 
 pub use files::FileProblem;
+pub use shaping::{Rate, RateError, ShapingRule};
 pub use warnings::ConfigWarning;
 
 /// The whole configuration, as read from the TOML file (or the built-in defaults).
@@ -494,6 +496,13 @@ pub struct DeliveryConfig {
     pub source_ipv6: Option<std::net::Ipv6Addr>,
     /// Address families to connect over: `any`, `ipv4`, `ipv6`, `prefer-ipv6`, `prefer-ipv4`.
     pub address_family: crate::model::egress::AddressFamily,
+    /// Most simultaneous connections to one destination site (the MX host set
+    /// that many domains may share).
+    pub max_connections_per_site: usize,
+    /// Messages sent over one connection before it is closed (0: no limit).
+    pub max_messages_per_connection: usize,
+    /// Limits and rates for particular domains or sites.
+    pub shaping: Vec<ShapingRule>,
 }
 
 impl Default for DeliveryConfig {
@@ -521,6 +530,9 @@ impl Default for DeliveryConfig {
             source_ipv4: None,
             source_ipv6: None,
             address_family: crate::model::egress::AddressFamily::Any,
+            max_connections_per_site: 10,
+            max_messages_per_connection: 100,
+            shaping: vec![],
         }
     }
 }
@@ -551,6 +563,15 @@ impl DeliveryConfig {
                 "max_connections",
                 "delivery.max_hosts_per_attempt, max_connections and max_connections_per_domain must be at least 1",
             ));
+        }
+        if self.max_connections_per_site == 0 {
+            return Err(violation(
+                "max_connections_per_site",
+                "delivery.max_connections_per_site must be at least 1",
+            ));
+        }
+        if let Some((key, message)) = self.shaping.iter().find_map(ShapingRule::problem) {
+            return Err(violation(key, message));
         }
         if self.queue_lifetime.0.is_zero() {
             return Err(violation(

@@ -171,6 +171,12 @@ impl Relay {
         &self.control.spool
     }
 
+    /// Where a message stored by other means than inbound SMTP is announced to
+    /// the scheduler (which never rescans the spool).
+    pub fn queue_sender(&self) -> tokio::sync::mpsc::UnboundedSender<crate::spool::Envelope> {
+        self.delivery.queue_sender()
+    }
+
     /// The inbound listening addresses.
     pub fn local_addrs(&self) -> Vec<SocketAddr> {
         self.inbound.local_addrs()

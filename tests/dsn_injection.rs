@@ -106,7 +106,7 @@ async fn bounce_of_an_envelope_with_line_breaks_has_no_injected_lines() {
     );
     env.envid = Some("ENV\r\nX-Injected-Field: yes\r\n\r\n--fake-boundary".into());
     env.recipients[0].orcpt = Some("gone@bounce.test\r\nX-Injected-Orcpt: yes".into());
-    relay.spool.store(&env, message).unwrap();
+    relay.store_and_announce(&env, message);
     assert!(
         sink.wait_for_messages(1, Duration::from_secs(15)).await,
         "the bounce arrives"

@@ -147,7 +147,13 @@ async fn mixed_run_produces_exact_reports_by_https_and_mail() {
     let text = config_text(relay.dir.path(), &world, &root, port, &extra);
     let config = Arc::new(Config::parse(&text, None).unwrap());
     let today = chrono::Utc::now().date_naive();
-    let reporter = Reporter::new(config.clone(), relay.spool.clone(), world.dns(), None).unwrap();
+    let reporter = Reporter::new(
+        config.clone(),
+        relay.spool.clone(),
+        world.dns(),
+        Some(relay.queue_sender()),
+    )
+    .unwrap();
     let sent = reporter.send_day(today).await;
     let domains: Vec<&str> = sent.iter().map(|s| s.domain.as_str()).collect();
     assert_eq!(domains, ["bad.test", "rpt.test"], "{sent:?}");

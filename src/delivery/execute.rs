@@ -7,9 +7,13 @@
 
 use std::net::{IpAddr, SocketAddr};
 
+use tokio::sync::OwnedSemaphorePermit;
+
 use super::attempt::Body;
-use super::client::{Dial, Session};
+use super::client::{Dial, HostError, Session};
 use super::observer::Observer;
+use super::pool::{Lease, SessionKey};
+use super::sites::{limits_for, Limits, Site, SiteSlot};
 use super::transaction::transact;
 use super::Context;
 use crate::model::domain::Domain;
@@ -51,12 +55,9 @@ struct Tally {
     requiretls_refusals: usize,
 }
 
-/// Delivers to one domain: a pooled session if one is idle, else gather, plan and execute.
+/// Delivers to one domain: gather, plan, then each host in turn, over a
+/// session kept from any domain's mail to the same place when one is idle.
 pub(super) async fn deliver_domain(ctx: &Context, job: &Job<'_>) -> Vec<(usize, RcptResult)> {
-    let _permits = ctx.connection_permits(job.domain).await;
-    if let Some(results) = try_pooled(ctx, job).await {
-        return results;
-    }
     let (facts, plan) = ctx.plan_for(job.domain, job.demand).await;
     let obs = Observer::new(ctx, job.env, job.domain).routed(facts.route());
     let local = local_standing(job, &facts);
@@ -102,19 +103,6 @@ fn local_standing<'f>(job: &Job<'_>, facts: &'f DomainFacts) -> Option<&'f Local
     overrides::effective_local(facts)
 }
 
-/// Reuses a session kept from a recent delivery to the same domain. Only
-/// ordinary mail does: REQUIRETLS and waived messages take the full path.
-async fn try_pooled(ctx: &Context, job: &Job<'_>) -> Option<Vec<(usize, RcptResult)>> {
-    if job.demand != TlsDemand::Standard {
-        return None;
-    }
-    let (mut session, req) = ctx.pool.take(job.domain)?;
-    if !session.reset().await {
-        return None;
-    }
-    transact(ctx, job, session, &req, true).await
-}
-
 /// Carries a plan out.
 async fn execute(
     ctx: &Context,
@@ -133,6 +121,15 @@ async fn execute(
         }
         DomainPlan::Hosts { steps, untried, .. } => (steps, untried),
     };
+    let site = Site::of(&steps);
+    let at = SiteUse {
+        limits: limits_for(&ctx.config.delivery, job.domain, &site),
+        site: &site,
+    };
+    let _slots = match take_slots(ctx, job, &at).await {
+        Ok(slots) => slots,
+        Err(paused) => return paused,
+    };
     if let Some(waiver) = job.demand.waiver() {
         tracing::info!(id = %job.env.id, domain = %job.domain, waiver, "authentication waived: TLS without certificate checks for this message");
     }
@@ -145,7 +142,7 @@ async fn execute(
                 tally.reasons.push(s.reason.clone());
             }
             HostStep::Connect(t) => {
-                if let Some(results) = try_target(ctx, job, t, obs, &mut tally).await {
+                if let Some(results) = try_target(ctx, job, t, obs, &mut tally, &at).await {
                     return results;
                 }
             }
@@ -161,12 +158,13 @@ async fn try_target(
     t: &Target,
     obs: &Observer<'_>,
     tally: &mut Tally,
+    at: &SiteUse<'_>,
 ) -> Option<Vec<(usize, RcptResult)>> {
     if let Some(note) = &t.note {
         obs.note(t, note);
     }
     for &ip in &t.addrs {
-        match try_address(ctx, job, t, ip, obs).await {
+        match try_address(ctx, (job, obs, at), t, ip).await {
             Ok(results) => return Some(results),
             Err((reason, requiretls)) => {
                 tally.requiretls_refusals += usize::from(requiretls);
@@ -177,35 +175,68 @@ async fn try_target(
     None
 }
 
-/// One connection: open and authenticate the session, then the transaction.
-/// The error is the reason, and whether it was for lack of REQUIRETLS.
-async fn try_address(
+/// The site a plan's hosts make up, and the limits that hold there for this domain.
+pub(super) struct SiteUse<'a> {
+    /// The site.
+    pub site: &'a Site,
+    /// Its limits for this domain.
+    pub limits: Limits,
+}
+
+/// The domain's permit, the site's slot and a global one; the recipients'
+/// deferral while the site backs off.
+async fn take_slots(
     ctx: &Context,
     job: &Job<'_>,
+    at: &SiteUse<'_>,
+) -> Result<(OwnedSemaphorePermit, SiteSlot, OwnedSemaphorePermit), Vec<(usize, RcptResult)>> {
+    let domain = ctx.domain_permit(job.domain).await;
+    let site = ctx.sites.acquire(at.site, &at.limits).await.map_err(|p| {
+        let reason = format!(
+            "the site of {} ({}) answered with repeated temporary failures; \
+             tlsrelay backs off (level {}) for {} s more",
+            job.domain,
+            at.site,
+            p.level,
+            p.remaining.as_secs().max(1)
+        );
+        job.all(RcptResult::Deferred { reason })
+    })?;
+    let global = ctx.connections.clone().acquire_owned().await;
+    Ok((domain, site, global.expect("semaphore never closed")))
+}
+
+/// One connection: an idle session to the same place under the same proof, or
+/// a new one opened and authenticated; then the transaction. The error is the
+/// reason, and whether it was for lack of REQUIRETLS.
+async fn try_address(
+    ctx: &Context,
+    (job, obs, at): (&Job<'_>, &Observer<'_>, &SiteUse<'_>),
     t: &Target,
     ip: IpAddr,
-    obs: &Observer<'_>,
 ) -> Result<Vec<(usize, RcptResult)>, (String, bool)> {
-    let d = &ctx.config.delivery;
     let addr = SocketAddr::new(ip, t.port);
-    let tls = if t.req.tls13_only {
-        ctx.tls.config_tls13(&t.req.check)
-    } else {
-        ctx.tls.config(&t.req.check)
-    };
-    let timeouts = Dial {
-        source: t.egress.source_for(ip),
-        connect: d.connect_timeout.get(),
-        command: d.command_timeout.get(),
-        data: d.data_timeout.get(),
-    };
-    let helo = ctx.config.helo_name();
-    let mut session = match Session::open(&t.req.host, addr, helo, tls, &t.req.sni, timeouts).await
-    {
-        Ok(s) => s,
-        Err(e) => {
-            obs.refused(t, addr, &e);
-            return Err((e.reason, false));
+    let key = SessionKey::of(&t.req, addr, t.egress.source_for(ip));
+    let (mut session, lease) = match reuse(ctx, job, &key).await {
+        Some((session, messages, last)) => {
+            // The domain's TLS reports count this session as one of its own.
+            if &last != job.domain {
+                obs.established(t, addr, session.local_addr);
+            }
+            (session, Lease::reused(key, messages, &at.limits))
+        }
+        None => {
+            let session = open(ctx, t, addr, &key).await.map_err(|e| {
+                obs.refused(t, addr, &e);
+                let tempfail = e
+                    .reply
+                    .as_ref()
+                    .is_some_and(|r| (400..500).contains(&r.code));
+                ctx.sites.answered(at.site, tempfail.then_some(false));
+                (e.reason, false)
+            })?;
+            obs.established(t, addr, session.local_addr);
+            (session, Lease::new(key, &at.limits))
         }
     };
     session.authenticated_by(t.req.mechanism);
@@ -218,13 +249,66 @@ async fn try_address(
         session.quit().await;
         return Err((reason, true));
     }
-    obs.established(t, addr, session.local_addr);
-    transact(ctx, job, session, &t.req, false)
-        .await
-        .ok_or_else(|| {
-            let why = "dropped the connection during the transaction";
-            (format!("{}[{ip}] {why}", t.req.host), false)
-        })
+    tokio::time::sleep(ctx.sites.rate_wait(at.site, at.limits.rate)).await;
+    let results = transact(ctx, job, session, &t.req, lease).await;
+    ctx.sites.answered(at.site, site_signal(results.as_deref()));
+    results.ok_or_else(|| {
+        let why = "dropped the connection during the transaction";
+        (format!("{}[{ip}] {why}", t.req.host), false)
+    })
+}
+
+/// An idle session with exactly this key, still answering RSET.
+async fn reuse(ctx: &Context, job: &Job<'_>, key: &SessionKey) -> Option<(Session, usize, Domain)> {
+    let (mut session, messages, last) = ctx.pool.take(key)?;
+    if !session.reset().await {
+        tracing::debug!(id = %job.env.id, host = %key.host, addr = %key.addr, "idle session did not answer RSET; opening a new one");
+        return None;
+    }
+    Some((session, messages, last))
+}
+
+/// Opens and authenticates a new session for `t` at `addr`.
+async fn open(
+    ctx: &Context,
+    t: &Target,
+    addr: SocketAddr,
+    key: &SessionKey,
+) -> Result<Session, HostError> {
+    let d = &ctx.config.delivery;
+    let tls = if t.req.tls13_only {
+        ctx.tls.config_tls13(&t.req.check)
+    } else {
+        ctx.tls.config(&t.req.check)
+    };
+    let dial = Dial {
+        source: key.source,
+        connect: d.connect_timeout.get(),
+        command: d.command_timeout.get(),
+        data: d.data_timeout.get(),
+    };
+    let helo = ctx.config.helo_name();
+    Session::open(&t.req.host, addr, helo, tls, &t.req.sni, dial).await
+}
+
+/// What a transaction says about the site: a delivery or a permanent answer
+/// means it is up, only temporary failures count towards a back-off, a broken
+/// session says nothing.
+fn site_signal(results: Option<&[(usize, RcptResult)]>) -> Option<bool> {
+    let results = results?;
+    let answered = results.iter().any(|(_, r)| match r {
+        RcptResult::Delivered { .. } => true,
+        RcptResult::Failed { remote, .. } => remote.is_some(),
+        RcptResult::Deferred { .. } => false,
+    });
+    let deferred = results
+        .iter()
+        .any(|(_, r)| matches!(r, RcptResult::Deferred { .. }));
+    match (answered, deferred) {
+        (true, _) => Some(true),
+        (false, true) => Some(false),
+        (false, false) => None,
+    }
 }
 
 /// No host took the message: defer with every host's reason, or fail with

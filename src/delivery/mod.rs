@@ -15,6 +15,7 @@ mod observer;
 mod pool;
 mod recipient_log;
 mod scheduler;
+mod sites;
 pub mod suspend;
 mod timers;
 pub(crate) mod transaction;
@@ -50,6 +51,7 @@ pub struct Context {
     connections: Arc<Semaphore>,
     per_domain: Mutex<HashMap<Domain, Arc<Semaphore>>>,
     pool: Pool,
+    sites: sites::Sites,
     requeue: mpsc::UnboundedSender<Envelope>,
     mta_sts: Option<Arc<MtaSts>>,
     policies: PolicySlot,
@@ -135,6 +137,7 @@ impl Delivery {
             outcomes,
             per_domain: Mutex::new(HashMap::new()),
             pool: Pool::default(),
+            sites: sites::Sites::default(),
             requeue: tx,
             mta_sts,
             policies: Arc::new(std::sync::RwLock::new(Arc::new(policies))),
@@ -181,11 +184,8 @@ impl Context {
         s.until(domain, crate::spool::now_unix()).is_some()
     }
 
-    /// Takes a permit for one more connection to `domain` (per domain, then global).
-    async fn connection_permits(
-        &self,
-        domain: &Domain,
-    ) -> (OwnedSemaphorePermit, OwnedSemaphorePermit) {
+    /// Takes a permit for one more attempt at `domain` (`max_connections_per_domain`).
+    async fn domain_permit(&self, domain: &Domain) -> OwnedSemaphorePermit {
         let per = {
             let mut map = self.per_domain.lock().expect("permit map lock");
             let limit = self.config.delivery.max_connections_per_domain;
@@ -193,9 +193,7 @@ impl Context {
                 .or_insert_with(|| Arc::new(Semaphore::new(limit)))
                 .clone()
         };
-        let d = per.acquire_owned().await.expect("semaphore never closed");
-        let g = self.connections.clone().acquire_owned().await;
-        (d, g.expect("semaphore never closed"))
+        per.acquire_owned().await.expect("semaphore never closed")
     }
 
     /// Gathers the facts of `domain` with the policies in force now, and plans.

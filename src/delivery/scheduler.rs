@@ -12,8 +12,8 @@ use tokio::task::JoinSet;
 use super::attempt::{attempt, AfterAttempt};
 use super::suspend::Suspensions;
 use super::timers::Timers;
-use crate::model::domain::Domain;
 use super::{Context, Delivery};
+use crate::model::domain::Domain;
 use crate::reporting::metrics as names;
 use crate::resolve::mta_sts::MtaSts;
 use crate::spool::{now_unix, Envelope};
@@ -77,7 +77,9 @@ impl Delivery {
         loop {
             q.start_due(&ctx);
             let to_upkeep = upkeep_every.saturating_sub(last_upkeep.elapsed());
-            let sleep = q.until_next(&ctx).min(to_upkeep.max(Duration::from_millis(50)));
+            let sleep = q
+                .until_next(&ctx)
+                .min(to_upkeep.max(Duration::from_millis(50)));
             tokio::select! {
                 _ = shutdown.wait_for(|v| *v) => break,
                 Some(env) = self.incoming.recv() => q.add(env),

@@ -3,6 +3,7 @@
 
 use super::client::{Reply, Session, TransactionReplies};
 use super::execute::Job;
+use super::pool::Lease;
 use super::Context;
 use crate::model::address::Mailbox;
 use crate::model::mechanism::TlsDemand;
@@ -19,8 +20,9 @@ pub(super) async fn transact(
     job: &Job<'_>,
     mut session: Session,
     req: &Requirement,
-    reused: bool,
+    lease: Lease,
 ) -> Option<Vec<(usize, RcptResult)>> {
+    let reused = lease.reused;
     let where_ = format!("{}[{}]", session.host, session.addr.ip());
     if let Some((status, why)) = refuse_before_mail(job.env, &session) {
         let result = RcptResult::Failed {
@@ -74,10 +76,11 @@ pub(super) async fn transact(
     let mut results = interpret(&replies, &idxs, (&session.host, &where_), &channel, req);
     log_transaction(job, &session, req, reused, &replies, &results);
     results.append(&mut unwritable);
-    if ctx.config.delivery.connection_reuse_time.get().is_zero() {
+    if ctx.config.delivery.connection_reuse_time.get().is_zero() || !lease.may_carry_more() {
         session.quit().await;
     } else {
-        ctx.pool.put(job.domain, session, req.clone());
+        ctx.pool
+            .put(lease.key, session, lease.messages + 1, job.domain);
     }
     Some(results)
 }

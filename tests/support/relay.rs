@@ -21,6 +21,7 @@ pub struct TestRelay {
     config_text: String,
     stop: watch::Sender<bool>,
     handle: tokio::task::JoinHandle<()>,
+    announce: tokio::sync::mpsc::UnboundedSender<Envelope>,
 }
 
 /// Configuration text for a relay that resolves through `world`, trusts the CA
@@ -155,6 +156,7 @@ impl TestRelay {
         let config = Config::parse(&text, None).unwrap();
         let relay = Relay::start(Arc::new(config)).await.unwrap();
         let spool = relay.spool().clone();
+        let announce = relay.queue_sender();
         let addr = relay.local_addrs()[0];
         let (stop, rx) = watch::channel(false);
         let handle = tokio::spawn(relay.run(rx));
@@ -165,7 +167,20 @@ impl TestRelay {
             config_text: text,
             stop,
             handle,
+            announce,
         }
+    }
+
+    /// Where messages queued by other means (a reporter built by a test) are announced.
+    pub fn queue_sender(&self) -> tokio::sync::mpsc::UnboundedSender<Envelope> {
+        self.announce.clone()
+    }
+
+    /// Stores a message behind the SMTP listener's back (as a hand or an older
+    /// release may have written it) and announces it, as inbound would.
+    pub fn store_and_announce(&self, env: &Envelope, message: &[u8]) {
+        self.spool.store(env, message).unwrap();
+        let _ = self.announce.send(env.clone());
     }
 
     /// The configuration text the relay runs with.
