@@ -14,8 +14,9 @@ use super::transaction::transact;
 use super::Context;
 use crate::model::domain::Domain;
 use crate::model::mechanism::TlsDemand;
-use crate::model::rcpt::RcptResult;
+use crate::model::rcpt::{AppliedPolicy, RcptResult};
 use crate::model::status::EnhancedStatus;
+use crate::policy::facts::DomainFacts;
 use crate::policy::{DomainPlan, HostStep, SkipCause, Target};
 use crate::spool::Envelope;
 
@@ -58,7 +59,7 @@ pub(super) async fn deliver_domain(ctx: &Context, job: &Job<'_>) -> Vec<(usize, 
     if let Some((result, words)) = &facts.sts.error {
         obs.sts_failed(*result, words);
     }
-    execute(ctx, job, plan, &obs).await
+    execute(ctx, job, plan, &facts, &obs).await
 }
 
 /// Reuses a session kept from a recent delivery to the same domain. Only
@@ -67,11 +68,11 @@ async fn try_pooled(ctx: &Context, job: &Job<'_>) -> Option<Vec<(usize, RcptResu
     if job.demand != TlsDemand::Standard {
         return None;
     }
-    let (mut session, req) = ctx.pool.take(job.domain)?;
+    let (mut session, req, applied) = ctx.pool.take(job.domain)?;
     if !session.reset().await {
         return None;
     }
-    transact(ctx, job, session, &req, true).await
+    transact(ctx, job, session, (&req, &applied), true).await
 }
 
 /// Carries a plan out.
@@ -79,6 +80,7 @@ async fn execute(
     ctx: &Context,
     job: &Job<'_>,
     plan: DomainPlan,
+    facts: &DomainFacts,
     obs: &Observer<'_>,
 ) -> Vec<(usize, RcptResult)> {
     let (steps, untried) = match plan {
@@ -104,7 +106,8 @@ async fn execute(
                 tally.reasons.push(s.reason.clone());
             }
             HostStep::Connect(t) => {
-                if let Some(results) = try_target(ctx, job, t, obs, &mut tally).await {
+                let applied = applied_policy(t, facts);
+                if let Some(results) = try_target(ctx, job, (t, &applied), obs, &mut tally).await {
                     return results;
                 }
             }
@@ -117,7 +120,7 @@ async fn execute(
 async fn try_target(
     ctx: &Context,
     job: &Job<'_>,
-    t: &Target,
+    (t, applied): (&Target, &AppliedPolicy),
     obs: &Observer<'_>,
     tally: &mut Tally,
 ) -> Option<Vec<(usize, RcptResult)>> {
@@ -125,7 +128,7 @@ async fn try_target(
         obs.note(t, note);
     }
     for &ip in &t.addrs {
-        match try_address(ctx, job, t, ip, obs).await {
+        match try_address(ctx, job, (t, applied), ip, obs).await {
             Ok(results) => return Some(results),
             Err((reason, requiretls)) => {
                 tally.requiretls_refusals += usize::from(requiretls);
@@ -141,7 +144,7 @@ async fn try_target(
 async fn try_address(
     ctx: &Context,
     job: &Job<'_>,
-    t: &Target,
+    (t, applied): (&Target, &AppliedPolicy),
     ip: IpAddr,
     obs: &Observer<'_>,
 ) -> Result<Vec<(usize, RcptResult)>, (String, bool)> {
@@ -177,12 +180,24 @@ async fn try_address(
         return Err((reason, true));
     }
     obs.established(t, addr, session.local_addr);
-    transact(ctx, job, session, &t.req, false)
+    transact(ctx, job, session, (&t.req, applied), false)
         .await
         .ok_or_else(|| {
             let why = "dropped the connection during the transaction";
             (format!("{}[{ip}] {why}", t.req.host), false)
         })
+}
+
+/// The policy a receipt names for deliveries to `t`.
+fn applied_policy(t: &Target, facts: &DomainFacts) -> AppliedPolicy {
+    let mut a = AppliedPolicy::of(
+        t.report.policy,
+        &t.report.policy_strings,
+        facts.sts.record_id.as_deref(),
+        facts.local.as_ref().map(|l| l.source.as_str()),
+    );
+    a.waiver = t.req.waiver.map(str::to_string);
+    a
 }
 
 /// No host took the message: defer with every host's reason, or fail with

@@ -6,6 +6,7 @@ use std::time::{Duration, Instant};
 
 use super::client::Session;
 use crate::model::domain::Domain;
+use crate::model::rcpt::AppliedPolicy;
 use crate::policy::Requirement;
 
 /// An open session, since when it waits, and the requirement it was authenticated under.
@@ -13,6 +14,8 @@ struct Idle {
     session: Session,
     since: Instant,
     req: Requirement,
+    /// The policy its receipts name.
+    applied: AppliedPolicy,
 }
 
 /// Idle sessions by recipient domain.
@@ -23,10 +26,10 @@ pub(super) struct Pool {
 
 impl Pool {
     /// Takes the most recently used idle session to `domain`.
-    pub(super) fn take(&self, domain: &Domain) -> Option<(Session, Requirement)> {
+    pub(super) fn take(&self, domain: &Domain) -> Option<(Session, Requirement, AppliedPolicy)> {
         let mut idle = self.idle.lock().expect("pool lock");
         let list = idle.get_mut(domain)?;
-        let taken = list.pop().map(|i| (i.session, i.req));
+        let taken = list.pop().map(|i| (i.session, i.req, i.applied));
         if list.is_empty() {
             idle.remove(domain);
         }
@@ -34,7 +37,12 @@ impl Pool {
     }
 
     /// Keeps a session for the next message to `domain`.
-    pub(super) fn put(&self, domain: &Domain, session: Session, req: Requirement) {
+    pub(super) fn put(
+        &self,
+        domain: &Domain,
+        session: Session,
+        (req, applied): (Requirement, AppliedPolicy),
+    ) {
         self.idle
             .lock()
             .expect("pool lock")
@@ -44,6 +52,7 @@ impl Pool {
                 session,
                 since: Instant::now(),
                 req,
+                applied,
             });
     }
 

@@ -6,7 +6,7 @@ use super::execute::Job;
 use super::Context;
 use crate::model::address::Mailbox;
 use crate::model::mechanism::TlsDemand;
-use crate::model::rcpt::{Channel, RcptResult};
+use crate::model::rcpt::{AppliedPolicy, Channel, RcptResult};
 use crate::model::status::EnhancedStatus;
 use crate::policy::Requirement;
 use crate::spool::{BodyType, DsnRet, Envelope};
@@ -18,7 +18,7 @@ pub(super) async fn transact(
     ctx: &Context,
     job: &Job<'_>,
     mut session: Session,
-    req: &Requirement,
+    (req, applied): (&Requirement, &AppliedPolicy),
     reused: bool,
 ) -> Option<Vec<(usize, RcptResult)>> {
     let where_ = format!("{}[{}]", session.host, session.addr.ip());
@@ -69,6 +69,11 @@ pub(super) async fn transact(
         addr: Some(session.addr),
         tls_version: session.tls_version.clone(),
         cipher: session.tls_cipher.clone(),
+        kx_group: session.tls_kx_group.clone(),
+        spki_sha256: (session.peer_certificates.first())
+            .and_then(spki_sha256)
+            .unwrap_or_default(),
+        policy: std::sync::Arc::new(applied.clone()),
     };
     let mut results = interpret(&replies, &idxs, (&session.host, &where_), &channel, req);
     log_transaction(job, &session, req, reused, &replies, &results);
@@ -76,9 +81,18 @@ pub(super) async fn transact(
     if ctx.config.delivery.connection_reuse_time.get().is_zero() {
         session.quit().await;
     } else {
-        ctx.pool.put(job.domain, session, req.clone());
+        ctx.pool
+            .put(job.domain, session, (req.clone(), applied.clone()));
     }
     Some(results)
+}
+
+/// SHA-256 of a certificate's SubjectPublicKeyInfo, hex (what TLSA `3 1 1` and
+/// a local `fingerprint` SPKI pin hash); None when the certificate does not parse.
+fn spki_sha256(cert: &rustls_pki_types::CertificateDer<'_>) -> Option<String> {
+    let ee = webpki::EndEntityCert::try_from(cert).ok()?;
+    let spki = ee.subject_public_key_info();
+    Some(crate::reporting::receipts::chain::sha256_hex(spki.as_ref()))
 }
 
 /// A reason to fail the recipients without sending MAIL: the host cannot take this message.
