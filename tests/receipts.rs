@@ -297,6 +297,20 @@ async fn posture_matches(config: &Path, metrics_port: u16) {
         "{bad}"
     );
     assert_eq!(json["early_warnings"], serde_json::json!([]));
+    // --live: each domain's state now, as `check` sees it.
+    let (code, out) = tlsrelay(config, &["posture", "--json", "--live"]);
+    assert_eq!(code, 0, "{out}");
+    let live: Value = serde_json::from_str(&out).unwrap();
+    let state = |d: &str| {
+        let row = (live["domains"].as_array().unwrap().iter()).find(|r| r["domain"] == d);
+        row.unwrap()["state"].clone()
+    };
+    assert_eq!(state("dane.test")["dane_hosts"], 1, "{out}");
+    assert_eq!(state("dane.test")["mx_dnssec"], "secure", "{out}");
+    assert_eq!(state("sts.test")["mta_sts"], "enforce", "{out}");
+    assert_eq!(state("floor.test")["dane_hosts"], 0, "{out}");
+    assert_eq!(state("floor.test")["verdict"], "policy-allows", "{out}");
+    assert_eq!(live["totals"], json["totals"]);
 
     let dir = tempfile::tempdir().unwrap();
     let html_path = dir.path().join("posture.html");
