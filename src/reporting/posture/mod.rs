@@ -17,7 +17,8 @@
 //!
 //! "Authenticated" is DANE, MTA-STS or WebPKI (`verify`): a message counts when
 //! every recipient of it was delivered so. Local policies are shown apart (they
-//! range from a pin to `encrypt`).
+//! range from a pin to `encrypt`). TLS reports the relay sends itself (waiver
+//! "TLS report") are not counted.
 
 pub mod html;
 
@@ -203,7 +204,13 @@ pub fn build(
     let mut fleet = Tally::default();
     let mut domains: BTreeMap<String, Tally> = BTreeMap::new();
     let mut weak_messages: BTreeSet<&str> = BTreeSet::new();
-    for r in receipts {
+    let report_mail = crate::model::mechanism::TlsDemand::ReportMail.waiver();
+    // TLS reports go out with relaxed authentication by design (RFC 8460 §5.3):
+    // they are not the organisation's mail, so they are not counted.
+    for r in receipts
+        .iter()
+        .filter(|r| r.policy.waiver.as_deref() != report_mail)
+    {
         fleet.add(r);
         domains.entry(r.domain.clone()).or_default().add(r);
         if !authenticates(r.mechanism) {
@@ -356,6 +363,11 @@ mod tests {
             receipt("q3", "e@floor.test", Encrypt, "TLSv1.2"),
             receipt("q4", "f@dane.test", Dane, "TLSv1.3"),
             receipt("q4", "g@weak.test", Local, "TLSv1.3"),
+            {
+                let mut r = receipt("q5", "tlsrpt@dane.test", Encrypt, "TLSv1.3");
+                r.policy.waiver = Some("TLS report".into());
+                r
+            },
         ];
         let outcomes = [
             outcome("bad.test", Some(ResultType::CertificateHostMismatch), false),
