@@ -76,11 +76,16 @@ impl ReceiptLog {
         // Per day: the lines, and the hash of the day's last record.
         let mut by_day: Vec<(String, Vec<u8>, String)> = Vec::new();
         let mut last = st.last.clone();
+        let mut latest = st.day.clone();
         for mut r in receipts {
             r.prev = last;
             let (line, hash) = chain::seal(&r);
             last = hash.clone();
-            let day = day_of(r.time);
+            // Never back into an earlier file: a batch timed just before midnight
+            // but written after one timed just after it goes into the later day,
+            // so the files stay in chain order.
+            let day = day_of(r.time).max(latest);
+            latest = day.clone();
             if by_day.last().is_none_or(|(d, _, _)| *d != day) {
                 by_day.push((day, Vec::new(), String::new()));
             }
@@ -324,6 +329,30 @@ mod tests {
         let found = read_since(dir.path(), NaiveDate::from_ymd_opt(2026, 1, 2)).unwrap();
         let rcpts: Vec<&str> = found.iter().map(|r| r.recipient.as_str()).collect();
         assert_eq!(rcpts, ["b@d.test", "c@d.test"]);
+    }
+
+    #[test]
+    fn a_failed_write_is_recovered_and_days_never_go_back() {
+        let dir = tempfile::tempdir().unwrap();
+        let t0 = 1_767_225_600; // 2026-01-01
+        let log = ReceiptLog::open(dir.path(), Duration::from_secs(400 * 86_400)).unwrap();
+        log.append(vec![receipt(t0, "a@d.test")]).unwrap();
+        // The next day's file cannot be written (a directory stands in its place).
+        let blocker = dir.path().join("2026-01-02.jsonl");
+        fs::create_dir(&blocker).unwrap();
+        assert!(log.append(vec![receipt(t0 + 86_400, "b@d.test")]).is_err());
+        fs::remove_dir(&blocker).unwrap();
+        log.append(vec![receipt(t0 + 86_400, "c@d.test")]).unwrap();
+        // Timed a second before the last write's day: written to the later file.
+        log.append(vec![receipt(t0 + 86_399, "d@d.test")]).unwrap();
+        let v = verify_dir(dir.path()).unwrap();
+        assert_eq!(
+            (v.records, v.broken.clone(), v.torn.len()),
+            (3, None, 0),
+            "{v:?}"
+        );
+        let second = fs::read_to_string(&blocker).unwrap();
+        assert_eq!(second.lines().count(), 2, "{second}");
     }
 
     #[test]
