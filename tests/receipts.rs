@@ -242,6 +242,9 @@ async fn receipts_are_found_verified_and_tampering_is_named() {
     assert_eq!(code, 0, "{out}");
     assert!(out.contains("mechanism    mta-sts"), "{out}");
     assert!(out.contains("MTA-STS id 20261202T1"), "{out}");
+    let (code, out) = tlsrelay(&config, &["audit", "find", "--recipient", "d@floor.test"]);
+    assert_eq!(code, 0, "{out}");
+    assert!(out.contains("policy       no-policy-found\n"), "{out}");
     let (code, out) = tlsrelay(&config, &["audit", "find", "--recipient", "e@bad.test"]);
     assert_eq!((code, out.trim()), (1, "no receipt found"));
 
@@ -297,6 +300,15 @@ async fn posture_matches(config: &Path, metrics_port: u16) {
         "{bad}"
     );
     assert_eq!(json["early_warnings"], serde_json::json!([]));
+    let (code, text) = tlsrelay(config, &["posture", "--days", "7"]);
+    assert_eq!(code, 0, "{text}");
+    assert!(text.contains("(7 days)"), "{text}");
+    assert!(
+        text.contains("100.0 % of messages authenticated by DANE or MTA-STS or WebPKI (3 of 3 messages, 4 recipients)"),
+        "{text}"
+    );
+    let row = text.lines().find(|l| l.starts_with("bad.test")).unwrap();
+    assert!(row.contains("certificate-host-mismatch"), "{row}");
     // --live: each domain's state now, as `check` sees it.
     let (code, out) = tlsrelay(config, &["posture", "--json", "--live"]);
     assert_eq!(code, 0, "{out}");

@@ -107,7 +107,11 @@ pub fn render_receipt(r: &Receipt) -> String {
     let v = |s: &str| tlsrelay::model::visible::visible(s).into_owned();
     let mut out = String::new();
     let p = &r.policy;
-    let mut policy = format!("{:?}", p.policy_type).to_lowercase();
+    // The RFC 8460 spelling (`tlsa`, `sts`, `no-policy-found`), as in the JSON.
+    let mut policy = serde_json::to_value(p.policy_type)
+        .ok()
+        .and_then(|v| v.as_str().map(str::to_string))
+        .unwrap_or_default();
     if !p.tlsa.is_empty() {
         let _ = write!(policy, "; TLSA {}", p.tlsa.join(", "));
     }
