@@ -1,5 +1,6 @@
 //! Delivery receipts and the posture report over real deliveries: a DANE
-//! domain, an MTA-STS domain, a floor (WebPKI) domain and one that refuses;
+//! domain, an MTA-STS domain, a floor (WebPKI) domain, a domain with a local
+//! SPKI pin, and one that refuses;
 //! `tlsrelay audit find|verify` and `tlsrelay posture` run as the real binary.
 
 mod support;
@@ -116,24 +117,26 @@ struct World {
     dns: DnsWorld,
     ca: TrustedCa,
     port: u16,
-    spki: [String; 3],
+    spki: [String; 4],
 }
 
 /// dane.test (TLSA 3 1 1), sts.test (MTA-STS enforce), floor.test (WebPKI),
-/// bad.test (a certificate for another name).
+/// pinned.test (a local `fingerprint` policy), bad.test (a certificate for another name).
 async fn world() -> World {
     let ca = TrustedCa::new("receipts CA");
     let port = free_port();
     let dane_cert = pki::self_signed(&["mx.dane.test"]);
     let sts_cert = ca.ca.leaf(&["mx.sts.test"]);
     let floor_cert = ca.ca.leaf(&["mx.floor.test"]);
-    let spki = [&dane_cert, &sts_cert, &floor_cert].map(|c| sha256_hex(&c.spki_der));
+    let pinned_cert = pki::self_signed(&["mx.pinned.test"]);
+    let spki = [&dane_cert, &sts_cert, &floor_cert, &pinned_cert].map(|c| sha256_hex(&c.spki_der));
     let mut servers = Vec::new();
     for (addr, cert) in [
         ("127.0.15.10", dane_cert.clone()),
         ("127.0.15.11", sts_cert),
         ("127.0.15.12", floor_cert),
         ("127.0.15.13", ca.ca.leaf(&["wrong.name.test"])),
+        ("127.0.15.14", pinned_cert),
     ] {
         let mx = MxServer::start_on(ip(addr), port, MxOptions::with_cert(cert));
         servers.push(mx.await.unwrap());
@@ -163,6 +166,9 @@ async fn world() -> World {
         .zone("bad.test", ZoneKind::Unsigned)
         .mx("bad.test", 10, "mx.bad.test")
         .a("mx.bad.test", "127.0.15.13")
+        .zone("pinned.test", ZoneKind::Unsigned)
+        .mx("pinned.test", 10, "mx.pinned.test")
+        .a("mx.pinned.test", "127.0.15.14")
         .zone("org.test", ZoneKind::Unsigned)
         .start()
         .await;
@@ -180,10 +186,21 @@ async fn world() -> World {
 async fn receipts_are_found_verified_and_tampering_is_named() {
     let w = world().await;
     let metrics_port = free_port();
+    let policies = tempfile::tempdir().unwrap();
+    let pin_file = policies.path().join("pin.toml");
+    std::fs::write(
+        &pin_file,
+        format!(
+            "[[policy]]\ndomain = \"pinned.test\"\nlevel = \"fingerprint\"\nfingerprints = [\"spki-sha256:{}\"]\n",
+            w.spki[3]
+        ),
+    )
+    .unwrap();
     let extra = format!(
-        "retry_schedule = [\"1h\"]\n[mta_sts]\nhttps_port = {}\nextra_roots = [\"{}\"]\n[metrics]\nlisten = \"127.0.0.1:{metrics_port}\"\nposture = true\n",
+        "retry_schedule = [\"1h\"]\n[mta_sts]\nhttps_port = {}\nextra_roots = [\"{}\"]\n[metrics]\nlisten = \"127.0.0.1:{metrics_port}\"\nposture = true\n[policies]\ndir = \"{}\"\n",
         w.port,
-        w.ca.root.display()
+        w.ca.root.display(),
+        policies.path().display()
     );
     let relay = TestRelay::start(&w.dns, &w.ca.root, w.port, &extra).await;
     let config = relay.dir.path().join("tlsrelay.toml");
@@ -204,6 +221,13 @@ async fn receipts_are_found_verified_and_tampering_is_named() {
             "s@org.test",
             &["d@floor.test", "e@bad.test"],
             msg("m3@org.test").as_bytes(),
+        )
+        .await;
+    relay
+        .submit(
+            "s@org.test",
+            &["f@pinned.test"],
+            msg("m4@org.test").as_bytes(),
         )
         .await;
     let settled = |q: &[tlsrelay::spool::Envelope]| q.len() == 1 && q[0].attempts >= 1;
@@ -237,6 +261,15 @@ async fn receipts_are_found_verified_and_tampering_is_named() {
     assert_eq!(m3[0]["mechanism"], "verify");
     assert_eq!(m3[0]["spki_sha256"], w.spki[2]);
     assert_eq!(m3[0]["policy"]["type"], "no-policy-found");
+    let m4 = find(&config, "m4@org.test");
+    assert_eq!(m4.len(), 1);
+    assert_eq!(m4[0]["mechanism"], "local");
+    assert_eq!(m4[0]["spki_sha256"], w.spki[3]);
+    let source = m4[0]["policy"]["local"].as_str().unwrap();
+    assert!(
+        source.starts_with(&format!("{}:", pin_file.display())),
+        "{source}"
+    );
     // By recipient, in text.
     let (code, out) = tlsrelay(&config, &["audit", "find", "--recipient", "C@STS.test"]);
     assert_eq!(code, 0, "{out}");
@@ -250,7 +283,7 @@ async fn receipts_are_found_verified_and_tampering_is_named() {
 
     let (code, out) = tlsrelay(&config, &["audit", "verify"]);
     assert_eq!(code, 0, "{out}");
-    assert!(out.contains("4 intact record(s)"), "{out}");
+    assert!(out.contains("5 intact record(s)"), "{out}");
     assert!(out.contains("chain:      intact"), "{out}");
 
     posture_matches(&config, metrics_port).await;
@@ -265,10 +298,11 @@ async fn posture_matches(config: &Path, metrics_port: u16) {
     let t = &json["totals"];
     assert_eq!(
         (t["messages"].as_u64(), t["recipients"].as_u64()),
-        (Some(3), Some(4))
+        (Some(4), Some(5))
     );
+    // The pinned domain's message went by a local policy: not in the headline.
     assert_eq!(t["authenticated_messages"], 3);
-    assert_eq!(t["authenticated_percent"], 100.0);
+    assert_eq!(t["authenticated_percent"], 75.0);
     let shares: Vec<(String, u64)> = (t["mechanisms"].as_array().unwrap().iter())
         .map(|s| {
             (
@@ -280,17 +314,27 @@ async fn posture_matches(config: &Path, metrics_port: u16) {
     let want = [
         ("dane", 2),
         ("mta-sts", 1),
-        ("local", 0),
+        ("local", 1),
         ("verify", 1),
         ("encrypt", 0),
     ];
     assert_eq!(shares, want.map(|(m, n)| (m.to_string(), n)));
-    assert_eq!(t["mechanisms"][0]["percent"], 50.0);
+    assert_eq!(t["mechanisms"][0]["percent"], 40.0);
+    assert_eq!(t["mechanisms"][2]["percent"], 20.0);
     let domains: Vec<&str> = (json["domains"].as_array().unwrap().iter())
         .map(|d| d["domain"].as_str().unwrap())
         .collect();
-    assert_eq!(domains, ["dane.test", "floor.test", "sts.test", "bad.test"]);
-    let bad = &json["domains"][3];
+    assert_eq!(
+        domains,
+        [
+            "dane.test",
+            "floor.test",
+            "pinned.test",
+            "sts.test",
+            "bad.test"
+        ]
+    );
+    let bad = &json["domains"][4];
     assert_eq!(bad["messages"], 0);
     assert!(
         bad["refusals"]["certificate-host-mismatch"]
@@ -304,7 +348,7 @@ async fn posture_matches(config: &Path, metrics_port: u16) {
     assert_eq!(code, 0, "{text}");
     assert!(text.contains("(7 days)"), "{text}");
     assert!(
-        text.contains("100.0 % of messages authenticated by DANE or MTA-STS or WebPKI (3 of 3 messages, 4 recipients)"),
+        text.contains("75.0 % of messages authenticated by DANE or MTA-STS or WebPKI (3 of 4 messages, 5 recipients)"),
         "{text}"
     );
     let row = text.lines().find(|l| l.starts_with("bad.test")).unwrap();
@@ -330,7 +374,7 @@ async fn posture_matches(config: &Path, metrics_port: u16) {
     assert_eq!(code, 0, "{out}");
     let html = std::fs::read_to_string(&html_path).unwrap();
     assert!(page_matches_json(&html, &json) > 30);
-    assert!(html.contains("100.0</span> %</strong> of messages authenticated"));
+    assert!(html.contains("75.0</span> %</strong> of messages authenticated"));
     let served = http_get(&format!("127.0.0.1:{metrics_port}"), "/posture").await;
     assert_eq!(
         page_matches_json(&served, &json),
@@ -355,7 +399,8 @@ fn tampering_is_named(spool: &Path, config_text: &str) {
     let places: Vec<(String, usize)> = (files.iter())
         .flat_map(|(name, text)| (1..=text.lines().count()).map(move |l| (name.clone(), l)))
         .collect();
-    assert_eq!(places.len(), 4);
+    assert_eq!(places.len(), 5);
+    let last = places.len() - 1;
     type Edit = fn(&str) -> String;
     let cases: [(&str, Edit, i32, String); 3] = [
         (
@@ -373,14 +418,14 @@ fn tampering_is_named(spool: &Path, config_text: &str) {
             "tear the last",
             |l| l[..l.len() / 2].to_string(),
             0,
-            format!("torn:       {}:{}", places[3].0, places[3].1),
+            format!("torn:       {}:{}", places[last].0, places[last].1),
         ),
     ];
     for (name, edit, want_code, want) in cases {
         let copy = tempfile::tempdir().unwrap();
         let receipts = copy.path().join("spool/receipts");
         std::fs::create_dir_all(&receipts).unwrap();
-        let target = if name == "tear the last" { 3 } else { 1 };
+        let target = if name == "tear the last" { last } else { 1 };
         for (file, text) in &files {
             let mut out = String::new();
             for (i, line) in text.lines().enumerate() {
@@ -392,7 +437,7 @@ fn tampering_is_named(spool: &Path, config_text: &str) {
                 };
                 if !changed.is_empty() {
                     out.push_str(&changed);
-                    if here != places[3] || name != "tear the last" {
+                    if here != places[last] || name != "tear the last" {
                         out.push('\n');
                     }
                 }
