@@ -51,7 +51,11 @@ pub fn day_of(time: i64) -> String {
 impl ReceiptLog {
     /// Opens (creating) `dir`: finds the last hash and closes a torn last line.
     pub fn open(dir: &Path, retention: Duration) -> io::Result<ReceiptLog> {
-        fs::create_dir_all(dir)?;
+        use std::os::unix::fs::DirBuilderExt;
+        fs::DirBuilder::new()
+            .recursive(true)
+            .mode(0o700)
+            .create(dir)?;
         let last = recover(dir)?;
         Ok(ReceiptLog {
             dir: dir.to_path_buf(),
@@ -147,11 +151,22 @@ fn recover(dir: &Path) -> io::Result<String> {
     Ok(chain::GENESIS.to_string())
 }
 
-/// Appends `buf` with `O_APPEND` (one write) and flushes the data.
+/// Appends `buf` with `O_APPEND` (one write) and flushes the data; a new
+/// file's directory entry is flushed too, so a day's file cannot vanish.
 fn append_flushed(path: &Path, buf: &[u8]) -> io::Result<()> {
-    let mut f = OpenOptions::new().create(true).append(true).open(path)?;
+    use std::os::unix::fs::OpenOptionsExt;
+    let new = !path.exists();
+    let mut f = (OpenOptions::new().create(true).append(true))
+        .mode(0o600)
+        .open(path)?;
     f.write_all(buf)?;
-    f.sync_data()
+    f.sync_data()?;
+    if new {
+        if let Some(dir) = path.parent() {
+            File::open(dir)?.sync_all()?;
+        }
+    }
+    Ok(())
 }
 
 /// Ends the file with a newline when its last line is torn, so that the next
@@ -333,24 +348,28 @@ mod tests {
 
     #[test]
     fn a_failed_write_is_recovered_and_days_never_go_back() {
-        let dir = tempfile::tempdir().unwrap();
+        let tmp = tempfile::tempdir().unwrap();
+        let dir = tmp.path().join("receipts");
         let t0 = 1_767_225_600; // 2026-01-01
-        let log = ReceiptLog::open(dir.path(), Duration::from_secs(400 * 86_400)).unwrap();
+        let log = ReceiptLog::open(dir.as_path(), Duration::from_secs(400 * 86_400)).unwrap();
         log.append(vec![receipt(t0, "a@d.test")]).unwrap();
         // The next day's file cannot be written (a directory stands in its place).
-        let blocker = dir.path().join("2026-01-02.jsonl");
+        let blocker = dir.as_path().join("2026-01-02.jsonl");
         fs::create_dir(&blocker).unwrap();
         assert!(log.append(vec![receipt(t0 + 86_400, "b@d.test")]).is_err());
         fs::remove_dir(&blocker).unwrap();
         log.append(vec![receipt(t0 + 86_400, "c@d.test")]).unwrap();
         // Timed a second before the last write's day: written to the later file.
         log.append(vec![receipt(t0 + 86_399, "d@d.test")]).unwrap();
-        let v = verify_dir(dir.path()).unwrap();
+        let v = verify_dir(dir.as_path()).unwrap();
         assert_eq!(
             (v.records, v.broken.clone(), v.torn.len()),
             (3, None, 0),
             "{v:?}"
         );
+        use std::os::unix::fs::PermissionsExt;
+        let mode = |p: &Path| fs::metadata(p).unwrap().permissions().mode() & 0o777;
+        assert_eq!((mode(dir.as_path()), mode(&blocker)), (0o700, 0o600));
         let second = fs::read_to_string(&blocker).unwrap();
         assert_eq!(second.lines().count(), 2, "{second}");
     }
