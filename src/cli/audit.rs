@@ -84,15 +84,14 @@ fn find(
     since: Option<NaiveDate>,
     json: bool,
 ) -> anyhow::Result<ExitCode> {
-    let all = receipts::read_since(dir, since)
+    let found = receipts::read_since(dir, since, |r| query.matches(r))
         .with_context(|| format!("cannot read the receipts in {}", dir.display()))?;
-    let found: Vec<&Receipt> = all.iter().filter(|r| query.matches(r)).collect();
     if json {
         println!("{}", pretty_json(&found)?);
     } else if found.is_empty() {
         println!("no receipt found");
     } else {
-        let blocks: Vec<String> = found.iter().map(|r| render_receipt(r)).collect();
+        let blocks: Vec<String> = found.iter().map(render_receipt).collect();
         print!("{}", blocks.join("\n"));
     }
     Ok(if found.is_empty() {

@@ -273,7 +273,10 @@ pub fn load(
 ) -> std::io::Result<Posture> {
     let until = now.date_naive();
     let since = until - chrono::Duration::days(i64::from(days.max(1)) - 1);
-    let receipts = super::receipts::read_since(&spool_dir.join("receipts"), Some(since))?;
+    let until_day = until.format("%Y-%m-%d").to_string();
+    let receipts = super::receipts::read_since(&spool_dir.join("receipts"), Some(since), |r| {
+        super::receipts::day_of(r.time) <= until_day
+    })?;
     let outcome_dir = spool_dir.join("outcomes");
     let mut outcomes = Vec::new();
     if outcome_dir.is_dir() {
@@ -292,9 +295,6 @@ pub fn load(
         until: fmt(until),
         days: days.max(1),
     };
-    let receipts: Vec<Receipt> = (receipts.into_iter())
-        .filter(|r| super::receipts::day_of(r.time) <= fmt(until))
-        .collect();
     Ok(build(period, &receipts, &outcomes, early_warnings))
 }
 

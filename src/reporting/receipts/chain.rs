@@ -159,57 +159,78 @@ pub struct Verdict {
 /// the last line of the last file, or when the next record chains past it
 /// (the writer closes a torn line with a newline when it starts again).
 pub fn verify(files: &[(String, String)]) -> Verdict {
-    let mut v = Verdict {
-        files: files.len(),
-        ..Verdict::default()
-    };
-    let mut pending_torn: Option<Place> = None;
-    for (fi, (name, text)) in files.iter().enumerate() {
+    let mut checker = Verifier::default();
+    for (i, (name, text)) in files.iter().enumerate() {
+        if !checker.file(name, text, i + 1 == files.len()) {
+            break;
+        }
+    }
+    checker.finish()
+}
+
+/// The chain check fed one file at a time (oldest first), so that a year of
+/// receipts is never in memory at once.
+#[derive(Debug, Default)]
+pub struct Verifier {
+    v: Verdict,
+    /// An unreadable line waiting for the next record to say whether it is torn.
+    pending_torn: Option<Place>,
+}
+
+impl Verifier {
+    /// Checks one more file; `last` when no file follows. False once broken.
+    pub fn file(&mut self, name: &str, text: &str, last: bool) -> bool {
+        self.v.files += 1;
         let lines: Vec<&str> = text.split_terminator('\n').collect();
         for (li, line) in lines.iter().enumerate() {
             let place = Place {
-                file: name.clone(),
+                file: name.to_string(),
                 line: li + 1,
             };
-            let last_line = fi + 1 == files.len() && li + 1 == lines.len();
-            match unseal(line) {
-                Ok((r, hash)) => {
-                    let expected = v.last.as_deref();
-                    let chained = match expected {
-                        Some(h) => r.prev == h,
-                        None => {
-                            v.anchor = (r.prev != GENESIS).then(|| r.prev.clone());
-                            true
-                        }
-                    };
-                    if !chained {
-                        v.broken = Some(Break::Unchained(place));
-                        return v;
-                    }
-                    v.torn.extend(pending_torn.take());
-                    v.records += 1;
-                    v.last = Some(hash);
+            if let Some(b) = self.line(line, place, last && li + 1 == lines.len()) {
+                self.v.broken = Some(b);
+                return false;
+            }
+        }
+        true
+    }
+
+    /// Checks one line; the break it reveals, if any.
+    fn line(&mut self, line: &str, place: Place, last_line: bool) -> Option<Break> {
+        let v = &mut self.v;
+        match unseal(line) {
+            Ok((r, hash)) => {
+                match v.last.as_deref() {
+                    Some(h) if r.prev != h => return Some(Break::Unchained(place)),
+                    Some(_) => {}
+                    None => v.anchor = (r.prev != GENESIS).then(|| r.prev.clone()),
                 }
-                Err(Unsealed::Altered) => {
-                    v.broken = Some(Break::Altered(place));
-                    return v;
-                }
-                Err(Unsealed::Unreadable) if last_line || pending_torn.is_none() => {
-                    if last_line {
-                        v.torn.extend(pending_torn.take());
-                        v.torn.push(place);
-                    } else {
-                        pending_torn = Some(place);
-                    }
-                }
-                Err(Unsealed::Unreadable) => {
-                    v.broken = pending_torn.take().map(Break::Unreadable);
-                    return v;
-                }
+                v.torn.extend(self.pending_torn.take());
+                v.records += 1;
+                v.last = Some(hash);
+                None
+            }
+            Err(Unsealed::Altered) => Some(Break::Altered(place)),
+            // Two crashes in a row can leave two torn lines at the very end.
+            Err(Unsealed::Unreadable) if last_line => {
+                v.torn.extend(self.pending_torn.take());
+                v.torn.push(place);
+                None
+            }
+            Err(Unsealed::Unreadable) if self.pending_torn.is_some() => {
+                self.pending_torn.take().map(Break::Unreadable)
+            }
+            Err(Unsealed::Unreadable) => {
+                self.pending_torn = Some(place);
+                None
             }
         }
     }
-    v
+
+    /// The verdict.
+    pub fn finish(self) -> Verdict {
+        self.v
+    }
 }
 
 #[cfg(test)]
@@ -378,6 +399,18 @@ mod tests {
                 },
                 4,
                 vec![at(2, 2)],
+                None,
+                false,
+            ),
+            (
+                "torn twice at the very end (two crashes)",
+                vec![3],
+                |f| {
+                    f[0].1[2] = "{\"time\":1".into();
+                    f[0].1.push("{\"ti".into());
+                },
+                2,
+                vec![at(1, 3), at(1, 4)],
                 None,
                 false,
             ),

@@ -218,36 +218,52 @@ pub fn days(dir: &Path) -> io::Result<Vec<String>> {
     Ok(days)
 }
 
+/// The text of a receipt file; bytes that are not UTF-8 (damage, tampering)
+/// become U+FFFD, so the line fails its hash instead of the read failing.
+fn read_text(path: &Path) -> io::Result<String> {
+    Ok(String::from_utf8_lossy(&fs::read(path)?).into_owned())
+}
+
 /// Every file of `dir` as (name, text), oldest first.
 pub fn read_files(dir: &Path) -> io::Result<Vec<(String, String)>> {
     let mut out = Vec::new();
     for day in days(dir)? {
         let name = format!("{day}.jsonl");
-        let mut text = String::new();
-        File::open(dir.join(&name))?.read_to_string(&mut text)?;
-        out.push((name, text));
+        out.push((name.clone(), read_text(&dir.join(&name))?));
     }
     Ok(out)
 }
 
-/// Checks the whole chain in `dir`.
+/// Checks the whole chain in `dir`, one file in memory at a time.
 pub fn verify_dir(dir: &Path) -> io::Result<Verdict> {
-    Ok(chain::verify(&read_files(dir)?))
+    let days = days(dir)?;
+    let mut checker = chain::Verifier::default();
+    for (i, day) in days.iter().enumerate() {
+        let name = format!("{day}.jsonl");
+        let text = read_text(&dir.join(&name))?;
+        if !checker.file(&name, &text, i + 1 == days.len()) {
+            break;
+        }
+    }
+    Ok(checker.finish())
 }
 
-/// The intact receipts of the days from `since` on (all days without it).
-pub fn read_since(dir: &Path, since: Option<NaiveDate>) -> io::Result<Vec<Receipt>> {
+/// The intact receipts of the days from `since` on (all days without it)
+/// that `keep` accepts, one file in memory at a time.
+pub fn read_since(
+    dir: &Path,
+    since: Option<NaiveDate>,
+    keep: impl Fn(&Receipt) -> bool,
+) -> io::Result<Vec<Receipt>> {
     let mut out = Vec::new();
     for day in days(dir)? {
         let date = NaiveDate::parse_from_str(&day, "%Y-%m-%d").ok();
         if since.is_some_and(|s| date.is_some_and(|d| d < s)) {
             continue;
         }
-        let text = fs::read_to_string(dir.join(format!("{day}.jsonl")))?;
-        out.extend(
-            text.lines()
-                .filter_map(|l| chain::unseal(l).ok().map(|(r, _)| r)),
-        );
+        let text = read_text(&dir.join(format!("{day}.jsonl")))?;
+        let intact = text.lines().filter_map(|l| chain::unseal(l).ok());
+        out.extend(intact.map(|(r, _)| r).filter(|r| keep(r)));
     }
     Ok(out)
 }
@@ -341,9 +357,21 @@ mod tests {
         );
         assert_eq!(v.torn.len(), 1, "{v:?}");
         assert_eq!(v.torn[0].to_string(), "2026-01-02.jsonl:2");
-        let found = read_since(dir.path(), NaiveDate::from_ymd_opt(2026, 1, 2)).unwrap();
+        let found = read_since(dir.path(), NaiveDate::from_ymd_opt(2026, 1, 2), |_| true).unwrap();
         let rcpts: Vec<&str> = found.iter().map(|r| r.recipient.as_str()).collect();
         assert_eq!(rcpts, ["b@d.test", "c@d.test"]);
+        // A byte that is not UTF-8 in a record: that record is named, the read does not fail.
+        let first = dir.path().join("2026-01-01.jsonl");
+        let mut bytes = fs::read(&first).unwrap();
+        let at = bytes.iter().position(|&b| b == b'@').unwrap();
+        bytes[at] = 0xff;
+        fs::write(&first, bytes).unwrap();
+        let v = verify_dir(dir.path()).unwrap();
+        let broken = v.broken.map(|b| b.to_string()).unwrap_or_default();
+        assert!(
+            broken.starts_with("2026-01-01.jsonl:1: the record was altered"),
+            "{broken}"
+        );
     }
 
     #[test]
