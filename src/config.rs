@@ -44,6 +44,8 @@ pub struct Config {
     pub tls_rpt: TlsRptConfig,
     /// Early warnings: a periodic probe of the most frequent destination domains.
     pub warnings: WarningsConfig,
+    /// Delivery receipts (hash-chained, one per recipient delivered).
+    pub receipts: ReceiptsConfig,
 }
 
 /// The `[warnings]` section: early warnings about the busiest destinations.
@@ -88,6 +90,25 @@ impl WarningsConfig {
             ));
         }
         Ok(())
+    }
+}
+
+/// The `[receipts]` section.
+#[derive(Debug, Clone, Deserialize, Serialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct ReceiptsConfig {
+    /// Write a receipt for every recipient delivered (`<spool>/receipts/`).
+    pub enabled: bool,
+    /// How long receipt files are kept.
+    pub retention: HumanDuration,
+}
+
+impl Default for ReceiptsConfig {
+    fn default() -> Self {
+        ReceiptsConfig {
+            enabled: true,
+            retention: HumanDuration(Duration::from_secs(400 * 86400)),
+        }
     }
 }
 
@@ -143,6 +164,8 @@ impl Default for TlsRptConfig {
 pub struct MetricsConfig {
     /// Address of the Prometheus endpoint (`/metrics`); unset means no endpoint.
     pub listen: Option<SocketAddr>,
+    /// Also serve the posture report (`/posture`, HTML) on that endpoint.
+    pub posture: bool,
 }
 
 /// The `[mta_sts]` section.

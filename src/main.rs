@@ -102,6 +102,31 @@ enum Command {
         #[arg(long)]
         json: bool,
     },
+    /// Delivery receipts: find a message's or a recipient's receipts, or check
+    /// their hash chain.
+    Audit {
+        #[command(subcommand)]
+        action: cli::audit::AuditAction,
+    },
+    /// The posture report: per destination domain, messages and recipients
+    /// delivered, the share of each mechanism, TLS versions and refusals (RFC
+    /// 8460 types), with fleet totals on top; from the receipts and outcome
+    /// records of the last days.
+    Posture {
+        /// Days covered, up to and including today (UTC).
+        #[arg(long, default_value_t = 30)]
+        days: u32,
+        /// Print JSON (shape documented in reporting::posture; version 1).
+        #[arg(long, conflicts_with = "html")]
+        json: bool,
+        /// Write the report as one self-contained HTML page to FILE.
+        #[arg(long, value_name = "FILE")]
+        html: Option<PathBuf>,
+        /// Also look up each domain's DNS and MTA-STS state now, as `check`
+        /// does (one domain after another: slow with many domains).
+        #[arg(long)]
+        live: bool,
+    },
     /// Print the manual page tlsrelay(8) (roff), made from these definitions; used by packaging.
     #[command(hide = true)]
     Manpage,
@@ -158,6 +183,21 @@ fn run(cli: Cli) -> anyhow::Result<ExitCode> {
         Command::Sts { action } => cli::sts::run(path, action),
         Command::Policy { action } => cli::policy::run(path, action),
         Command::Report { action, json } => cli::report::run(path, action, json),
+        Command::Audit { action } => cli::audit::run(path, action),
+        Command::Posture {
+            days,
+            json,
+            html,
+            live,
+        } => cli::posture::run(
+            path,
+            cli::posture::Options {
+                days,
+                json,
+                html,
+                live,
+            },
+        ),
         Command::Manpage => {
             cli::manpage::write(Cli::command(), &mut std::io::stdout().lock())?;
             Ok(ExitCode::SUCCESS)

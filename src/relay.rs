@@ -96,9 +96,15 @@ impl Relay {
         let spool = open_spool(dir, config.spool.segment_size)?;
         let health = crate::reporting::health::Health::new(&config);
         if let Some(addr) = config.metrics.listen {
-            crate::reporting::endpoint::start(addr, health.clone())
+            let posture = config.metrics.posture.then(|| dir.clone());
+            crate::reporting::endpoint::start(addr, health.clone(), posture)
                 .map_err(|e| StartError::Metrics(e.to_string()))?;
-            tracing::info!(%addr, "metrics endpoint listening (/metrics, /healthz, /readyz)");
+            let paths = if config.metrics.posture {
+                "/metrics, /healthz, /readyz, /posture"
+            } else {
+                "/metrics, /healthz, /readyz"
+            };
+            tracing::info!(%addr, paths, "metrics endpoint listening");
         }
         let dns = Dns::new(&dns_settings(&config))?;
         if config.delivery.enabled {

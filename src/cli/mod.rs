@@ -2,10 +2,12 @@
 //! rendering of what they print. Errors are `anyhow` here: each becomes one
 //! `tlsrelay: …` line on stderr and exit status 2.
 
+pub mod audit;
 pub mod check;
 pub mod config;
 pub mod manpage;
 pub mod policy;
+pub mod posture;
 pub mod queue;
 pub mod reload;
 pub mod report;

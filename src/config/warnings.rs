@@ -38,6 +38,8 @@ pub enum ConfigWarning {
         /// Why, with the fix.
         why: String,
     },
+    /// `metrics.posture` asks for `/posture`, but there is no `metrics.listen` to serve it on.
+    PostureWithoutListener,
 }
 
 impl fmt::Display for ConfigWarning {
@@ -59,6 +61,11 @@ impl fmt::Display for ConfigWarning {
             ConfigWarning::ReportsOff { why } => write!(
                 f,
                 "TLS reports will not be sent: {why} (or set tls_rpt.enabled = false)"
+            ),
+            ConfigWarning::PostureWithoutListener => write!(
+                f,
+                "metrics.posture = true has no effect without metrics.listen; set \
+                 metrics.listen = \"127.0.0.1:9325\" to serve /posture"
             ),
         }
     }
@@ -156,6 +163,9 @@ impl Config {
             let why = crate::reporting::upkeep::hostname_problem(&self.server.hostname);
             out.extend(why.map(|why| ConfigWarning::ReportsOff { why }));
         }
+        if self.metrics.posture && self.metrics.listen.is_none() {
+            out.push(ConfigWarning::PostureWithoutListener);
+        }
         out
     }
 }
@@ -209,5 +219,12 @@ mod tests {
         assert!(quiet.warnings().is_empty());
         let fine = parse("[server]\nhostname = \"relay.example.com\"\nlisten = [\"[::]:25\"]\nrelay_networks = [\"10.0.0.0/8\"]\n");
         assert!(fine.warnings().is_empty());
+        let host = "[server]\nhostname = \"relay.example.com\"\n";
+        let posture = parse(&format!("{host}[metrics]\nposture = true\n"));
+        assert_eq!(posture.warnings(), [ConfigWarning::PostureWithoutListener]);
+        let served = parse(&format!(
+            "{host}[metrics]\nposture = true\nlisten = \"127.0.0.1:9325\"\n"
+        ));
+        assert!(served.warnings().is_empty());
     }
 }

@@ -54,6 +54,8 @@ pub(super) async fn attempt(ctx: Arc<Context>, mut env: Envelope) -> AfterAttemp
     }
     while let Some(done) = domains.join_next().await {
         let Ok(results) = done else { continue };
+        // Receipts are flushed before the spool says "delivered" (see reporting::receipts).
+        super::recipient_log::write_receipts(&ctx, &env, &results).await;
         let mut failed = Vec::new();
         for (i, result) in results {
             failed.extend(apply(&mut env, i, &result));

@@ -234,6 +234,8 @@ pub struct Session {
     pub tls_version: String,
     /// Negotiated cipher suite.
     pub tls_cipher: String,
+    /// Negotiated key exchange group, e.g. `X25519`.
+    pub tls_kx_group: String,
     /// Our end of the connection.
     pub local_addr: Option<SocketAddr>,
     /// The certificate chain the server presented.
@@ -317,6 +319,7 @@ impl Session {
             caps: Capabilities::default(),
             tls_version: String::new(),
             tls_cipher: String::new(),
+            tls_kx_group: String::new(),
             peer_certificates: Vec::new(),
             timeouts,
             gauge: crate::reporting::metrics::OpenConnection::new(),
@@ -401,6 +404,10 @@ impl Session {
         self.tls_cipher = c
             .negotiated_cipher_suite()
             .map(|cs| format!("{:?}", cs.suite()))
+            .unwrap_or_default();
+        self.tls_kx_group = c
+            .negotiated_key_exchange_group()
+            .map(|g| format!("{:?}", g.name()))
             .unwrap_or_default();
         self.peer_certificates = c
             .peer_certificates()

@@ -18,7 +18,7 @@ use super::transaction::transact;
 use super::Context;
 use crate::model::domain::Domain;
 use crate::model::mechanism::TlsDemand;
-use crate::model::rcpt::RcptResult;
+use crate::model::rcpt::{AppliedPolicy, RcptResult};
 use crate::model::status::EnhancedStatus;
 use crate::policy::facts::DomainFacts;
 use crate::policy::local::LocalPolicy;
@@ -64,7 +64,7 @@ pub(super) async fn deliver_domain(ctx: &Context, job: &Job<'_>) -> Vec<(usize, 
     if let (Some((result, words)), None) = (&facts.sts.error, local) {
         obs.sts_failed(*result, words);
     }
-    execute(ctx, job, plan, &obs).await
+    execute(ctx, job, plan, &facts, &obs).await
 }
 
 /// Logs and counts how the domain's local entry stands (expired, ignored for
@@ -108,6 +108,7 @@ async fn execute(
     ctx: &Context,
     job: &Job<'_>,
     plan: DomainPlan,
+    facts: &DomainFacts,
     obs: &Observer<'_>,
 ) -> Vec<(usize, RcptResult)> {
     let (steps, untried) = match plan {
@@ -142,7 +143,9 @@ async fn execute(
                 tally.reasons.push(s.reason.clone());
             }
             HostStep::Connect(t) => {
-                if let Some(results) = try_target(ctx, job, t, obs, &mut tally, &at).await {
+                let applied = applied_policy(t, facts);
+                let target = (t, &applied);
+                if let Some(results) = try_target(ctx, job, target, obs, &mut tally, &at).await {
                     return results;
                 }
             }
@@ -155,7 +158,7 @@ async fn execute(
 async fn try_target(
     ctx: &Context,
     job: &Job<'_>,
-    t: &Target,
+    (t, applied): (&Target, &AppliedPolicy),
     obs: &Observer<'_>,
     tally: &mut Tally,
     at: &SiteUse<'_>,
@@ -164,7 +167,7 @@ async fn try_target(
         obs.note(t, note);
     }
     for &ip in &t.addrs {
-        match try_address(ctx, (job, obs, at), t, ip).await {
+        match try_address(ctx, (job, obs, at), (t, applied), ip).await {
             Ok(results) => return Some(results),
             Err((reason, requiretls)) => {
                 tally.requiretls_refusals += usize::from(requiretls);
@@ -212,7 +215,7 @@ async fn take_slots(
 async fn try_address(
     ctx: &Context,
     (job, obs, at): (&Job<'_>, &Observer<'_>, &SiteUse<'_>),
-    t: &Target,
+    (t, applied): (&Target, &AppliedPolicy),
     ip: IpAddr,
 ) -> Result<Vec<(usize, RcptResult)>, (String, bool)> {
     let addr = SocketAddr::new(ip, t.port);
@@ -250,7 +253,7 @@ async fn try_address(
         return Err((reason, true));
     }
     tokio::time::sleep(ctx.sites.rate_wait(at.site, at.limits.rate)).await;
-    let results = transact(ctx, job, session, &t.req, lease).await;
+    let results = transact(ctx, job, session, (&t.req, applied), lease).await;
     ctx.sites.answered(at.site, site_signal(results.as_deref()));
     results.ok_or_else(|| {
         let why = "dropped the connection during the transaction";
@@ -309,6 +312,18 @@ fn site_signal(results: Option<&[(usize, RcptResult)]>) -> Option<bool> {
         (false, true) => Some(false),
         (false, false) => None,
     }
+}
+
+/// The policy a receipt names for deliveries to `t`.
+fn applied_policy(t: &Target, facts: &DomainFacts) -> AppliedPolicy {
+    let mut a = AppliedPolicy::of(
+        t.report.policy,
+        &t.report.policy_strings,
+        facts.sts.record_id.as_deref(),
+        overrides::effective_local(facts).map(|l| l.source.as_str()),
+    );
+    a.waiver = t.req.waiver.map(str::to_string);
+    a
 }
 
 /// No host took the message: defer with every host's reason, or fail with

@@ -34,6 +34,7 @@ use crate::policy::facts::DomainFacts;
 use crate::policy::local::{PolicyError, PolicySet};
 use crate::policy::{plan_domain, DomainPlan, Settings};
 use crate::reporting::outcome::OutcomeLog;
+use crate::reporting::receipts::ReceiptLog;
 use crate::resolve::dns::Dns;
 use crate::resolve::gather::Gatherer;
 use crate::resolve::mta_sts::{FetchSettings, MtaSts};
@@ -48,6 +49,8 @@ pub struct Context {
     dns: Dns,
     tls: ClientTls,
     outcomes: OutcomeLog,
+    /// Delivery receipts, when `[receipts] enabled`.
+    receipts: Option<Arc<ReceiptLog>>,
     connections: Arc<Semaphore>,
     per_domain: Mutex<HashMap<Domain, Arc<Semaphore>>>,
     pool: Pool,
@@ -74,6 +77,14 @@ pub enum DeliveryError {
     /// The suspensions file cannot be read (then nothing is delivered).
     #[error(transparent)]
     Suspensions(#[from] suspend::SuspendError),
+    /// The receipt files cannot be opened.
+    #[error("cannot open the delivery receipts in {}: {source}", dir.display())]
+    Receipts {
+        /// The receipts directory.
+        dir: std::path::PathBuf,
+        /// What went wrong.
+        source: std::io::Error,
+    },
     /// The outcome log cannot be opened.
     #[error("cannot open {}: {source}", dir.display())]
     Outcomes {
@@ -124,6 +135,15 @@ impl Delivery {
         let dir = spool.dir().join("outcomes");
         let outcomes =
             OutcomeLog::open(&dir).map_err(|source| DeliveryError::Outcomes { dir, source })?;
+        let receipts = if config.receipts.enabled {
+            let dir = spool.dir().join("receipts");
+            let retention = config.receipts.retention.get();
+            let log = ReceiptLog::open(&dir, retention)
+                .map_err(|source| DeliveryError::Receipts { dir, source })?;
+            Some(Arc::new(log))
+        } else {
+            None
+        };
         let suspended = suspend::Suspensions::load(spool.dir())?;
         let (tx, rx) = mpsc::unbounded_channel();
         let (command_tx, commands) = mpsc::unbounded_channel();
@@ -135,6 +155,7 @@ impl Delivery {
             dns,
             tls,
             outcomes,
+            receipts,
             per_domain: Mutex::new(HashMap::new()),
             pool: Pool::default(),
             sites: sites::Sites::default(),

@@ -3,9 +3,66 @@
 //! log pipeline counts. The fields every result has are on every line (`-`
 //! when unknown); a delivered line adds the address and the TLS session.
 
+use super::Context;
 use crate::model::domain::Domain;
 use crate::model::rcpt::RcptResult;
+use crate::reporting::receipts::Receipt;
 use crate::spool::{now_unix, Envelope};
+
+/// Appends and flushes a receipt for each recipient `results` delivered (on a
+/// blocking thread: the flush waits for the disk). A receipt that cannot be
+/// written is logged as an error; the mail is delivered all the same.
+pub(super) async fn write_receipts(ctx: &Context, env: &Envelope, results: &[(usize, RcptResult)]) {
+    let Some(log) = ctx.receipts.clone() else {
+        return;
+    };
+    let now = now_unix();
+    let batch: Vec<Receipt> = (results.iter())
+        .filter_map(|(i, r)| receipt(env, *i, r, now))
+        .collect();
+    if batch.is_empty() {
+        return;
+    }
+    let count = batch.len();
+    let written = tokio::task::spawn_blocking(move || log.append(batch)).await;
+    let error = match written {
+        Ok(Ok(())) => return,
+        Ok(Err(e)) => e.to_string(),
+        Err(e) => e.to_string(),
+    };
+    tracing::error!(id = %env.id, count, error = %error, "cannot write delivery receipts");
+}
+
+/// The receipt of recipient `i` of `env`, when `result` delivered it.
+fn receipt(env: &Envelope, i: usize, result: &RcptResult, now: i64) -> Option<Receipt> {
+    let RcptResult::Delivered {
+        host,
+        mechanism,
+        channel,
+        ..
+    } = result
+    else {
+        return None;
+    };
+    let rcpt = &env.recipients[i].address;
+    Some(Receipt {
+        time: now,
+        queue_id: env.id.clone(),
+        message_id: env.message_id.clone(),
+        sender: env.sender.clone(),
+        recipient: rcpt.clone(),
+        domain: Domain::of_address(rcpt).map_or_else(|_| String::new(), |d| d.to_string()),
+        mx_host: host.clone(),
+        addr: channel.addr.map(|a| a.ip().to_string()),
+        tls_version: channel.tls_version.clone(),
+        cipher: channel.cipher.clone(),
+        kx_group: channel.kx_group.clone(),
+        mechanism: *mechanism,
+        spki_sha256: channel.spki_sha256.clone(),
+        policy: (*channel.policy).clone(),
+        prev: String::new(),
+    })
+}
 
 /// Logs what became of recipient `i` of `env` in attempt number `attempt`.
 pub(super) fn log_recipient(env: &Envelope, i: usize, attempt: u32, result: &RcptResult) {

@@ -7,7 +7,7 @@ use super::pool::Lease;
 use super::Context;
 use crate::model::address::Mailbox;
 use crate::model::mechanism::TlsDemand;
-use crate::model::rcpt::{Channel, RcptResult};
+use crate::model::rcpt::{AppliedPolicy, Channel, RcptResult};
 use crate::model::status::EnhancedStatus;
 use crate::policy::Requirement;
 use crate::spool::{BodyType, DsnRet, Envelope};
@@ -19,7 +19,7 @@ pub(super) async fn transact(
     ctx: &Context,
     job: &Job<'_>,
     mut session: Session,
-    req: &Requirement,
+    (req, applied): (&Requirement, &AppliedPolicy),
     lease: Lease,
 ) -> Option<Vec<(usize, RcptResult)>> {
     let reused = lease.reused;
@@ -72,6 +72,11 @@ pub(super) async fn transact(
         source: session.local_addr,
         tls_version: session.tls_version.clone(),
         cipher: session.tls_cipher.clone(),
+        kx_group: session.tls_kx_group.clone(),
+        spki_sha256: (session.peer_certificates.first())
+            .and_then(spki_sha256)
+            .unwrap_or_default(),
+        policy: std::sync::Arc::new(applied.clone()),
     };
     let mut results = interpret(&replies, &idxs, (&session.host, &where_), &channel, req);
     log_transaction(job, &session, req, reused, &replies, &results);
@@ -83,6 +88,14 @@ pub(super) async fn transact(
             .put(lease.key, session, lease.messages + 1, job.domain);
     }
     Some(results)
+}
+
+/// SHA-256 of a certificate's SubjectPublicKeyInfo, hex (what TLSA `3 1 1` and
+/// a local `fingerprint` SPKI pin hash); None when the certificate does not parse.
+fn spki_sha256(cert: &rustls_pki_types::CertificateDer<'_>) -> Option<String> {
+    let ee = webpki::EndEntityCert::try_from(cert).ok()?;
+    let spki = ee.subject_public_key_info();
+    Some(crate::reporting::receipts::chain::sha256_hex(spki.as_ref()))
 }
 
 /// A reason to fail the recipients without sending MAIL: the host cannot take this message.

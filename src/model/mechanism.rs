@@ -2,9 +2,13 @@
 
 use std::fmt;
 
+use serde::{Deserialize, Serialize};
+
 /// The source of authentication of one MX host (the `tls=` word of a log line
 /// and the `auth` label of the metrics).
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+// Serialized as the same word as `as_str` (receipts, posture).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord, Serialize, Deserialize)]
+#[serde(rename_all = "kebab-case")]
 pub enum Mechanism {
     /// DNSSEC-signed TLSA records (RFC 7672).
     Dane,
@@ -20,6 +24,15 @@ pub enum Mechanism {
 }
 
 impl Mechanism {
+    /// Every mechanism, strongest evidence first (the order of posture tables).
+    pub const ALL: [Mechanism; 5] = [
+        Mechanism::Dane,
+        Mechanism::MtaSts,
+        Mechanism::Local,
+        Mechanism::Verify,
+        Mechanism::Encrypt,
+    ];
+
     /// The fixed word: `dane`, `mta-sts`, `local`, `verify` or `encrypt`.
     pub fn as_str(self) -> &'static str {
         match self {

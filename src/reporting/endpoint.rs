@@ -1,4 +1,5 @@
-//! The HTTP endpoint of `[metrics] listen`: `/metrics`, `/healthz`, `/readyz`.
+//! The HTTP endpoint of `[metrics] listen`: `/metrics`, `/healthz`, `/readyz`,
+//! and `/posture` (the posture report's HTML page) with `[metrics] posture`.
 //!
 //! hyper serves HTTP/1.1; which answer a request gets is the pure [`route`].
 
@@ -46,6 +47,8 @@ pub enum Route {
     Healthz,
     /// `GET /readyz`: 200, or 503 with the reasons.
     Readyz,
+    /// `GET /posture`: the posture report (404 unless `[metrics] posture`).
+    Posture,
     /// Any other path: 404.
     NotFound,
     /// A known path with another method: 405.
@@ -58,6 +61,7 @@ pub fn route(method: &Method, path: &str) -> Route {
         "/metrics" => Route::Metrics,
         "/healthz" => Route::Healthz,
         "/readyz" => Route::Readyz,
+        "/posture" => Route::Posture,
         _ => return Route::NotFound,
     };
     if method == Method::GET {
@@ -68,7 +72,12 @@ pub fn route(method: &Method, path: &str) -> Route {
 }
 
 /// Binds `addr`, installs the recorder and serves in the background (needs a tokio runtime).
-pub fn start(addr: SocketAddr, health: Arc<Health>) -> Result<(), EndpointError> {
+/// With `posture` (the spool directory), `/posture` is served too.
+pub fn start(
+    addr: SocketAddr,
+    health: Arc<Health>,
+    posture: Option<std::path::PathBuf>,
+) -> Result<(), EndpointError> {
     let listen = |error| EndpointError::Listen { addr, error };
     let std_listener = std::net::TcpListener::bind(addr).map_err(listen)?;
     std_listener.set_nonblocking(true).map_err(listen)?;
@@ -82,7 +91,11 @@ pub fn start(addr: SocketAddr, health: Arc<Health>) -> Result<(), EndpointError>
             upkeep.run_upkeep();
         }
     });
-    let endpoint = Arc::new(Endpoint { handle, health });
+    let endpoint = Arc::new(Endpoint {
+        handle,
+        health,
+        posture,
+    });
     tokio::spawn(serve(listener, endpoint));
     Ok(())
 }
@@ -90,6 +103,8 @@ pub fn start(addr: SocketAddr, health: Arc<Health>) -> Result<(), EndpointError>
 struct Endpoint {
     handle: PrometheusHandle,
     health: Arc<Health>,
+    /// The spool directory whose receipts and outcomes `/posture` reads.
+    posture: Option<std::path::PathBuf>,
 }
 
 async fn serve(listener: tokio::net::TcpListener, endpoint: Arc<Endpoint>) {
@@ -105,8 +120,14 @@ async fn serve(listener: tokio::net::TcpListener, endpoint: Arc<Endpoint>) {
         let endpoint = endpoint.clone();
         tokio::spawn(async move {
             let service = hyper::service::service_fn(move |req: Request<hyper::body::Incoming>| {
-                let answer = endpoint.answer(req.method(), req.uri().path());
-                async move { Ok::<_, Infallible>(answer) }
+                let endpoint = endpoint.clone();
+                async move {
+                    let (method, path) = (req.method().clone(), req.uri().path().to_string());
+                    if route(&method, &path) == Route::Posture {
+                        return Ok::<_, Infallible>(endpoint.posture().await);
+                    }
+                    Ok::<_, Infallible>(endpoint.answer(&method, &path))
+                }
             });
             let conn = hyper::server::conn::http1::Builder::new()
                 .serve_connection(hyper_util::rt::TokioIo::new(stream), service);
@@ -117,6 +138,25 @@ async fn serve(listener: tokio::net::TcpListener, endpoint: Arc<Endpoint>) {
 }
 
 impl Endpoint {
+    /// The posture page of the last 30 days, read on a blocking thread.
+    async fn posture(&self) -> Response<Full<Bytes>> {
+        let Some(dir) = self.posture.clone() else {
+            return self.answer(&Method::GET, "/not-found");
+        };
+        let now = chrono::Utc::now();
+        let read = tokio::task::spawn_blocking(move || {
+            super::posture::load(&dir, 30, now, vec![]).map(|p| super::posture::html::render(&p))
+        });
+        match read.await {
+            Ok(Ok(page)) => reply(StatusCode::OK, "text/html; charset=utf-8", page),
+            Ok(Err(e)) => text(
+                StatusCode::INTERNAL_SERVER_ERROR,
+                format!("cannot read receipts or outcomes: {e}\n"),
+            ),
+            Err(e) => text(StatusCode::INTERNAL_SERVER_ERROR, format!("{e}\n")),
+        }
+    }
+
     fn answer(&self, method: &Method, path: &str) -> Response<Full<Bytes>> {
         match route(method, path) {
             Route::Metrics => reply(StatusCode::OK, PROMETHEUS_TEXT, self.scrape()),
@@ -130,7 +170,7 @@ impl Endpoint {
                     text(StatusCode::SERVICE_UNAVAILABLE, body)
                 }
             }
-            Route::NotFound => text(
+            Route::Posture | Route::NotFound => text(
                 StatusCode::NOT_FOUND,
                 "not found: try /metrics, /healthz or /readyz\n".into(),
             ),
@@ -192,6 +232,8 @@ mod tests {
             (Method::GET, "/metrics", Route::Metrics),
             (Method::GET, "/healthz", Route::Healthz),
             (Method::GET, "/readyz", Route::Readyz),
+            (Method::GET, "/posture", Route::Posture),
+            (Method::POST, "/posture", Route::MethodNotAllowed),
             (Method::GET, "/", Route::NotFound),
             (Method::GET, "/metrics/", Route::NotFound),
             (Method::GET, "/readyz/x", Route::NotFound),
