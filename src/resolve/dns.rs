@@ -316,7 +316,8 @@ impl Dns {
         // hickory's `attempts` counts retries after the first try (RetryDnsHandle).
         opts.attempts = settings.attempts.max(1) - 1;
         opts.edns0 = true;
-        opts.cache_size = 256;
+        // Answers are cached for their TTL; big enough for the domains of a busy day.
+        opts.cache_size = 16_384;
         opts.ndots = 0;
         opts.preserve_intermediates = true;
 

@@ -73,6 +73,8 @@ pub struct MxOptions {
     pub data_reply: Option<String>,
     /// Close the connection right after the N-th accepted message on it.
     pub drop_after_messages: Option<usize>,
+    /// Wait this long before the reply after the data (a slow host).
+    pub data_delay: Option<Duration>,
 }
 
 impl Default for MxOptions {
@@ -95,6 +97,7 @@ impl Default for MxOptions {
             rcpt_replies: HashMap::new(),
             data_reply: None,
             drop_after_messages: None,
+            data_delay: None,
         }
     }
 }
@@ -207,6 +210,12 @@ pub struct Stats {
     pub messages: usize,
     /// MAIL, RCPT, DATA or BDAT commands received outside TLS (whatever the reply).
     pub plaintext_transactions: usize,
+    /// Connections open now.
+    pub open: usize,
+    /// The most connections open at once.
+    pub max_open: usize,
+    /// Handshakes that resumed an earlier TLS session (no certificate sent).
+    pub tls_resumed: usize,
 }
 
 #[derive(Default)]
@@ -222,6 +231,8 @@ struct State {
 struct Shared {
     opts: Mutex<MxOptions>,
     state: Mutex<State>,
+    /// One TLS configuration for every connection (so sessions can resume), built on first use.
+    tls: Mutex<Option<Arc<ServerConfig>>>,
 }
 
 impl Shared {
@@ -283,6 +294,7 @@ impl MxServer {
         let shared = Arc::new(Shared {
             opts: Mutex::new(opts),
             state: Mutex::new(State::default()),
+            tls: Mutex::new(None),
         });
         let task = tokio::spawn(accept_loop(listener, shared.clone()));
         Ok(MxServer { addr, shared, task })
@@ -327,6 +339,7 @@ impl MxServer {
     /// Change the behaviour for connections accepted from now on.
     pub fn update_options(&self, f: impl FnOnce(&mut MxOptions)) {
         f(&mut self.shared.opts.lock().unwrap());
+        *self.shared.tls.lock().unwrap() = None;
     }
 
     /// The client address of every connection so far, in accept order.
@@ -397,12 +410,18 @@ async fn accept_loop(listener: TcpListener, shared: Arc<Shared>) {
                 let _ = tcp.set_nodelay(true);
                 let id = shared.with(|s| {
                     s.stats.connections += 1;
+                    s.stats.open += 1;
+                    s.stats.max_open = s.stats.max_open.max(s.stats.open);
                     s.transcripts.push(Vec::new());
                     s.peers.push(peer);
                     s.transcripts.len() - 1
                 });
                 let opts = shared.opts.lock().unwrap().clone();
-                connections.spawn(connection(tcp, id, opts, shared.clone()));
+                let shared = shared.clone();
+                connections.spawn(async move {
+                    connection(tcp, id, opts, shared.clone()).await;
+                    shared.with(|s| s.stats.open -= 1);
+                });
             }
             Some(_) = connections.join_next(), if !connections.is_empty() => {}
         }
@@ -458,8 +477,12 @@ async fn connection(tcp: TcpStream, id: usize, opts: MxOptions, shared: Arc<Shar
             return;
         }
     };
-    let config = match tls_config(&session.opts) {
-        Ok(c) => c,
+    let cached = shared.tls.lock().unwrap().clone();
+    let config = match cached.map_or_else(|| tls_config(&session.opts), Ok) {
+        Ok(c) => {
+            *shared.tls.lock().unwrap() = Some(c.clone());
+            c
+        }
         Err(e) => {
             shared.log(id, format!("!! TLS config: {e}"));
             return;
@@ -495,7 +518,11 @@ async fn connection(tcp: TcpStream, id: usize, opts: MxOptions, shared: Arc<Shar
         sni: conn.server_name().map(str::to_string),
     };
     shared.log(id, format!("-- TLS {info:?}"));
-    shared.with(|s| s.stats.tls_handshakes += 1);
+    let resumed = conn.handshake_kind() == Some(rustls::HandshakeKind::Resumed);
+    shared.with(|s| {
+        s.stats.tls_handshakes += 1;
+        s.stats.tls_resumed += usize::from(resumed);
+    });
     // RFC 3207: forget everything learnt before TLS.
     session.tls = Some(info);
     session.ehlo = None;
@@ -985,6 +1012,9 @@ impl Session {
                 .clone()
                 .unwrap_or_else(|| "250 2.0.0 OK".into()),
         };
+        if let Some(delay) = self.opts.data_delay {
+            tokio::time::sleep(delay).await;
+        }
         let accepted = reply.starts_with('2');
         if accepted {
             let (mail_from, mail_params) = txn.mail_from.unwrap_or_default();
