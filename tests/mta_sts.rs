@@ -50,6 +50,34 @@ fn engine(world: &DnsWorld, s: &TrustedCa, port: u16, cache: &std::path::Path) -
     .unwrap()
 }
 
+/// Twenty lookups of one domain at once make one HTTPS fetch; all get the policy.
+#[tokio::test(flavor = "multi_thread")]
+async fn concurrent_lookups_share_one_fetch() {
+    let s = setup();
+    let port = free_port();
+    let server = HttpsServer::start(
+        ip("127.0.3.30"),
+        port,
+        s.ca.leaf(&["mta-sts.sts.test"]),
+        Response::policy(ENFORCE),
+    )
+    .await;
+    let w = world("7").start().await;
+    let cache = tempfile::tempdir().unwrap();
+    let e = std::sync::Arc::new(engine(&w, &s, port, cache.path()));
+    let lookups: Vec<_> = (0..20)
+        .map(|_| {
+            let e = e.clone();
+            tokio::spawn(async move { e.lookup(&sts_test()).await })
+        })
+        .collect();
+    for l in lookups {
+        let found = l.await.unwrap();
+        assert_eq!(found.policy.expect("a policy").0.mode, Mode::Enforce);
+    }
+    assert_eq!(server.requests().len(), 1, "{:?}", server.requests());
+}
+
 #[tokio::test]
 async fn fetch_rules_each_violation_is_a_precise_error() {
     let s = setup();

@@ -101,6 +101,8 @@ pub struct MtaSts {
     dir: PathBuf,
     tls: Arc<rustls::ClientConfig>,
     memory: Mutex<HashMap<Domain, CachedPolicy>>,
+    /// One fetch at a time per domain: concurrent lookups wait for it and read its result.
+    fetching: Mutex<HashMap<Domain, Arc<tokio::sync::Mutex<()>>>>,
 }
 
 /// Why the engine cannot be set up.
@@ -283,6 +285,7 @@ impl MtaSts {
             dir: dir.to_path_buf(),
             tls: Arc::new(tls),
             memory: Mutex::new(read_cache_dir(dir)),
+            fetching: Mutex::new(HashMap::new()),
         })
     }
 
@@ -398,8 +401,25 @@ impl MtaSts {
                 error: None,
             };
         }
+        // Concurrent lookups of one domain share one fetch: the others wait,
+        // then find the policy it stored under the same id.
+        let gate = self.fetch_gate(domain);
+        let turn = gate.lock().await;
+        if let Some(c) = self.unexpired(domain).filter(|c| c.id == record.id) {
+            drop(turn);
+            self.release_gate(domain, gate);
+            metrics::counter!(crate::model::metric::STS_CACHE, "event" => "hit").increment(1);
+            return Lookup {
+                policy: c.parsed().map(|p| (p, Source::Cached)),
+                record_id: Some(record.id),
+                error: None,
+            };
+        }
         metrics::counter!(crate::model::metric::STS_CACHE, "event" => "miss").increment(1);
-        match self.fetch_and_store(domain, record.id.clone()).await {
+        let fetched = self.fetch_and_store(domain, record.id.clone()).await;
+        drop(turn);
+        self.release_gate(domain, gate);
+        match fetched {
             Ok((policy, _)) => Lookup {
                 policy: Some((policy, Source::Fetched)),
                 record_id: Some(record.id),
@@ -415,6 +435,21 @@ impl MtaSts {
                     error: Some(e.reported()),
                 }
             }
+        }
+    }
+
+    /// The lock that lets one lookup of `domain` fetch at a time.
+    fn fetch_gate(&self, domain: &Domain) -> Arc<tokio::sync::Mutex<()>> {
+        let mut map = self.fetching.lock().unwrap();
+        map.entry(domain.clone()).or_default().clone()
+    }
+
+    /// Forgets the lock of `domain` once no other lookup holds or waits for it.
+    fn release_gate(&self, domain: &Domain, gate: Arc<tokio::sync::Mutex<()>>) {
+        let mut map = self.fetching.lock().unwrap();
+        // Ours and the map's: nobody else has it.
+        if Arc::strong_count(&gate) <= 2 {
+            map.remove(domain);
         }
     }
 
