@@ -503,7 +503,8 @@ pub struct DeliveryConfig {
     pub max_connections_per_domain: usize,
     /// How long an idle connection stays open for the next message to the same destination.
     pub connection_reuse_time: HumanDuration,
-    /// How often the queue is scanned for messages that are due.
+    /// How often the queue gauges are refreshed and idle connections closed (the
+    /// scheduler itself wakes when a message is due, from a timer index).
     pub queue_scan_interval: HumanDuration,
     /// Honour the `TLS-Required: No` header (RFC 8689 §5): such a message is sent
     /// with TLS but without certificate checks. TLS itself stays mandatory.
