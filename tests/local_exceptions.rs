@@ -5,23 +5,12 @@
 
 mod support;
 
-use std::net::IpAddr;
-
 use support::child::run_cli;
 use support::dns_world::{DnsWorld, ZoneKind};
 use support::mx::{free_port, MxOptions, MxServer};
 use support::pki::{self, TestCa};
 use support::relay::TestRelay;
-
-fn ip(s: &str) -> IpAddr {
-    s.parse().unwrap()
-}
-
-fn sha256(b: &[u8]) -> Vec<u8> {
-    ring::digest::digest(&ring::digest::SHA256, b)
-        .as_ref()
-        .to_vec()
-}
+use support::{ip, sha256};
 
 /// The text of GET /metrics on the relay's metrics listener.
 async fn metrics(port: u16) -> String {

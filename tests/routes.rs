@@ -3,27 +3,16 @@
 
 mod support;
 
-use std::net::IpAddr;
-
 use support::child::run_cli;
 use support::dns_world::{DnsWorld, ZoneKind};
 use support::mx::{free_port, MxOptions, MxServer};
 use support::pki::{self, TestCa};
 use support::relay::TestRelay;
+use support::{ip, sha256};
 use tlsrelay::reporting::outcome::SessionResult;
-
-fn ip(s: &str) -> IpAddr {
-    s.parse().unwrap()
-}
 
 fn hex(b: &[u8]) -> String {
     b.iter().map(|x| format!("{x:02x}")).collect()
-}
-
-fn sha256(b: &[u8]) -> Vec<u8> {
-    ring::digest::digest(&ring::digest::SHA256, b)
-        .as_ref()
-        .to_vec()
 }
 
 #[tokio::test(flavor = "multi_thread")]

@@ -4,23 +4,13 @@
 
 mod support;
 
-use std::net::IpAddr;
 use std::time::Duration;
 
 use support::dns_world::{DnsWorld, ZoneKind};
 use support::mx::{free_port, MxOptions, MxServer};
 use support::pki::TestCa;
 use support::relay::TestRelay;
-
-fn ip(s: &str) -> IpAddr {
-    s.parse().unwrap()
-}
-
-fn sha256(b: &[u8]) -> Vec<u8> {
-    ring::digest::digest(&ring::digest::SHA256, b)
-        .as_ref()
-        .to_vec()
-}
+use support::{ip, sha256};
 
 /// Submits one message to `to` and waits until the relay is done with it.
 async fn send(relay: &TestRelay, to: &str) -> String {
