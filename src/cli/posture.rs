@@ -28,7 +28,8 @@ pub struct Options {
 pub fn run(config_path: Option<&Path>, opts: Options) -> anyhow::Result<ExitCode> {
     let config = load_config(config_path)?;
     let dir = &config.spool.dir;
-    let mut report = posture::load(dir, opts.days, chrono::Utc::now(), vec![])
+    let warnings = posture::early_warnings(dir);
+    let mut report = posture::load(dir, opts.days, chrono::Utc::now(), warnings)
         .with_context(|| format!("cannot read receipts or outcomes in {}", dir.display()))?;
     if opts.live {
         add_live_state(&config, &mut report)?;

@@ -145,7 +145,8 @@ impl Endpoint {
         };
         let now = chrono::Utc::now();
         let read = tokio::task::spawn_blocking(move || {
-            super::posture::load(&dir, 30, now, vec![]).map(|p| super::posture::html::render(&p))
+            let warnings = super::posture::early_warnings(&dir);
+            super::posture::load(&dir, 30, now, warnings).map(|p| super::posture::html::render(&p))
         });
         match read.await {
             Ok(Ok(page)) => reply(StatusCode::OK, "text/html; charset=utf-8", page),

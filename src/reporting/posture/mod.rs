@@ -129,6 +129,22 @@ pub struct EarlyWarning {
     pub message: String,
 }
 
+/// The latest early warnings kept in the spool (`warnings.json`), as the report lists them.
+pub fn early_warnings(spool_dir: &std::path::Path) -> Vec<EarlyWarning> {
+    let latest = crate::reporting::early_warning::load_latest(spool_dir);
+    let Ok(Some(file)) = latest else {
+        return vec![];
+    };
+    file.warnings
+        .into_iter()
+        .map(|w| EarlyWarning {
+            domain: w.domain,
+            kind: w.kind.label().to_string(),
+            message: format!("{}: {}", w.host, w.detail),
+        })
+        .collect()
+}
+
 /// Whether a mechanism counts as authenticated in the headline.
 pub fn authenticates(m: Mechanism) -> bool {
     matches!(m, Mechanism::Dane | Mechanism::MtaSts | Mechanism::Verify)
