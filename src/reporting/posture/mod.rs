@@ -320,6 +320,35 @@ mod tests {
     use crate::model::rcpt::AppliedPolicy;
     use crate::model::rfc8460::{PolicyType, ResultType};
 
+    #[test]
+    fn early_warnings_come_from_the_latest_probe() {
+        use crate::reporting::early_warning::{Warning, WarningKind, WarningsFile, FILE_NAME};
+        let dir = tempfile::tempdir().unwrap();
+        assert!(early_warnings(dir.path()).is_empty());
+        let file = WarningsFile {
+            time: 0,
+            domains: vec!["a.example".into()],
+            warnings: vec![Warning {
+                domain: "a.example".into(),
+                host: "mx.a.example".into(),
+                kind: WarningKind::TlsaMismatch,
+                detail: "no TLSA record matches".into(),
+            }],
+        };
+        std::fs::write(
+            dir.path().join(FILE_NAME),
+            serde_json::to_vec(&file).unwrap(),
+        )
+        .unwrap();
+        let got = early_warnings(dir.path());
+        assert_eq!(got.len(), 1);
+        assert_eq!(
+            (got[0].domain.as_str(), got[0].kind.as_str()),
+            ("a.example", "tlsa-mismatch")
+        );
+        assert_eq!(got[0].message, "mx.a.example: no TLSA record matches");
+    }
+
     fn receipt(q: &str, rcpt: &str, m: Mechanism, v: &str) -> Receipt {
         Receipt {
             time: 0,
