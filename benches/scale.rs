@@ -122,9 +122,11 @@ async fn submit(addr: SocketAddr, rcpts: Vec<String>, clients: usize) {
     }
 }
 
-/// The DNS world: `one.test` and `d0.w.test` … `d{n-1}.w.test` with MX `mx.hub.test`.
-async fn world(domains: usize) -> DnsWorld {
-    let mut b = DnsWorld::builder()
+/// The DNS world: `one.test`, and a wildcard MX under `w.test`, so that every
+/// `dN.w.test` has the MX host `mx.hub.test` (as thousands of domains hosted by
+/// one provider have).
+async fn world() -> DnsWorld {
+    DnsWorld::builder()
         .zone("hub.test", ZoneKind::Unsigned)
         .a("mx.hub.test", "127.0.9.10")
         .zone("one.test", ZoneKind::Unsigned)
@@ -132,11 +134,10 @@ async fn world(domains: usize) -> DnsWorld {
         .zone("w.test", ZoneKind::Unsigned)
         .zone("deferred.test", ZoneKind::Unsigned)
         .mx("deferred.test", 10, "mx.deferred.test")
-        .a("mx.deferred.test", "127.0.9.99");
-    for i in 0..domains {
-        b = b.mx(&format!("d{i}.w.test"), 10, "mx.hub.test");
-    }
-    b.start().await
+        .a("mx.deferred.test", "127.0.9.99")
+        .mx("*.w.test", 10, "mx.hub.test")
+        .start()
+        .await
 }
 
 /// Writes `n` messages to x@deferred.test into the spool at `dir`, due in an hour.
@@ -173,6 +174,13 @@ async fn wait_sink(sink: &MxServer, n: usize, limit: Duration) -> bool {
 }
 
 fn main() {
+    // The spool is filled by a child process, so the relay's RSS is not the filler's.
+    if let Ok(spec) = std::env::var("SCALE_FILL") {
+        let (dir, n) = spec.rsplit_once(':').expect("DIR:N");
+        let took = fill_spool(std::path::Path::new(dir), n.parse().unwrap());
+        println!("{}", took.as_secs_f64());
+        return;
+    }
     let _ = tracing_subscriber::fmt()
         .with_env_filter("warn,hickory_server=error")
         .with_writer(std::io::stderr)
@@ -199,14 +207,21 @@ async fn run() {
     )
     .await
     .unwrap();
-    let world = world(messages).await;
+    let world = world().await;
     println!(
         "scale benchmark: {deferred} deferred, {messages} messages per delivery row; 2 cores\n"
     );
 
     // 1. The deferred queue.
     let spool_dir = dir.path().join("spool");
-    let fill = fill_spool(&spool_dir, deferred);
+    let out = std::process::Command::new(std::env::current_exe().unwrap())
+        .env("SCALE_FILL", format!("{}:{deferred}", spool_dir.display()))
+        .output()
+        .unwrap();
+    let fill: f64 = String::from_utf8_lossy(&out.stdout)
+        .trim()
+        .parse()
+        .unwrap_or(0.0);
     let text = support::relay::config_text(dir.path(), &world, &root, port, "")
         .replace(
             "queue_scan_interval = \"1s\"",
@@ -225,8 +240,7 @@ async fn run() {
     let latency = t.elapsed();
     println!("| row | value |\n|---|---|");
     println!(
-        "| deferred messages queued | {deferred} (written in {:.1} s) |",
-        fill.as_secs_f64()
+        "| deferred messages queued | {deferred} (written in {fill:.1} s by a child process) |"
     );
     println!(
         "| start-up (spool replay, relay ready) | {:.2} s |",
@@ -243,7 +257,7 @@ async fn run() {
     let _ = std::fs::remove_dir_all(&spool_dir);
 
     // 2 and 3. One domain, then one domain per message, all on one MX host.
-    println!("\n| run | messages | time s | msg/s | TLS connections | full handshakes | resumed | most open at once |\n|---|---|---|---|---|---|---|---|");
+    println!("\n| run | messages | time s | msg/s | TLS connections | full handshakes | resumed | most open at once | CPU % (of 200) |\n|---|---|---|---|---|---|---|---|---|");
     let one: Vec<String> = (0..messages).map(|i| format!("u{i}@one.test")).collect();
     let many: Vec<String> = (0..messages).map(|i| format!("u@d{i}.w.test")).collect();
     let mut base = sink.received().len();
@@ -259,24 +273,32 @@ async fn run() {
             .replace("level = \"debug\"", "level = \"warn\"");
         let (relay, _) = BenchRelay::start(&text).await;
         let before = sink.stats();
+        let cpu0 = cpu_time();
         let t = Instant::now();
         let n = rcpts.len();
         submit(relay.addr, rcpts, 10).await;
         let done = wait_sink(&sink, base + n, Duration::from_secs(600)).await;
         let secs = t.elapsed().as_secs_f64();
+        let cpu = (cpu_time() - cpu0).as_secs_f64() / secs * 100.0;
         let after = sink.stats();
-        print_row(label, n, secs, done, &before, &after);
+        print_row(label, (n, secs, cpu), done, &before, &after);
         base += n;
         relay.stop().await;
         let _ = std::fs::remove_dir_all(&spool_dir);
     }
 }
 
-fn print_row(label: &str, n: usize, secs: f64, done: bool, before: &Stats, after: &Stats) {
+fn print_row(
+    label: &str,
+    (n, secs, cpu): (usize, f64, f64),
+    done: bool,
+    before: &Stats,
+    after: &Stats,
+) {
     let hs = after.tls_handshakes - before.tls_handshakes;
     let resumed = after.tls_resumed - before.tls_resumed;
     println!(
-        "| {label}{} | {n} | {secs:.1} | {:.0} | {} | {} | {resumed} | {} |",
+        "| {label}{} | {n} | {secs:.1} | {:.0} | {} | {} | {resumed} | {} | {cpu:.0} |",
         if done { "" } else { " (NOT all delivered)" },
         n as f64 / secs,
         after.connections - before.connections,

@@ -39,17 +39,23 @@ impl Gatherer<'_> {
         let route = local.as_ref().and_then(|l| l.route.clone());
         // A domain under a local policy still has its MTA-STS looked up: a policy that
         // would replace an enforced one needs `override_mta_sts` (policy::overrides).
-        let sts = match (&route, self.mta_sts) {
-            (None, Some(engine)) => sts_facts(engine, domain).await,
-            _ => StsFacts::default(),
-        };
-        let (mx, port) = match &route {
-            Some(hop) => (self.hop_mx(hop).await, hop.port),
-            None => {
-                let answer = self.dns.mx(domain.as_str()).await;
-                (plan_mx(domain.as_str(), answer), self.port)
+        // MTA-STS discovery and the MX lookup are independent: asked at once.
+        let sts = async {
+            match (&route, self.mta_sts) {
+                (None, Some(engine)) => sts_facts(engine, domain).await,
+                _ => StsFacts::default(),
             }
         };
+        let mx = async {
+            match &route {
+                Some(hop) => (self.hop_mx(hop).await, hop.port),
+                None => {
+                    let answer = self.dns.mx(domain.as_str()).await;
+                    (plan_mx(domain.as_str(), answer), self.port)
+                }
+            }
+        };
+        let (sts, (mx, port)) = tokio::join!(sts, mx);
         let (hosts, untried) = match &mx {
             MxPlan::Hosts {
                 hosts, security, ..

@@ -98,19 +98,31 @@ impl ReceiptLog {
             group.1.push(b'\n');
             group.2 = hash;
         }
+        let mut to_flush = Vec::with_capacity(by_day.len());
         for (day, buf, day_last) in by_day {
             if day != st.day {
                 st.day = day.clone();
                 self.prune(&day);
             }
-            let written = append_flushed(&self.dir.join(format!("{day}.jsonl")), &buf);
-            if written.is_err() {
-                st.dirty = true;
+            let written = append_unflushed(&self.dir.join(format!("{day}.jsonl")), &buf);
+            match written {
+                Ok(f) => to_flush.push(f),
+                Err(e) => {
+                    st.dirty = true;
+                    return Err(e);
+                }
             }
-            written?;
             st.last = day_last;
         }
-        Ok(())
+        // The flush runs outside the lock: transactions that finish together
+        // share the file system's commit (a group commit), and each caller still
+        // returns only once its own lines are on stable storage.
+        drop(st);
+        let flushed = to_flush.into_iter().try_for_each(Written::flush);
+        if flushed.is_err() {
+            self.state.lock().unwrap_or_else(|e| e.into_inner()).dirty = true;
+        }
+        flushed
     }
 
     /// Deletes files older than the retention on `today`.
@@ -151,22 +163,35 @@ fn recover(dir: &Path) -> io::Result<String> {
     Ok(chain::GENESIS.to_string())
 }
 
-/// Appends `buf` with `O_APPEND` (one write) and flushes the data; a new
-/// file's directory entry is flushed too, so a day's file cannot vanish.
-fn append_flushed(path: &Path, buf: &[u8]) -> io::Result<()> {
+/// Appends `buf` with `O_APPEND` (one write); [`Written::flush`] then puts the
+/// data and a new file's directory entry on stable storage, so a day's file cannot vanish.
+fn append_unflushed(path: &Path, buf: &[u8]) -> io::Result<Written> {
     use std::os::unix::fs::OpenOptionsExt;
     let new = !path.exists();
-    let mut f = (OpenOptions::new().create(true).append(true))
+    let mut file = (OpenOptions::new().create(true).append(true))
         .mode(0o600)
         .open(path)?;
-    f.write_all(buf)?;
-    f.sync_data()?;
-    if new {
-        if let Some(dir) = path.parent() {
+    file.write_all(buf)?;
+    let dir = new.then(|| path.parent().map(Path::to_path_buf)).flatten();
+    Ok(Written { file, dir })
+}
+
+/// Lines written to a day file, not yet flushed.
+struct Written {
+    file: File,
+    /// The directory, when the file is new (its entry must be flushed too).
+    dir: Option<std::path::PathBuf>,
+}
+
+impl Written {
+    /// Puts the lines (and a new file's directory entry) on stable storage.
+    fn flush(self) -> io::Result<()> {
+        self.file.sync_data()?;
+        if let Some(dir) = self.dir {
             File::open(dir)?.sync_all()?;
         }
+        Ok(())
     }
-    Ok(())
 }
 
 /// Ends the file with a newline when its last line is torn, so that the next
