@@ -102,6 +102,11 @@ enum Command {
         #[arg(long)]
         json: bool,
     },
+    /// The fleet of nodes sharing state in Redis (`[cluster]`).
+    Cluster {
+        #[command(subcommand)]
+        action: cli::cluster::ClusterAction,
+    },
     /// Print the manual page tlsrelay(8) (roff), made from these definitions; used by packaging.
     #[command(hide = true)]
     Manpage,
@@ -158,6 +163,7 @@ fn run(cli: Cli) -> anyhow::Result<ExitCode> {
         Command::Sts { action } => cli::sts::run(path, action),
         Command::Policy { action } => cli::policy::run(path, action),
         Command::Report { action, json } => cli::report::run(path, action, json),
+        Command::Cluster { action } => cli::cluster::run(path, action),
         Command::Manpage => {
             cli::manpage::write(Cli::command(), &mut std::io::stdout().lock())?;
             Ok(ExitCode::SUCCESS)

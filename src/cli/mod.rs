@@ -3,6 +3,7 @@
 //! `tlsrelay: …` line on stderr and exit status 2.
 
 pub mod check;
+pub mod cluster;
 pub mod config;
 pub mod manpage;
 pub mod policy;

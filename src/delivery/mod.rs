@@ -54,6 +54,8 @@ pub struct Context {
     policies: PolicySlot,
     /// Domains the operator suspended: no attempt goes to them.
     suspended: std::sync::RwLock<suspend::Suspensions>,
+    /// The fleet (`[cluster]`, issue 12): fleet-wide connection slots.
+    cluster: std::sync::OnceLock<Arc<crate::cluster::Cluster>>,
 }
 
 /// Why delivery could not be set up.
@@ -137,6 +139,7 @@ impl Delivery {
             requeue: tx,
             mta_sts,
             policies: Arc::new(std::sync::RwLock::new(Arc::new(policies))),
+            cluster: std::sync::OnceLock::new(),
         };
         Ok(Delivery {
             ctx: Arc::new(ctx),
@@ -154,6 +157,14 @@ impl Delivery {
     /// The MTA-STS engine, if enabled.
     pub fn mta_sts(&self) -> Option<Arc<MtaSts>> {
         self.ctx.mta_sts.clone()
+    }
+
+    /// Joins the fleet: its MTA-STS cache and connection slots (`[cluster]`).
+    pub fn join_cluster(&self, cluster: Arc<crate::cluster::Cluster>) {
+        if let Some(sts) = &self.ctx.mta_sts {
+            sts.share_through(cluster.clone());
+        }
+        let _ = self.ctx.cluster.set(cluster);
     }
 
     /// Where new messages are announced (the inbound server sends each one here).
@@ -180,11 +191,16 @@ impl Context {
         s.until(domain, crate::spool::now_unix()).is_some()
     }
 
-    /// Takes a permit for one more connection to `domain` (per domain, then global).
+    /// Takes a permit for one more connection to `domain` (per domain, then global),
+    /// and in a fleet one of the domain's fleet-wide slots.
     async fn connection_permits(
         &self,
         domain: &Domain,
-    ) -> (OwnedSemaphorePermit, OwnedSemaphorePermit) {
+    ) -> (
+        OwnedSemaphorePermit,
+        OwnedSemaphorePermit,
+        Option<crate::cluster::SlotLease>,
+    ) {
         let per = {
             let mut map = self.per_domain.lock().expect("permit map lock");
             let limit = self.config.delivery.max_connections_per_domain;
@@ -193,8 +209,14 @@ impl Context {
                 .clone()
         };
         let d = per.acquire_owned().await.expect("semaphore never closed");
+        // Issue 12: the fleet-wide limit (the local one alone while Redis is down).
+        let limit = self.config.delivery.max_connections_per_domain;
+        let fleet = match self.cluster.get() {
+            Some(c) => c.slots.wait(&format!("domain:{domain}"), limit).await,
+            None => None,
+        };
         let g = self.connections.clone().acquire_owned().await;
-        (d, g.expect("semaphore never closed"))
+        (d, g.expect("semaphore never closed"), fleet)
     }
 
     /// Gathers the facts of `domain` with the policies in force now, and plans.

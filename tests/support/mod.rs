@@ -7,4 +7,5 @@ pub mod dns_world;
 pub mod https;
 pub mod mx;
 pub mod pki;
+pub mod redis;
 pub mod relay;

@@ -207,6 +207,8 @@ pub struct Stats {
     pub messages: usize,
     /// MAIL, RCPT, DATA or BDAT commands received outside TLS (whatever the reply).
     pub plaintext_transactions: usize,
+    /// The most connections open at once so far.
+    pub max_concurrent: usize,
 }
 
 #[derive(Default)]
@@ -217,9 +219,13 @@ struct State {
     tls_errors: Vec<String>,
     /// The client's address of each connection, in accept order.
     peers: Vec<SocketAddr>,
+    /// Connections open now.
+    open: usize,
 }
 
 struct Shared {
+    /// How long the final reply to a message waits (to keep sessions busy).
+    data_delay: Mutex<Duration>,
     opts: Mutex<MxOptions>,
     state: Mutex<State>,
 }
@@ -281,6 +287,7 @@ impl MxServer {
         let listener = bind(SocketAddr::new(ip, port))?;
         let addr = listener.local_addr()?;
         let shared = Arc::new(Shared {
+            data_delay: Mutex::new(Duration::ZERO),
             opts: Mutex::new(opts),
             state: Mutex::new(State::default()),
         });
@@ -336,6 +343,11 @@ impl MxServer {
 
     pub fn received(&self) -> Vec<ReceivedMessage> {
         self.shared.with(|s| s.received.clone())
+    }
+
+    /// Makes the final reply to each message wait `delay` (sessions stay busy that long).
+    pub fn set_data_delay(&self, delay: Duration) {
+        *self.shared.data_delay.lock().unwrap() = delay;
     }
 
     pub fn stats(&self) -> Stats {
@@ -397,12 +409,18 @@ async fn accept_loop(listener: TcpListener, shared: Arc<Shared>) {
                 let _ = tcp.set_nodelay(true);
                 let id = shared.with(|s| {
                     s.stats.connections += 1;
+                    s.open += 1;
+                    s.stats.max_concurrent = s.stats.max_concurrent.max(s.open);
                     s.transcripts.push(Vec::new());
                     s.peers.push(peer);
                     s.transcripts.len() - 1
                 });
                 let opts = shared.opts.lock().unwrap().clone();
-                connections.spawn(connection(tcp, id, opts, shared.clone()));
+                let sh = shared.clone();
+                connections.spawn(async move {
+                    connection(tcp, id, opts, sh.clone()).await;
+                    sh.with(|s| s.open -= 1);
+                });
             }
             Some(_) = connections.join_next(), if !connections.is_empty() => {}
         }
@@ -975,6 +993,10 @@ impl Session {
         via_bdat: bool,
     ) -> io::Result<bool> {
         let txn = std::mem::take(&mut self.txn);
+        let delay = *self.shared.data_delay.lock().unwrap();
+        if !delay.is_zero() {
+            tokio::time::sleep(delay).await;
+        }
         let reply = match self.opts.size {
             Some(limit) if data.len() as u64 > limit => {
                 "552 5.3.4 Message size exceeds fixed limit".to_string()
