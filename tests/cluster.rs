@@ -426,3 +426,120 @@ async fn redis_stopped_and_started_loses_no_mail_and_no_count() {
     let (_, ok, failed) = counts(&gunzip(&posts[0].body));
     assert_eq!((ok, failed), (10, 10));
 }
+
+/// One session of yesterday with rpt.test, as delivery records it.
+fn outcome(day: chrono::NaiveDate, tls_ok: bool) -> tlsrelay::reporting::outcome::Outcome {
+    use tlsrelay::reporting::outcome::{Outcome, PolicyType, ResultType};
+    Outcome {
+        time: day.and_hms_opt(12, 0, 0).unwrap().and_utc().timestamp(),
+        queue_id: "q".into(),
+        domain: "rpt.test".into(),
+        mx_host: "mx.rpt.test".into(),
+        addr: Some("127.0.16.11".into()),
+        policy: PolicyType::NoPolicyFound,
+        auth: tls_ok.then(|| "verify".into()),
+        tls_ok,
+        result: (!tls_ok).then_some(ResultType::CertificateHostMismatch),
+        report_mail: false,
+        detail: String::new(),
+        sending_ip: Some("127.0.0.1".into()),
+        policy_strings: vec![],
+        mx_patterns: vec![],
+        route: None,
+    }
+}
+
+/// The real binary: three `tlsrelay serve` nodes; `report send --now` reaches node A
+/// through its control socket, and node A is SIGKILLed while its POST is held.
+#[tokio::test(flavor = "multi_thread")]
+async fn sigkill_of_the_sending_node_mid_send_still_gives_one_report() {
+    if !available("sigkill_of_the_sending_node_mid_send_still_gives_one_report") {
+        return;
+    }
+    let redis = RedisServer::start();
+    let rw = report_world("127.0.16").await;
+    let yesterday = chrono::Utc::now().date_naive() - chrono::Duration::days(1);
+    let mut nodes = Vec::new();
+    for (name, sessions) in [("a", 2), ("b", 3), ("c", 4)] {
+        let dir = tempfile::tempdir().unwrap();
+        let port = free_port();
+        let text = support::relay::config_text(
+            dir.path(),
+            &rw.world,
+            &rw.ca.root,
+            rw.port,
+            // No automatic sending: the test decides which node sends.
+            &clustered(&redis, name, &format!("{}\nenabled = false", rw.extra())),
+        )
+        .replace("127.0.0.1:0", &format!("127.0.0.1:{port}"));
+        let path = dir.path().join("tlsrelay.toml");
+        std::fs::write(&path, text).unwrap();
+        let relay = support::child::start_relay(&path, port).await;
+        // Written after start-up, so that no node's reporter sees them on its first round.
+        let log =
+            tlsrelay::reporting::outcome::OutcomeLog::open(&dir.path().join("spool/outcomes"))
+                .unwrap();
+        for _ in 0..sessions {
+            log.append(&outcome(yesterday, true)).unwrap();
+            log.append(&outcome(yesterday, false)).unwrap();
+        }
+        nodes.push((dir, path, Some(relay)));
+    }
+    tokio::time::sleep(Duration::from_secs(3)).await;
+
+    rw.receiver.set_stall(Duration::from_secs(60));
+    let day = yesterday.to_string();
+    let a_path = nodes[0].1.clone();
+    let d = day.clone();
+    let cli = std::thread::spawn(move || {
+        support::child::run_cli(&a_path, &["report", "send", "--now", "--day", &d])
+    });
+    for _ in 0..300 {
+        if !rw.receiver.full_requests().is_empty() {
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    assert_eq!(
+        rw.receiver.full_requests().len(),
+        1,
+        "node A's POST arrived"
+    );
+    nodes[0].2.take().unwrap().kill();
+    let _ = cli.join();
+    rw.receiver.set_stall(Duration::ZERO);
+
+    tokio::time::sleep(Duration::from_millis(2500)).await;
+    let send = |i: usize| {
+        support::child::run_cli(
+            &nodes[i].1,
+            &["report", "--json", "send", "--now", "--day", &day],
+        )
+    };
+    let (code, out) = send(1);
+    assert_eq!(code, 0, "{out}");
+    assert!(out.contains("\"done\": true"), "{out}");
+    let (code, out) = send(2);
+    assert_eq!(code, 0, "{out}");
+    assert!(out.contains("done by the fleet"), "{out}");
+
+    let posts = rw.receiver.full_requests();
+    assert_eq!(
+        posts.len(),
+        2,
+        "A's cut-off POST and B's resend, nothing more"
+    );
+    let (first, second) = (gunzip(&posts[0].body), gunzip(&posts[1].body));
+    assert_eq!(first, second, "the very same report, sent again");
+    let (id, ok, failed) = counts(&first);
+    assert!(
+        id.starts_with(&format!("{}.rpt.test.", yesterday.format("%Y%m%d"))),
+        "{id}"
+    );
+    assert_eq!((ok, failed), (9, 9), "{first}");
+    for (_, _, relay) in nodes.iter_mut() {
+        if let Some(r) = relay.take() {
+            r.kill();
+        }
+    }
+}

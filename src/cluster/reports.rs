@@ -247,25 +247,45 @@ impl Cluster {
         }
     }
 
-    /// The (day, domain) pairs some node pushed counts for, oldest first.
-    pub async fn fleet_reports(&self) -> Result<Vec<(NaiveDate, Domain)>, ClusterError> {
+    /// The domains some node pushed counts for on `day`, sorted.
+    pub async fn fleet_reports_of(&self, day: NaiveDate) -> Result<Vec<Domain>, ClusterError> {
+        let key = self.key(&["rpt", &day.to_string(), "domains"]);
+        let domains: Vec<String> = self.redis.run(redis::cmd("SMEMBERS").arg(key)).await?;
+        let mut out: Vec<Domain> = domains
+            .iter()
+            .filter_map(|s| Domain::parse(s).ok())
+            .collect();
+        out.sort();
+        Ok(out)
+    }
+
+    /// The (day, domain) reports some node pushed counts for and no node sent yet,
+    /// oldest first; a day whose reports are all sent leaves the list of days.
+    pub async fn unsent_reports(&self) -> Result<Vec<(NaiveDate, Domain)>, ClusterError> {
+        let days_key = self.key(&["rpt", "days"]);
         let days: Vec<String> = self
             .redis
-            .run(redis::cmd("SMEMBERS").arg(self.key(&["rpt", "days"])))
+            .run(redis::cmd("SMEMBERS").arg(&days_key))
             .await?;
+        let today = chrono::Utc::now().date_naive();
         let mut out = Vec::new();
         for day in days {
             let Ok(d) = NaiveDate::parse_from_str(&day, "%Y-%m-%d") else {
                 continue;
             };
-            let key = self.key(&["rpt", &day, "domains"]);
-            let domains: Vec<String> = self.redis.run(redis::cmd("SMEMBERS").arg(key)).await?;
-            out.extend(
-                domains
-                    .iter()
-                    .filter_map(|s| Domain::parse(s).ok())
-                    .map(|dom| (d, dom)),
-            );
+            let mut unsent = Vec::new();
+            for domain in self.fleet_reports_of(d).await? {
+                if self.fleet_report(d, &domain).await?.sent.is_none() {
+                    unsent.push((d, domain));
+                }
+            }
+            // Pushes of the last days add a day back; older ones are done for good.
+            if unsent.is_empty() && (today - d).num_days() >= PUSH_DAYS {
+                self.redis
+                    .run::<i64>(redis::cmd("SREM").arg(&days_key).arg(&day))
+                    .await?;
+            }
+            out.extend(unsent);
         }
         out.sort();
         Ok(out)

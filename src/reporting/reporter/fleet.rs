@@ -15,20 +15,21 @@ impl Reporter {
         day: NaiveDate,
         keep: impl Fn(&str) -> bool,
     ) -> Vec<Sent> {
-        // This node's counts first, so that the sum has them.
-        if let Err(e) = cluster.push_day(&self.outcomes, day).await {
+        let wait = |e: crate::cluster::ClusterError| {
             tracing::warn!(%day, error = %e, "fleet TLS reports wait for Redis");
-            return vec![];
+            Vec::new()
+        };
+        // This node's counts first, so that the sum has them; then every domain
+        // some node pushed for the day (this node's too).
+        if let Err(e) = cluster.push_day(&self.outcomes, day).await {
+            return wait(e);
         }
-        let pairs = match cluster.fleet_reports().await {
-            Ok(p) => p,
-            Err(e) => {
-                tracing::warn!(%day, error = %e, "fleet TLS reports wait for Redis");
-                return vec![];
-            }
+        let domains = match cluster.fleet_reports_of(day).await {
+            Ok(d) => d,
+            Err(e) => return wait(e),
         };
         let mut out = Vec::new();
-        for (_, domain) in pairs.into_iter().filter(|(d, _)| *d == day) {
+        for domain in domains {
             if keep(domain.as_str()) {
                 out.push(self.fleet_send_one(cluster, day, &domain).await);
             }
@@ -43,10 +44,11 @@ impl Reporter {
         now: chrono::DateTime<chrono::Utc>,
     ) {
         let finished = (now - chrono::Duration::minutes(15)).date_naive();
-        let Ok(pairs) = cluster.fleet_reports().await else {
+        // Only days with a report still unsent: a finished day is not read again.
+        let Ok(pending) = cluster.unsent_reports().await else {
             return;
         };
-        let days: BTreeSet<NaiveDate> = pairs
+        let days: BTreeSet<NaiveDate> = pending
             .iter()
             .map(|(d, _)| *d)
             .filter(|d| *d < finished)
