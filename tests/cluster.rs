@@ -449,6 +449,17 @@ fn outcome(day: chrono::NaiveDate, tls_ok: bool) -> tlsrelay::reporting::outcome
     }
 }
 
+/// A child node killed when the test ends, also when it fails.
+struct Node(Option<support::child::Relay>);
+
+impl Drop for Node {
+    fn drop(&mut self) {
+        if let Some(r) = self.0.take() {
+            r.kill();
+        }
+    }
+}
+
 /// The real binary: three `tlsrelay serve` nodes; `report send --now` reaches node A
 /// through its control socket, and node A is SIGKILLed while its POST is held.
 #[tokio::test(flavor = "multi_thread")]
@@ -483,7 +494,7 @@ async fn sigkill_of_the_sending_node_mid_send_still_gives_one_report() {
             log.append(&outcome(yesterday, true)).unwrap();
             log.append(&outcome(yesterday, false)).unwrap();
         }
-        nodes.push((dir, path, Some(relay)));
+        nodes.push((dir, path, Node(Some(relay))));
     }
     tokio::time::sleep(Duration::from_secs(3)).await;
 
@@ -505,7 +516,7 @@ async fn sigkill_of_the_sending_node_mid_send_still_gives_one_report() {
         1,
         "node A's POST arrived"
     );
-    nodes[0].2.take().unwrap().kill();
+    nodes[0].2 .0.take().unwrap().kill();
     let _ = cli.join();
     rw.receiver.set_stall(Duration::ZERO);
 
@@ -537,9 +548,4 @@ async fn sigkill_of_the_sending_node_mid_send_still_gives_one_report() {
         "{id}"
     );
     assert_eq!((ok, failed), (9, 9), "{first}");
-    for (_, _, relay) in nodes.iter_mut() {
-        if let Some(r) = relay.take() {
-            r.kill();
-        }
-    }
 }

@@ -3,6 +3,8 @@
 # state in a real redis-server). Postfix hands mail to node 1 (relayhost) and falls back to
 # node 2 (smtp_fallback_relay) when node 1 does not answer. Node 1 is stopped half-way: every
 # message must still reach a tlsrelay spool, and `tlsrelay cluster status` must show node 1 gone.
+# Then Redis is killed too: node 2 goes on alone (mail still accepted), says so in its log and in
+# tlsrelay_cluster_redis_up 0, and back to 1 when Redis returns.
 #
 # Self-contained: a fresh temporary directory; Postfix, redis-server and both nodes listen on free
 # 127.0.0.1 ports and are stopped by PID on exit. /etc/postfix and the system services are not used.
@@ -73,11 +75,15 @@ wait_port() { local i; for ((i = 0; i < $2 * 10; i++)); do port_in_use "$1" && r
 
 REDIS_PORT=$(free_port); P1=$(free_port "$REDIS_PORT"); P2=$(free_port "$REDIS_PORT" "$P1")
 PF_PORT=$(free_port "$REDIS_PORT" "$P1" "$P2")
+M2=$(free_port "$REDIS_PORT" "$P1" "$P2" "$PF_PORT")
 
+start_redis() {
+  redis-server --bind 127.0.0.1 --port "$REDIS_PORT" --save "" --appendonly no --daemonize no >>"$W/redis.log" 2>&1 &
+  REDIS_PID=$!; PIDS+=($!)
+  wait_port "$REDIS_PORT" 10 || fatal "redis-server did not listen"
+}
 log "redis-server on 127.0.0.1:$REDIS_PORT"
-redis-server --bind 127.0.0.1 --port "$REDIS_PORT" --save "" --appendonly no --daemonize no >"$W/redis.log" 2>&1 &
-PIDS+=($!)
-wait_port "$REDIS_PORT" 10 || fatal "redis-server did not listen"
+start_redis
 
 # The configuration of node $1 on port $2: the README's two-node example, with test paths.
 node_config() {
@@ -100,6 +106,7 @@ redis = "redis://127.0.0.1:$REDIS_PORT/0"
 node = "relay$1"
 heartbeat_interval = "1s"
 EOF
+  [[ $1 == 2 ]] && printf '\n[metrics]\nlisten = "127.0.0.1:%s"\n' "$M2" >> "$W/node$1/tlsrelay.toml"
   "$BIN" config check "$W/node$1/tlsrelay.toml" >/dev/null || fatal "config check rejected node $1"
 }
 start_node() {
@@ -208,6 +215,21 @@ sleep 4
 "$BIN" cluster status --config "$W/node2/tlsrelay.toml" > "$W/status2" 2>&1 || true
 check "$(grep -q '^node relay1 gone' "$W/status2" && grep -q '^node relay2 up' "$W/status2"; echo $?)" \
   "cluster status shows node 1 gone, node 2 up: $(tr '\n' '|' < "$W/status2")"
+
+log "phase 3: Redis stopped too: node 2 goes on alone"
+kill -KILL "$REDIS_PID"; wait "$REDIS_PID" 2>/dev/null || true
+FROZEN1=$a
+submit 3
+read -r a b < <(wait_total $((3 * N)))
+check $(( a + b != 3 * N )) "with Redis down all $((3 * N)) messages are in the fleet (node 1: $a, node 2: $b)"
+redis_up() { curl -s "http://127.0.0.1:$M2/metrics" | grep -q "^tlsrelay_cluster_redis_up $1\$"; }
+for _ in $(seq 50); do redis_up 0 && break; sleep 0.2; done
+redis_up 0; check $? "node 2's /metrics says tlsrelay_cluster_redis_up 0"
+grep -q 'msg="cluster: Redis unreachable' "$W/node2.log"; check $? "node 2 logged that Redis is unreachable"
+start_redis
+for _ in $(seq 50); do redis_up 1 && break; sleep 0.2; done
+redis_up 1; check $? "Redis back: tlsrelay_cluster_redis_up 1"
+grep -q 'msg="cluster: Redis reachable' "$W/node2.log"; check $? "node 2 logged that Redis is reachable again"
 
 echo "$PASS passed, $FAIL failed"
 [[ $FAIL == 0 ]]
