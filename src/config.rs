@@ -52,6 +52,8 @@ pub struct Config {
 pub struct ClusterConfig {
     /// The Redis (or Valkey) server: `redis://host:port/db`, or `rediss://` for TLS.
     pub redis: String,
+    /// PEM root(s) to trust for `rediss://` instead of the system's; unset: the system's roots.
+    pub tls_ca_file: Option<PathBuf>,
     /// This node's name in the fleet; default: the machine's host name.
     pub node: String,
     /// Prefix of every key, so that several fleets can share one Redis.
@@ -72,6 +74,7 @@ impl Default for ClusterConfig {
     fn default() -> Self {
         ClusterConfig {
             redis: String::new(),
+            tls_ca_file: None,
             node: default_hostname(),
             prefix: "tlsrelay".into(),
             timeout: HumanDuration(Duration::from_secs(2)),
@@ -93,6 +96,12 @@ impl ClusterConfig {
             return Err(violation(
                 "redis",
                 "cluster.redis must be a Redis URL, e.g. \"redis://10.0.0.5:6379/0\" or \"rediss://redis.example.org:6380\"",
+            ));
+        }
+        if self.tls_ca_file.is_some() && !self.redis.starts_with("rediss://") {
+            return Err(violation(
+                "tls_ca_file",
+                "cluster.tls_ca_file is for TLS: write cluster.redis as \"rediss://host:port\"",
             ));
         }
         let node_ok = !self.node.is_empty()
@@ -1025,6 +1034,11 @@ mod tests {
                 "[cluster]\nredis = \"redis://r\"\nnode = \"a b\"\n",
                 3,
                 "cluster.node",
+            ),
+            (
+                "[cluster]\nredis = \"redis://r\"\ntls_ca_file = \"ca.pem\"\n",
+                3,
+                "rediss://",
             ),
             (
                 "[cluster]\nredis = \"redis://r\"\nslot_ttl = \"0s\"\n",

@@ -549,3 +549,38 @@ async fn sigkill_of_the_sending_node_mid_send_still_gives_one_report() {
     );
     assert_eq!((ok, failed), (9, 9), "{first}");
 }
+
+/// `rediss://`: the node reaches a TLS-only Redis that its `tls_ca_file` vouches
+/// for; without that root the same server is refused (down, not trusted).
+#[tokio::test(flavor = "multi_thread")]
+async fn rediss_with_the_configured_root() {
+    if !available("rediss_with_the_configured_root") {
+        return;
+    }
+    let ca = TrustedCa::new("cluster redis CA");
+    let dir = tempfile::tempdir().unwrap();
+    let (chain, key) = (dir.path().join("redis.pem"), dir.path().join("redis.key"));
+    ca.ca.leaf(&["127.0.0.1"]).write_pem(&chain, &key);
+    let redis = RedisServer::start_tls(&chain, &key);
+    let text = |ca_line: &str| {
+        format!(
+            "[cluster]\nredis = \"rediss://127.0.0.1:{}/0\"\nnode = \"tls1\"\n{ca_line}",
+            redis.port
+        )
+    };
+    let trusted = text(&format!("tls_ca_file = \"{}\"\n", ca.root.display()));
+    let config = Config::parse(&trusted, None).unwrap();
+    let cluster = Cluster::open(&config).unwrap().unwrap();
+    let spool = tlsrelay::spool::Spool::open(&dir.path().join("spool")).unwrap();
+    cluster.heartbeat(&spool).await;
+    let st = cluster.status().await;
+    assert_eq!(st.redis_state, "up", "{st:?}");
+    assert_eq!(st.nodes.len(), 1, "{st:?}");
+    assert!(st.nodes[0].alive && st.nodes[0].node == "tls1", "{st:?}");
+
+    let untrusted = Cluster::open(&Config::parse(&text(""), None).unwrap())
+        .unwrap()
+        .unwrap();
+    let st = untrusted.status().await;
+    assert!(st.redis_state.starts_with("down"), "{st:?}");
+}

@@ -58,7 +58,8 @@ impl Cluster {
         let Some(c) = &config.cluster else {
             return Ok(None);
         };
-        let redis = Arc::new(redis::Redis::open(&c.redis, c.timeout.get())?);
+        let redis = redis::Redis::open(&c.redis, c.tls_ca_file.as_deref(), c.timeout.get())?;
+        let redis = Arc::new(redis);
         let slots = Slots::new(redis.clone(), key(c, &["slot"]), &c.node, c.slot_ttl.get());
         tracing::info!(node = %c.node, redis = %redis.shown(), "cluster: this node shares state with its fleet");
         Ok(Some(Arc::new(Cluster {

@@ -34,10 +34,27 @@ pub struct Redis {
 impl Redis {
     /// A handle on `url`; it connects on first use, so a Redis that is down at
     /// start delays nothing.
-    pub fn open(url: &str, timeout: Duration) -> Result<Redis, ClusterError> {
+    pub fn open(
+        url: &str,
+        ca_file: Option<&std::path::Path>,
+        timeout: Duration,
+    ) -> Result<Redis, ClusterError> {
         // rediss:// builds its TLS client with rustls's process-wide provider.
         let _ = rustls::crypto::ring::default_provider().install_default();
-        let client = redis::Client::open(url).map_err(|e| ClusterError::Url(e.to_string()))?;
+        let client = match ca_file {
+            None => redis::Client::open(url),
+            Some(path) => {
+                let pem = std::fs::read(path).map_err(|e| {
+                    ClusterError::Url(format!("cluster.tls_ca_file {}: {e}", path.display()))
+                })?;
+                let certs = redis::TlsCertificates {
+                    client_tls: None,
+                    root_cert: Some(pem),
+                };
+                redis::Client::build_with_tls(url, certs)
+            }
+        }
+        .map_err(|e| ClusterError::Url(e.to_string()))?;
         let config = ConnectionManagerConfig::new()
             .set_connection_timeout(Some(timeout))
             .set_response_timeout(Some(timeout))

@@ -10,6 +10,8 @@ pub struct RedisServer {
     /// Its port on 127.0.0.1.
     pub port: u16,
     child: Option<Child>,
+    /// Certificate chain and key files: TLS only.
+    tls: Option<(std::path::PathBuf, std::path::PathBuf)>,
 }
 
 /// Whether the tests may run: `redis-server` is installed. Without it the tests
@@ -40,6 +42,18 @@ impl RedisServer {
         let mut r = RedisServer {
             port: super::mx::free_port(),
             child: None,
+            tls: None,
+        };
+        r.start_again();
+        r
+    }
+
+    /// Starts a server that speaks TLS only, with the chain and key in these files.
+    pub fn start_tls(chain: &std::path::Path, key: &std::path::Path) -> RedisServer {
+        let mut r = RedisServer {
+            port: super::mx::free_port(),
+            child: None,
+            tls: Some((chain.to_path_buf(), key.to_path_buf())),
         };
         r.start_again();
         r
@@ -61,8 +75,19 @@ impl RedisServer {
     /// Starts it again on the same port, empty.
     pub fn start_again(&mut self) {
         self.stop();
-        let child = Command::new("redis-server")
-            .args(["--bind", "127.0.0.1", "--port", &self.port.to_string()])
+        let port = self.port.to_string();
+        let mut cmd = Command::new("redis-server");
+        match &self.tls {
+            None => cmd.args(["--bind", "127.0.0.1", "--port", &port]),
+            Some((chain, key)) => cmd
+                .args(["--bind", "127.0.0.1", "--port", "0", "--tls-port", &port])
+                .arg("--tls-cert-file")
+                .arg(chain)
+                .arg("--tls-key-file")
+                .arg(key)
+                .args(["--tls-auth-clients", "no"]),
+        };
+        let child = cmd
             .args(["--save", "", "--appendonly", "no", "--daemonize", "no"])
             .stdout(Stdio::null())
             .stderr(Stdio::null())
