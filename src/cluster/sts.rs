@@ -26,10 +26,18 @@ redis.call('SET', KEYS[1], ARGV[1], 'PX', ARGV[3])
 return 1
 "#;
 
+/// How far ahead of this node's clock another node's fetch time may be.
+const CLOCK_SLACK: i64 = 300;
+
 /// Whether a node takes `shared` (from Redis) over its `local` entry at `now`:
 /// only an unexpired, valid policy fetched later than an unexpired local one.
 pub fn adopt(local: Option<&CachedPolicy>, shared: &CachedPolicy, now: i64) -> bool {
-    if shared.expires_at <= now || shared.parsed().is_none() {
+    // A fetch time in the future (a node's clock far ahead, or a forged entry)
+    // would outrank every later fetch: not taken.
+    if shared.expires_at <= now
+        || shared.fetched_at > now + CLOCK_SLACK
+        || shared.parsed().is_none()
+    {
         return false;
     }
     match local {
@@ -100,6 +108,8 @@ mod tests {
             (Some(&local), entry("testing", 499, 5_000), false),
             (Some(&expired_local), entry("testing", 50, 1_500), true),
             (Some(&local), garbage, false),
+            (Some(&local), entry("none", 1_301, 90_000), false),
+            (Some(&local), entry("none", 1_300, 90_000), true),
         ];
         for (i, (local, shared, want)) in cases.into_iter().enumerate() {
             assert_eq!(adopt(local, &shared, now), want, "case {i}");
