@@ -46,6 +46,95 @@ pub struct Config {
     pub warnings: WarningsConfig,
     /// Delivery receipts (hash-chained, one per recipient delivered).
     pub receipts: ReceiptsConfig,
+    /// Several nodes sharing MTA-STS policies, TLS reports and limits in Redis; unset: one node.
+    pub cluster: Option<ClusterConfig>,
+}
+
+/// The `[cluster]` section: this node's place in a fleet that shares state in Redis.
+#[derive(Debug, Clone, Deserialize, Serialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct ClusterConfig {
+    /// The Redis (or Valkey) server: `redis://host:port/db`, or `rediss://` for TLS.
+    pub redis: String,
+    /// PEM root(s) to trust for `rediss://` instead of the system's; unset: the system's roots.
+    pub tls_ca_file: Option<PathBuf>,
+    /// This node's name in the fleet; default: the machine's host name.
+    pub node: String,
+    /// Prefix of every key, so that several fleets can share one Redis.
+    pub prefix: String,
+    /// Longest wait for one Redis command; past it the node goes on alone.
+    pub timeout: HumanDuration,
+    /// How often this node writes its heartbeat (queue size, oldest message).
+    pub heartbeat_interval: HumanDuration,
+    /// How often this node pushes its TLS-RPT counts of the open days.
+    pub push_interval: HumanDuration,
+    /// How long a connection slot lives unless renewed (a dead node's slots come back after it).
+    pub slot_ttl: HumanDuration,
+    /// How long the node sending a fleet report holds the sending lease.
+    pub report_lease: HumanDuration,
+}
+
+impl Default for ClusterConfig {
+    fn default() -> Self {
+        ClusterConfig {
+            redis: String::new(),
+            tls_ca_file: None,
+            node: default_hostname(),
+            prefix: "tlsrelay".into(),
+            timeout: HumanDuration(Duration::from_secs(2)),
+            heartbeat_interval: HumanDuration(Duration::from_secs(5)),
+            push_interval: HumanDuration(Duration::from_secs(60)),
+            slot_ttl: HumanDuration(Duration::from_secs(60)),
+            report_lease: HumanDuration(Duration::from_secs(600)),
+        }
+    }
+}
+
+impl ClusterConfig {
+    /// The `[cluster]` rules: a Redis URL, a node name, working intervals.
+    fn check(&self) -> Result<(), Violation> {
+        let scheme_ok = ["redis://", "rediss://", "unix://", "redis+unix://"]
+            .iter()
+            .any(|s| self.redis.starts_with(s));
+        if !scheme_ok {
+            return Err(violation(
+                "redis",
+                "cluster.redis must be a Redis URL, e.g. \"redis://10.0.0.5:6379/0\" or \"rediss://redis.example.org:6380\"",
+            ));
+        }
+        if self.tls_ca_file.is_some() && !self.redis.starts_with("rediss://") {
+            return Err(violation(
+                "tls_ca_file",
+                "cluster.tls_ca_file is for TLS: write cluster.redis as \"rediss://host:port\"",
+            ));
+        }
+        let node_ok = !self.node.is_empty()
+            && self
+                .node
+                .bytes()
+                .all(|b| b.is_ascii_alphanumeric() || b"-._".contains(&b));
+        if !node_ok {
+            return Err(violation(
+                "node",
+                "cluster.node must be a name of letters, digits, '-', '.', '_', unique in the fleet, e.g. \"relay1\"",
+            ));
+        }
+        for (key, d) in [
+            ("timeout", &self.timeout),
+            ("heartbeat_interval", &self.heartbeat_interval),
+            ("push_interval", &self.push_interval),
+            ("slot_ttl", &self.slot_ttl),
+            ("report_lease", &self.report_lease),
+        ] {
+            if d.0.is_zero() {
+                return Err(violation(
+                    key,
+                    "cluster durations must be longer than 0s, e.g. \"5s\"",
+                ));
+            }
+        }
+        Ok(())
+    }
 }
 
 /// The `[warnings]` section: early warnings about the busiest destinations.
@@ -853,6 +942,9 @@ impl Config {
         self.server.check()?;
         self.delivery.check()?;
         self.warnings.check()?;
+        if let Some(c) = &self.cluster {
+            c.check()?;
+        }
         if self.tls_rpt.dkim_key_file.is_some() && self.tls_rpt.dkim_selector.is_none() {
             return Err(violation(
                 "dkim_key_file",
@@ -981,6 +1073,23 @@ mod tests {
             ("[warnings]\ntop_domains = 0\n", 2, "warnings.top_domains"),
             ("[warnings]\n\ninterval = \"0s\"\n", 3, "warnings.interval"),
             ("[warnings]\ninterval = \"daily\"\n", 2, "not a duration"),
+            ("[cluster]\nredis = \"10.0.0.5\"\n", 2, "cluster.redis"),
+            ("[cluster]\n\nredis = \"http://x\"\n", 3, "redis://"),
+            (
+                "[cluster]\nredis = \"redis://r\"\nnode = \"a b\"\n",
+                3,
+                "cluster.node",
+            ),
+            (
+                "[cluster]\nredis = \"redis://r\"\ntls_ca_file = \"ca.pem\"\n",
+                3,
+                "rediss://",
+            ),
+            (
+                "[cluster]\nredis = \"redis://r\"\nslot_ttl = \"0s\"\n",
+                3,
+                "longer than 0s",
+            ),
         ];
         for (text, line, needle) in cases {
             let err = Config::parse(text, Some(Path::new("t.toml"))).unwrap_err();

@@ -9,6 +9,7 @@
 //! and reports what happened; [`ops`] holds the operator's views.
 #![warn(missing_docs)]
 
+pub mod cluster;
 pub mod config;
 pub mod delivery;
 #[doc(hidden)]

@@ -127,6 +127,11 @@ enum Command {
         #[arg(long)]
         live: bool,
     },
+    /// The fleet of nodes sharing state in Redis (`[cluster]`).
+    Cluster {
+        #[command(subcommand)]
+        action: cli::cluster::ClusterAction,
+    },
     /// Print the manual page tlsrelay(8) (roff), made from these definitions; used by packaging.
     #[command(hide = true)]
     Manpage,
@@ -198,6 +203,7 @@ fn run(cli: Cli) -> anyhow::Result<ExitCode> {
                 live,
             },
         ),
+        Command::Cluster { action } => cli::cluster::run(path, action),
         Command::Manpage => {
             cli::manpage::write(Cli::command(), &mut std::io::stdout().lock())?;
             Ok(ExitCode::SUCCESS)

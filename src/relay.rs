@@ -28,6 +28,8 @@ pub struct Relay {
     _health: Arc<crate::reporting::health::Health>,
     /// The periodic early-warnings probe, when `[warnings] enabled` and delivery is on.
     warnings: Option<crate::reporting::early_warning::Task>,
+    /// The fleet, with `[cluster]`.
+    cluster: Option<Arc<crate::cluster::Cluster>>,
 }
 
 /// The DNS settings of a configuration.
@@ -66,6 +68,9 @@ pub enum StartError {
     /// TLS reporting cannot be set up.
     #[error("{0}")]
     Reporter(String),
+    /// `[cluster]` cannot be set up.
+    #[error(transparent)]
+    Cluster(#[from] crate::cluster::ClusterError),
     /// The inbound listeners cannot start.
     #[error(transparent)]
     Inbound(#[from] crate::inbound::StartError),
@@ -114,6 +119,10 @@ impl Relay {
             tokio::spawn(crate::reporting::health::run_self_tests(dns.clone(), weak));
         }
         let delivery = Delivery::new(config.clone(), spool.clone(), dns.clone())?;
+        let cluster = crate::cluster::Cluster::open(&config)?;
+        if let Some(c) = &cluster {
+            delivery.join_cluster(c.clone());
+        }
         let warnings = warnings_task(&config, &dns, &delivery)?;
         let control_dns = dns.clone();
         let reporter = if config.tls_rpt.enabled && config.delivery.enabled {
@@ -124,7 +133,8 @@ impl Relay {
                     dns,
                     Some(delivery.queue_sender()),
                 )
-                .map_err(|e| StartError::Reporter(e.to_string()))?,
+                .map_err(|e| StartError::Reporter(e.to_string()))?
+                .in_cluster(cluster.clone()),
             )
         } else {
             None
@@ -146,6 +156,7 @@ impl Relay {
         let queued = Some(delivery.queue_sender());
         let inbound = Inbound::with_listeners(config.clone(), spool, queued, listeners)?;
         Ok(Relay {
+            cluster,
             _health: health,
             warnings,
             control_listener,
@@ -203,6 +214,9 @@ impl Relay {
             self.control_listener,
             stop,
         ));
+        if let Some(c) = &self.cluster {
+            c.spawn_tasks(self.control.spool.clone(), shutdown.clone());
+        }
         if let Some(r) = self.reporter {
             tokio::spawn(r.run(shutdown.clone()));
         }

@@ -4,6 +4,7 @@
 
 pub mod audit;
 pub mod check;
+pub mod cluster;
 pub mod config;
 pub mod manpage;
 pub mod policy;

@@ -120,8 +120,10 @@ fn send(config: Config, day: NaiveDate, now: bool, json: bool) -> anyhow::Result
             Err(e) => return Err(e.into()),
         };
         let dns = dns(&config)?;
-        let reporter =
-            Reporter::new(Arc::new(config), spool, dns, None).map_err(anyhow::Error::msg)?;
+        let cluster = tlsrelay::cluster::Cluster::open(&config)?;
+        let reporter = Reporter::new(Arc::new(config), spool, dns, None)
+            .map_err(anyhow::Error::msg)?
+            .in_cluster(cluster);
         let at = chrono::Utc::now().timestamp();
         reporter
             .send_command(day, now, at)

@@ -16,6 +16,7 @@ use super::pool::{Lease, SessionKey};
 use super::sites::{limits_for, Limits, Site, SiteSlot};
 use super::transaction::transact;
 use super::Context;
+use crate::cluster::SlotLease;
 use crate::model::domain::Domain;
 use crate::model::mechanism::TlsDemand;
 use crate::model::rcpt::{AppliedPolicy, RcptResult};
@@ -186,14 +187,28 @@ pub(super) struct SiteUse<'a> {
     pub limits: Limits,
 }
 
-/// The domain's permit, the site's slot and a global one; the recipients'
-/// deferral while the site backs off.
+/// Everything one domain's attempt holds while it may open connections.
+pub(super) struct Slots {
+    _domain: OwnedSemaphorePermit,
+    _site: SiteSlot,
+    _global: OwnedSemaphorePermit,
+    /// In a fleet: the domain's and the site's fleet-wide slots (`[cluster]`).
+    _fleet: (Option<SlotLease>, Option<SlotLease>),
+}
+
+/// The domain's permit, the site's slot and a global one, in a fleet the
+/// fleet-wide slots of both (always domain before site, on every node); the
+/// recipients' deferral while the site backs off.
 async fn take_slots(
     ctx: &Context,
     job: &Job<'_>,
     at: &SiteUse<'_>,
-) -> Result<(OwnedSemaphorePermit, SiteSlot, OwnedSemaphorePermit), Vec<(usize, RcptResult)>> {
+) -> Result<Slots, Vec<(usize, RcptResult)>> {
     let domain = ctx.domain_permit(job.domain).await;
+    let per_domain = ctx.config.delivery.max_connections_per_domain;
+    let fleet_domain = ctx
+        .fleet_slot(format!("domain:{}", job.domain), per_domain)
+        .await;
     let site = ctx.sites.acquire(at.site, &at.limits).await.map_err(|p| {
         let reason = format!(
             "the site of {} ({}) answered with repeated temporary failures; \
@@ -205,8 +220,16 @@ async fn take_slots(
         );
         job.all(RcptResult::Deferred { reason })
     })?;
+    let fleet_site = ctx
+        .fleet_slot(format!("site:{}", at.site), at.limits.max_connections)
+        .await;
     let global = ctx.connections.clone().acquire_owned().await;
-    Ok((domain, site, global.expect("semaphore never closed")))
+    Ok(Slots {
+        _domain: domain,
+        _site: site,
+        _global: global.expect("semaphore never closed"),
+        _fleet: (fleet_domain, fleet_site),
+    })
 }
 
 /// One connection: an idle session to the same place under the same proof, or

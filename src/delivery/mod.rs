@@ -60,6 +60,8 @@ pub struct Context {
     policies: PolicySlot,
     /// Domains the operator suspended: no attempt goes to them.
     suspended: std::sync::RwLock<suspend::Suspensions>,
+    /// The fleet (`[cluster]`, issue 12): fleet-wide connection slots.
+    cluster: std::sync::OnceLock<Arc<crate::cluster::Cluster>>,
 }
 
 /// Why delivery could not be set up.
@@ -162,6 +164,7 @@ impl Delivery {
             requeue: tx,
             mta_sts,
             policies: Arc::new(std::sync::RwLock::new(Arc::new(policies))),
+            cluster: std::sync::OnceLock::new(),
         };
         Ok(Delivery {
             ctx: Arc::new(ctx),
@@ -179,6 +182,14 @@ impl Delivery {
     /// The MTA-STS engine, if enabled.
     pub fn mta_sts(&self) -> Option<Arc<MtaSts>> {
         self.ctx.mta_sts.clone()
+    }
+
+    /// Joins the fleet: its MTA-STS cache and connection slots (`[cluster]`).
+    pub fn join_cluster(&self, cluster: Arc<crate::cluster::Cluster>) {
+        if let Some(sts) = &self.ctx.mta_sts {
+            sts.share_through(cluster.clone());
+        }
+        let _ = self.ctx.cluster.set(cluster);
     }
 
     /// Where new messages are announced (the inbound server sends each one here).
@@ -215,6 +226,13 @@ impl Context {
                 .clone()
         };
         per.acquire_owned().await.expect("semaphore never closed")
+    }
+
+    /// In a fleet, one of the fleet-wide slots under `key` (`domain:…`, `site:…`);
+    /// none alone, and none while Redis is down (the local limits hold then).
+    async fn fleet_slot(&self, key: String, limit: usize) -> Option<crate::cluster::SlotLease> {
+        let cluster = self.cluster.get()?;
+        cluster.slots.wait(&key, limit).await
     }
 
     /// Gathers the facts of `domain` with the policies in force now, and plans.

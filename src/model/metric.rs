@@ -9,6 +9,10 @@ use crate::model::rfc8460::ResultType;
 pub const LOCAL_OVERRIDES: &str = "tlsrelay_local_policy_overrides_total";
 /// Local policy entries by exception state: `expiring` (within 14 days) or `expired`.
 pub const LOCAL_EXCEPTIONS: &str = "tlsrelay_local_policy_exceptions";
+/// 1 while this node reaches the fleet's Redis, 0 while it goes on alone (only with `[cluster]`).
+pub const CLUSTER_REDIS_UP: &str = "tlsrelay_cluster_redis_up";
+/// Times a node used local state because Redis was unreachable, by `what`: sts, slots, counts.
+pub const CLUSTER_LOCAL_FALLBACKS: &str = "tlsrelay_cluster_local_fallbacks_total";
 /// Accepted messages.
 pub const ACCEPTED: &str = "tlsrelay_messages_accepted_total";
 /// Recipients settled or deferred per attempt, by `result` and by the `auth` that carried them.

@@ -419,6 +419,11 @@ impl Handler {
             Ok(r) => r,
             Err(e) => return refuse(&e.to_string()),
         };
+        // In a fleet, the fleet's report (one per domain and day for all nodes).
+        let reporter = match crate::cluster::Cluster::open(&self.config) {
+            Ok(cluster) => reporter.in_cluster(cluster),
+            Err(e) => return refuse(&e.to_string()),
+        };
         let sent = match reporter
             .send_command(day, now, chrono::Utc::now().timestamp())
             .await

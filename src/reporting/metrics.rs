@@ -99,6 +99,14 @@ fn describe() {
         "MTA-STS policy cache hits, misses and fetch errors."
     );
     metrics::describe_counter!(TLS_REPORTS, "SMTP TLS reports sent and failed.");
+    metrics::describe_gauge!(
+        CLUSTER_REDIS_UP,
+        "1 while the fleet's Redis is reachable, 0 while this node goes on alone ([cluster] only)."
+    );
+    metrics::describe_counter!(
+        CLUSTER_LOCAL_FALLBACKS,
+        "Uses of local state because Redis was unreachable, by what (sts, slots, counts)."
+    );
     metrics::describe_gauge!(QUEUE_SIZE, "Messages in the queue.");
     metrics::describe_gauge!(QUEUE_OLDEST, "Age of the oldest queued message in seconds.");
     metrics::describe_counter!(

@@ -26,6 +26,8 @@ use crate::reporting::upkeep;
 use crate::resolve::dns::{Answer, Dns};
 use crate::spool::{Envelope, Spool};
 
+mod fleet;
+
 /// Sends TLS reports.
 pub struct Reporter {
     config: Arc<Config>,
@@ -36,6 +38,8 @@ pub struct Reporter {
     queue: Option<mpsc::UnboundedSender<Envelope>>,
     tls: Arc<rustls::ClientConfig>,
     dkim: Option<tlsrpt::DkimReportSigner>,
+    /// The fleet (`[cluster]`): one report per domain and day for all nodes.
+    cluster: Option<Arc<crate::cluster::Cluster>>,
 }
 
 /// Why the reporter cannot be set up.
@@ -204,7 +208,14 @@ impl Reporter {
             outcomes,
             queue,
             tls: Arc::new(tls),
+            cluster: None,
         })
+    }
+
+    /// Reports for the whole fleet of `cluster` (see `crate::cluster::reports`).
+    pub fn in_cluster(mut self, cluster: Option<Arc<crate::cluster::Cluster>>) -> Reporter {
+        self.cluster = cluster;
+        self
     }
 
     /// `TLS-Report-Submitter` and the host part of report-ids: in A-label form
@@ -315,6 +326,9 @@ impl Reporter {
     }
 
     async fn send_day_where(&self, day: NaiveDate, keep: impl Fn(&str) -> bool) -> Vec<Sent> {
+        if let Some(cluster) = &self.cluster {
+            return self.fleet_send_day(cluster, day, keep).await;
+        }
         let mut out = Vec::new();
         let records = self.read_day(day);
         for (domain, sessions) in tlsrpt::sessions_by_domain(&records, day) {
@@ -367,19 +381,32 @@ impl Reporter {
             sent.results.push("cannot compress the report".into());
             return sent;
         };
+        let all_ok = self
+            .deliver(&ruas, &report, domain, &submitter, &gz, &mut sent)
+            .await;
+        self.count_and_mark(sent, day, &key, all_ok)
+    }
+
+    /// Sends one report to each destination; true when every one took it.
+    async fn deliver(
+        &self,
+        ruas: &[Rua],
+        report: &TlsReport,
+        domain: &Domain,
+        submitter: &str,
+        gz: &[u8],
+        sent: &mut Sent,
+    ) -> bool {
         let mut all_ok = true;
         for rua in ruas {
-            let r = match &rua {
-                Rua::Https(url) => self.post(url, &gz).await,
-                Rua::Mailto(addr) => {
-                    self.queue_mail(&report, domain, &submitter, addr, &gz)
-                        .await
-                }
+            let r = match rua {
+                Rua::Https(url) => self.post(url, gz).await,
+                Rua::Mailto(addr) => self.queue_mail(report, domain, submitter, addr, gz).await,
             };
             all_ok &= r.is_ok();
             sent.results.push(r.unwrap_or_else(|e| e.to_string()));
         }
-        self.count_and_mark(sent, day, &key, all_ok)
+        all_ok
     }
 
     /// Marks a report that needs no sending done, with `result` for the operator.
@@ -440,12 +467,17 @@ impl Reporter {
     /// The report of `agg` with this relay's organization, contact and a stable report-id.
     fn build_report(&self, agg: &tlsrpt::Aggregate, submitter: &str) -> TlsReport {
         let id = tlsrpt::report_id(agg.day, &agg.policy_domain, submitter);
+        self.build_report_with_id(agg, &id)
+    }
+
+    /// The report of `agg` with this relay's organization and contact, and `id`.
+    fn build_report_with_id(&self, agg: &tlsrpt::Aggregate, id: &str) -> TlsReport {
         let c = &self.config.tls_rpt;
         let contact = c
             .contact_info
             .clone()
             .unwrap_or_else(|| format!("postmaster@{}", self.config.server.hostname));
-        tlsrpt::build_report(agg, &c.organization_name, &contact, &id)
+        tlsrpt::build_report(agg, &c.organization_name, &contact, id)
     }
 
     async fn post(&self, url: &str, gz: &[u8]) -> Result<String, RuaError> {
@@ -578,6 +610,9 @@ impl Reporter {
 
     /// Sends the pending reports whose randomized time has come by `now`.
     async fn send_due(&self, now: chrono::DateTime<chrono::Utc>) {
+        if let Some(cluster) = &self.cluster {
+            return self.fleet_send_due(cluster, now).await;
+        }
         // A quarter of an hour of slack, so that the last records of a day are written.
         let finished = (now - chrono::Duration::minutes(15)).date_naive();
         let Ok(pending) = tlsrpt::pending_reports(&self.outcomes, &self.dir, finished) else {

@@ -103,6 +103,9 @@ pub struct MtaSts {
     memory: Mutex<HashMap<Domain, CachedPolicy>>,
     /// One fetch at a time per domain: concurrent lookups wait for it and read its result.
     fetching: Mutex<HashMap<Domain, Arc<tokio::sync::Mutex<()>>>>,
+    /// The fleet's cache (`[cluster]`): read before the local view is trusted,
+    /// written after each fetch.
+    shared: std::sync::OnceLock<Arc<crate::cluster::Cluster>>,
 }
 
 /// Why the engine cannot be set up.
@@ -286,7 +289,45 @@ impl MtaSts {
             tls: Arc::new(tls),
             memory: Mutex::new(read_cache_dir(dir)),
             fetching: Mutex::new(HashMap::new()),
+            shared: std::sync::OnceLock::new(),
         })
+    }
+
+    /// Shares policies with the fleet through `cluster` from now on.
+    pub fn share_through(&self, cluster: Arc<crate::cluster::Cluster>) {
+        let _ = self.shared.set(cluster);
+    }
+
+    /// Takes the fleet's entry for `domain` when it is later than the local one
+    /// ([`crate::cluster::sts::adopt`]); Redis down leaves the local cache as it is.
+    async fn read_shared(&self, domain: &Domain) {
+        let Some(cluster) = self.shared.get() else {
+            return;
+        };
+        let entry = match cluster.sts_get(domain).await {
+            Ok(Some(entry)) => entry,
+            Ok(None) => return,
+            Err(e) => {
+                metrics::counter!(crate::model::metric::CLUSTER_LOCAL_FALLBACKS, "what" => "sts")
+                    .increment(1);
+                tracing::debug!(domain = %domain, error = %e, "fleet MTA-STS cache not read; local cache only");
+                return;
+            }
+        };
+        let local = self.memory.lock().unwrap().get(domain).cloned();
+        if crate::cluster::sts::adopt(local.as_ref(), &entry, now_unix()) {
+            tracing::info!(domain = %domain, id = %entry.id, "MTA-STS policy taken from the fleet's cache");
+            self.store(domain, entry);
+        }
+    }
+
+    /// Offers a fetched entry to the fleet (when in one).
+    async fn write_shared(&self, entry: &CachedPolicy) {
+        if let Some(cluster) = self.shared.get() {
+            if let Err(e) = cluster.sts_put(entry).await {
+                tracing::debug!(domain = %entry.domain, error = %e, "MTA-STS policy not shared with the fleet");
+            }
+        }
     }
 
     /// Rereads the on-disk cache (after `tlsrelay sts refresh|purge`, on SIGHUP).
@@ -366,6 +407,7 @@ impl MtaSts {
 
     /// The policy in force for `domain`, following RFC 8461 §5.
     pub async fn lookup(&self, domain: &Domain) -> Lookup {
+        self.read_shared(domain).await;
         let cached = self.unexpired(domain);
         let cached_policy = || {
             cached
@@ -475,6 +517,7 @@ impl MtaSts {
         let policy = fetched.0.clone();
         let entry = CachedPolicy::fetched_now(domain, id, fetched);
         self.store(domain, entry.clone());
+        self.write_shared(&entry).await;
         Ok((policy, entry))
     }
 

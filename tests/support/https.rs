@@ -51,6 +51,8 @@ pub struct HttpsServer {
     requests: Arc<Mutex<Vec<String>>>,
     bodies: Arc<Mutex<Vec<Request>>>,
     connections: Arc<AtomicUsize>,
+    /// Milliseconds each answer waits after the request is recorded.
+    stall_ms: Arc<std::sync::atomic::AtomicU64>,
     task: tokio::task::JoinHandle<()>,
 }
 
@@ -92,12 +94,14 @@ impl HttpsServer {
         let requests = Arc::new(Mutex::new(Vec::new()));
         let connections = Arc::new(AtomicUsize::new(0));
         let bodies: Arc<Mutex<Vec<Request>>> = Arc::new(Mutex::new(Vec::new()));
+        let stall_ms = Arc::new(std::sync::atomic::AtomicU64::new(0));
         let (r, q, n, b) = (
             response.clone(),
             requests.clone(),
             connections.clone(),
             bodies.clone(),
         );
+        let st = stall_ms.clone();
         let task = tokio::spawn(async move {
             loop {
                 let Ok((tcp, _)) = listener.accept().await else {
@@ -105,7 +109,7 @@ impl HttpsServer {
                 };
                 n.fetch_add(1, Ordering::SeqCst);
                 let acceptor = acceptor.clone();
-                let (r, q, b) = (r.clone(), q.clone(), b.clone());
+                let (r, q, b, st) = (r.clone(), q.clone(), b.clone(), st.clone());
                 tokio::spawn(async move {
                     let Ok(mut tls) = acceptor.accept(tcp).await else {
                         return;
@@ -141,6 +145,10 @@ impl HttpsServer {
                         head: head.clone(),
                         body: buf[head_end..].to_vec(),
                     });
+                    let stall = st.load(Ordering::SeqCst);
+                    if stall > 0 {
+                        tokio::time::sleep(std::time::Duration::from_millis(stall)).await;
+                    }
                     let resp = r.lock().unwrap().clone();
                     let mut head = format!("HTTP/1.1 {}\r\nConnection: close\r\n", resp.status);
                     for (k, v) in &resp.headers {
@@ -162,8 +170,14 @@ impl HttpsServer {
             requests,
             bodies,
             connections,
+            stall_ms,
             task,
         }
+    }
+
+    /// Makes each answer wait `d` after its request is recorded (a slow receiver).
+    pub fn set_stall(&self, d: std::time::Duration) {
+        self.stall_ms.store(d.as_millis() as u64, Ordering::SeqCst);
     }
 
     /// The listening address.

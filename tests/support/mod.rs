@@ -7,6 +7,7 @@ pub mod dns_world;
 pub mod https;
 pub mod mx;
 pub mod pki;
+pub mod redis;
 pub mod relay;
 
 /// An address literal, parsed.

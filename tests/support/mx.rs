@@ -351,6 +351,11 @@ impl MxServer {
         self.shared.with(|s| s.received.clone())
     }
 
+    /// Makes the final reply to each message wait `delay` (sessions stay busy that long).
+    pub fn set_data_delay(&self, delay: Duration) {
+        self.update_options(|o| o.data_delay = Some(delay));
+    }
+
     pub fn stats(&self) -> Stats {
         self.shared.with(|s| s.stats)
     }
