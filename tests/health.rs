@@ -28,9 +28,19 @@ struct Answer {
 }
 
 async fn http(port: u16, method: &str, path: &str) -> Answer {
-    let mut s = tokio::net::TcpStream::connect(("127.0.0.1", port))
-        .await
-        .unwrap();
+    // The relay may still be starting: the wait for its SMTP port can end early
+    // when a connection to a not-yet-bound port meets itself (TCP self-connect).
+    let deadline = Instant::now() + Duration::from_secs(15);
+    let mut s = loop {
+        match tokio::net::TcpStream::connect(("127.0.0.1", port)).await {
+            Ok(s) => break s,
+            Err(e) if Instant::now() < deadline => {
+                let _ = e;
+                tokio::time::sleep(Duration::from_millis(100)).await;
+            }
+            Err(e) => panic!("metrics endpoint 127.0.0.1:{port}: {e}"),
+        }
+    };
     let request =
         format!("{method} {path} HTTP/1.1\r\nHost: localhost\r\nConnection: close\r\n\r\n");
     s.write_all(request.as_bytes()).await.unwrap();

@@ -52,7 +52,13 @@ async fn spawn(config: &Path, port: u16, stderr: Stdio) -> Relay {
     let addr: SocketAddr = format!("127.0.0.1:{port}").parse().unwrap();
     // Generous: start-up recovers the spool, and the machine may be busy.
     let deadline = Instant::now() + Duration::from_secs(60);
-    while tokio::net::TcpStream::connect(addr).await.is_err() {
+    // A connection that meets itself (the kernel picked the port we wait for as
+    // its source, TCP self-connect) is not the relay listening.
+    let listening = |s: &tokio::net::TcpStream| s.local_addr().ok() != s.peer_addr().ok();
+    while !tokio::net::TcpStream::connect(addr)
+        .await
+        .is_ok_and(|s| listening(&s))
+    {
         assert!(Instant::now() < deadline, "relay did not start");
         tokio::time::sleep(Duration::from_millis(50)).await;
     }
