@@ -171,7 +171,9 @@ pub struct SiteSlot {
 impl Drop for SiteSlot {
     fn drop(&mut self) {
         self.entry.state.lock().expect("site lock").active -= 1;
-        self.entry.freed.notify_waiters();
+        // One slot freed, one waiter woken: thousands of messages may wait for a
+        // busy site, and waking them all on every release costs more than delivery.
+        self.entry.freed.notify_one();
     }
 }
 
@@ -213,6 +215,8 @@ impl Sites {
                 let mut s = entry.state.lock().expect("site lock");
                 if let Some(remaining) = s.backoff.paused(Instant::now()) {
                     let level = s.backoff.level;
+                    // Pass the wake-up on: the next waiter learns of the pause too.
+                    entry.freed.notify_one();
                     return Err(Paused { remaining, level });
                 }
                 if s.active < s.backoff.connections(limits.max_connections) {
