@@ -46,11 +46,7 @@ impl Cluster {
     /// Writes this node's heartbeat (queue size and oldest message of `spool`).
     pub async fn heartbeat(&self, spool: &Spool) {
         let s = spool.clone();
-        let Ok((queue, oldest)) = tokio::task::spawn_blocking(move || {
-            let list = s.list();
-            (list.len(), list.iter().map(|e| e.received_at).min())
-        })
-        .await
+        let Ok((queue, oldest)) = tokio::task::spawn_blocking(move || s.size_and_oldest()).await
         else {
             return;
         };
