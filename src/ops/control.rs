@@ -366,7 +366,7 @@ impl Handler {
         Ok(done.output)
     }
 
-    /// Hands the scheduler what changed, so it need not wait for a rescan.
+    /// Hands the scheduler what changed (it never rescans the spool).
     fn tell_scheduler(&self, req: &Request, done: &queue::Done) {
         let command = match req {
             Request::QueueHold { .. } => Some(Command::Hold(done.ids.clone())),
